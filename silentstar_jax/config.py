@@ -1,0 +1,309 @@
+"""Typed configuration: dataclasses loaded from YAML, dotted `key=value` overrides, strict validation.
+
+Every mistake (unknown key, wrong type, impossible value) raises UserError with one clear line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+from silentstar_jax.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs/run"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """GPT-2 shape (ignored where `init_from` supplies it) and numerics."""
+    vocab_size: int = 260
+    n_positions: int = 128
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    layer_norm_epsilon: float = 1e-5
+    init_from: Optional[str] = None      # HF directory or hub name
+    allow_pickle: bool = False           # opt-in for pytorch_model.bin (pickle runs code when loaded)
+    dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
+    remat: bool = False                  # jax.checkpoint on each layer of the base pass
+    attention: Literal["auto", "xla", "cudnn"] = "auto"  # base-pass attention kernel
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass(frozen=True)
+class ThinkingConfig:
+    """Latent thinking (DESIGN.md 1.1-1.2). S = n_thoughts + 2 + (n_ahead - 1) chain steps."""
+    enabled: bool = True
+    n_thoughts: int = 2
+    n_ahead: int = 1
+    feedback: Literal["latent", "pause"] = "latent"
+    estimator: Literal["reinforce", "pathwise", "both"] = "reinforce"
+    reward: Literal["logprob_gain", "accuracy_gain", "accuracy"] = "logprob_gain"
+    baseline: Literal["value", "group_mean", "value+group_mean"] = "value"
+    n_samples: int = 1                   # K sampled chains per position (group_mean needs K > 1)
+    clip_negative_advantages: bool = False
+    normalize_advantages: bool = False
+    emb_grad_scale: float = 100.0        # start/end/pause stored as value/scale, used as scale*param
+    sigma_init: float = 0.1              # policy std, relative to the RMS of the token embeddings
+    sigma_per_dim: bool = False          # log_sigma of shape [D] instead of a scalar
+    log_sigma_min: float = -10.0
+    log_sigma_max: float = 2.0
+    mix_init_bias: float = -4.0          # sigmoid(-4) = 0.018: training starts at the base model
+    remat: bool = False                  # jax.checkpoint on each chain step
+    unroll: int = 1                      # lax.scan unroll of the chain steps
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_thoughts + 2 + (self.n_ahead - 1)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    base: float = 1.0      # alpha_base
+    think: float = 1.0     # alpha_think
+    policy: float = 1.0    # beta
+    value: float = 1.0     # gamma
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["task", "hf", "files"] = "task"
+    task: Literal["multiply", "add", "prosqa"] = "multiply"
+    digits_a: int = 2
+    digits_b: int = 2
+    n_nodes: int = 12
+    n_train: int = 20000
+    n_eval: int = 500
+    dataset: Optional[str] = None         # hub name for source=hf
+    dataset_config: Optional[str] = None
+    split: str = "train"
+    eval_split: Optional[str] = None      # default: hold out the tail of `split`
+    streaming: bool = False
+    files: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    tokenizer: str = "byte"               # "byte" or an HF tokenizer dir / hub name
+    shuffle_seed: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    thinking_lr_mult: float = 1.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 32
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 0
+    save_every: int = 500
+    eval_batches: int = 8
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1    # -1: all devices not used by fsdp
+    fsdp: int = 1
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    thinking: ThinkingConfig = field(default_factory=ThinkingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# ---------------------------------------------------------------- building from dicts
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert one value against a field's annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _coerce(value, tp, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise UserError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{(where + '.') if where else ''}{close[0]}'?)" if close else ""
+            raise UserError(f"unknown config key '{path}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b=c` strings applied onto a nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value (e.g. train.steps=20)")
+        key, text = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r}: '{p}' is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return raw
+
+
+def from_dict(raw: dict) -> Config:
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:
+    """YAML file (or defaults when path is None) + overrides -> validated Config."""
+    raw: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise UserError(f"config file not found: {path}")
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return from_dict(apply_overrides(raw, list(overrides)))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate_model(m: ModelConfig) -> None:
+    for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        if getattr(m, name) < 1:
+            raise UserError(f"model.{name} must be >= 1, got {getattr(m, name)}")
+    if m.n_embd % m.n_head:
+        raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+
+
+def validate_thinking(t: ThinkingConfig, m: ModelConfig, seq_len: int) -> None:
+    if not t.enabled:
+        return
+    if t.n_thoughts < 0:
+        raise UserError(f"thinking.n_thoughts must be >= 0, got {t.n_thoughts}")
+    if t.n_ahead < 1:
+        raise UserError(f"thinking.n_ahead must be >= 1, got {t.n_ahead}")
+    if t.n_samples < 1:
+        raise UserError(f"thinking.n_samples must be >= 1, got {t.n_samples}")
+    if "group_mean" in t.baseline and t.n_samples < 2:
+        raise UserError(f"thinking.baseline={t.baseline} needs thinking.n_samples >= 2")
+    if t.unroll < 1:
+        raise UserError(f"thinking.unroll must be >= 1, got {t.unroll}")
+    if t.log_sigma_min > t.log_sigma_max:
+        raise UserError("thinking.log_sigma_min must be <= thinking.log_sigma_max")
+    if seq_len + t.n_steps > m.n_positions:
+        raise UserError(
+            f"sequence length {seq_len} + {t.n_steps} chain steps (n_thoughts + 1 + n_ahead) = "
+            f"{seq_len + t.n_steps} exceeds model.n_positions = {m.n_positions}")
+
+
+def validate(cfg: Config) -> None:
+    validate_model(cfg.model)
+    # the model runs on blocks of seq_len + 1 tokens (inputs and their next-token targets)
+    validate_thinking(cfg.thinking, cfg.model, cfg.train.seq_len + 1)
+    for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
+        if getattr(cfg.train, name) < 1:
+            raise UserError(f"train.{name} must be >= 1, got {getattr(cfg.train, name)}")
+    if cfg.optim.lr <= 0:
+        raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.mesh.fsdp < 1 or cfg.mesh.data == 0 or cfg.mesh.data < -1:
+        raise UserError("mesh.data must be -1 or >= 1 and mesh.fsdp >= 1")
+    if cfg.checkpoint.keep < 1:
+        raise UserError(f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")

@@ -1,0 +1,94 @@
+"""KV-cached generation with static shapes: one compilation per prompt bucket and one for the
+single-token step, none per token. With thinking, each token runs its thought chain for the last
+position only, against the cache plus the chain's own keys (DESIGN.md 1.3)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from silentstar_jax.errors import UserError
+from silentstar_jax.sampling import SamplingConfig, sample
+
+PREFILL_BUCKET = 64
+
+
+@dataclass
+class TokenEvent:
+    step: int
+    token_id: int
+    logprob: float        # log p(token) under the model's final (mixed) distribution
+    logprob_base: float   # log p(token) under the plain GPT-2 path
+    extra: dict           # thinking trace (empty without thinking)
+
+
+def _logprob(logits_BV, token_B):
+    return jnp.take_along_axis(jax.nn.log_softmax(logits_BV, -1), token_B[:, None], -1)[:, 0]
+
+
+class Generator:
+    """Decode from `model` (a GPT2, or a SilentStar whose thinking runs when `think` is true)."""
+
+    def __init__(self, model, sampling: SamplingConfig, think: bool = False, n_thoughts: Optional[int] = None,
+                 trace_top_k: int = 0):
+        self.gpt2 = getattr(model, "gpt2", model)
+        self.think = think
+        self.n_positions = self.gpt2.cfg.n_positions
+        self.sampling = sampling
+        graphdef, self.state = nnx.split(model)
+
+        def decode(state, cache, tokens_BQ, start, last, key):
+            m = nnx.merge(graphdef, state)
+            g = getattr(m, "gpt2", m)
+            h_BQD, cache = g.forward_cached(tokens_BQ, cache, start)
+            h0_BD = jax.lax.dynamic_index_in_dim(h_BQD, last, axis=1, keepdims=False)
+            logits_base = g.logits(h0_BD)
+            extra = {}
+            logits = logits_base
+            if think:
+                logits, extra = m.think_at(h0_BD, cache, start + last, n_thoughts, trace_top_k)
+            token = sample(logits, key, sampling)
+            return cache, token, _logprob(logits, token), _logprob(logits_base, token), extra
+
+        self._decode = jax.jit(decode, donate_argnums=(1,))
+
+    def stream(self, prompt_ids: list[int], max_new_tokens: int, seed: int = 0,
+               stop_id: Optional[int] = None) -> Iterator[TokenEvent]:
+        """Yield one TokenEvent per generated token (batch of one prompt)."""
+        Lp = len(prompt_ids)
+        if Lp == 0:
+            raise UserError("the prompt is empty")
+        if Lp >= self.n_positions:
+            raise UserError(f"the prompt has {Lp} tokens; the model's context is {self.n_positions} "
+                            f"(n_positions), which leaves no room to generate")
+        max_new_tokens = min(max_new_tokens, self.n_positions - Lp)
+        bucket = min(-(-Lp // PREFILL_BUCKET) * PREFILL_BUCKET, self.n_positions)
+        tokens = np.zeros((1, bucket), np.int32)
+        tokens[0, :Lp] = prompt_ids
+        cache = self.gpt2.init_cache(1, self.n_positions)
+        key = jax.random.key(seed)
+        # Prefill: pad slots beyond the prompt are written to the cache but never attended to
+        # before a real token overwrites them (queries only see keys at or before their position).
+        args = (jnp.asarray(tokens), jnp.int32(0), jnp.int32(Lp - 1))
+        for step in range(max_new_tokens):
+            key, sub = jax.random.split(key)
+            cache, token, lp, lpb, extra = self._decode(self.state, cache, *args, sub)
+            tid = int(token[0])
+            yield TokenEvent(step, tid, float(lp[0]), float(lpb[0]),
+                             jax.tree.map(lambda a: np.asarray(a)[0], extra))
+            if stop_id is not None and tid == stop_id:
+                return
+            args = (token[:, None], jnp.int32(Lp + step), jnp.int32(0))
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, seed: int = 0,
+                 stop_id: Optional[int] = None) -> tuple[list[TokenEvent], float]:
+        """All events and tokens/s (excluding the first call's compilation is the caller's job)."""
+        t0 = time.perf_counter()
+        events = list(self.stream(prompt_ids, max_new_tokens, seed, stop_id))
+        dt = time.perf_counter() - t0
+        return events, len(events) / max(dt, 1e-9)

@@ -1,0 +1,147 @@
+"""GPT-2 in Flax NNX, numerically the model of Hugging Face's GPT2LMHeadModel.
+
+Learned positions, pre-LN blocks (eps 1e-5), tanh GELU, fused q|k|v, LM head tied to `wte`.
+Layer parameters are stacked on a leading [n_layer] axis and run under `jax.lax.scan`, so compile
+time does not grow with depth. Attention is a callback: the layer stack does not know whether its
+keys come from the sequence itself, a KV cache or a thought chain (see attention.py).
+Parameter layout follows HF's Conv1D (x @ W + b), so checkpoints load without transposes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from silentstar_jax.attention import cached_attention, causal_attention
+from silentstar_jax.config import ModelConfig
+
+# Per-layer parameters, each stacked on a leading [n_layer] axis.
+_LAYER_PARAMS = ("ln_1_scale", "ln_1_bias", "c_attn_kernel", "c_attn_bias", "attn_proj_kernel",
+                 "attn_proj_bias", "ln_2_scale", "ln_2_bias", "c_fc_kernel", "c_fc_bias",
+                 "mlp_proj_kernel", "mlp_proj_bias")
+
+# An attention callback: (q, k, v [B, L, H, Dh], per-layer extra input) -> (out [B, L, H, Dh], per-layer output)
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
+
+
+def layer_norm(x, scale, bias, eps):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def compute_dtype(cfg: ModelConfig):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+class GPT2(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        D, NL, F = cfg.n_embd, cfg.n_layer, 4 * cfg.n_embd
+        std, proj_std = 0.02, 0.02 / (2 * NL) ** 0.5   # HF init: residual projections scaled by depth
+        normal = lambda s, shape: nnx.Param(s * jax.random.normal(rngs.params(), shape, jnp.float32))
+        const = lambda c, shape: nnx.Param(jnp.full(shape, c, jnp.float32))
+        self.wte = normal(std, (cfg.vocab_size, D))
+        self.wpe = normal(std, (cfg.n_positions, D))
+        self.ln_1_scale, self.ln_1_bias = const(1.0, (NL, D)), const(0.0, (NL, D))
+        self.c_attn_kernel, self.c_attn_bias = normal(std, (NL, D, 3 * D)), const(0.0, (NL, 3 * D))
+        self.attn_proj_kernel, self.attn_proj_bias = normal(proj_std, (NL, D, D)), const(0.0, (NL, D))
+        self.ln_2_scale, self.ln_2_bias = const(1.0, (NL, D)), const(0.0, (NL, D))
+        self.c_fc_kernel, self.c_fc_bias = normal(std, (NL, D, F)), const(0.0, (NL, F))
+        self.mlp_proj_kernel, self.mlp_proj_bias = normal(proj_std, (NL, F, D)), const(0.0, (NL, D))
+        self.ln_f_scale, self.ln_f_bias = const(1.0, (D,)), const(0.0, (D,))
+
+    # ------------------------------------------------------------------ pieces
+    def embed(self, tokens_BL, pos_BL):
+        return self.wte[...][tokens_BL] + self.wpe[...][pos_BL]
+
+    def embed_tokens(self, tokens):
+        return self.wte[...][tokens]
+
+    def layer_params(self) -> dict:
+        return {name: getattr(self, name)[...] for name in _LAYER_PARAMS}
+
+    def final_norm(self, x_BLD):
+        return layer_norm(x_BLD, self.ln_f_scale[...], self.ln_f_bias[...], self.cfg.layer_norm_epsilon)
+
+    def logits(self, h_BLD):
+        """Tied LM head: h @ wte^T, float32 logits."""
+        dt = compute_dtype(self.cfg)
+        return jnp.einsum("...d,vd->...v", h_BLD.astype(dt), self.wte[...].astype(dt),
+                          preferred_element_type=jnp.float32)
+
+    def run_layers(self, x_BLD, attend: AttendFn, layer_xs=None):
+        """Scan the stacked blocks over x. `layer_xs` (leading [n_layer] axis) is handed to `attend`
+        layer by layer; what `attend` returns per layer comes back stacked on [n_layer]."""
+        cfg, dt = self.cfg, compute_dtype(self.cfg)
+        H, Dh = cfg.n_head, cfg.head_dim
+        eps = cfg.layer_norm_epsilon
+
+        def block(x, inputs):
+            p, xs = inputs
+            mm = lambda a, w, b: jnp.einsum("bld,df->blf", a.astype(dt), w.astype(dt)) + b.astype(dt)
+            B, L, D = x.shape
+            h = layer_norm(x, p["ln_1_scale"], p["ln_1_bias"], eps)
+            q, k, v = jnp.split(mm(h, p["c_attn_kernel"], p["c_attn_bias"]), 3, axis=-1)
+            heads = lambda t: t.reshape(B, L, H, Dh)
+            a, out = attend(heads(q), heads(k), heads(v), xs)
+            x = x + mm(a.reshape(B, L, D), p["attn_proj_kernel"], p["attn_proj_bias"]).astype(x.dtype)
+            h = layer_norm(x, p["ln_2_scale"], p["ln_2_bias"], eps)
+            h = jax.nn.gelu(mm(h, p["c_fc_kernel"], p["c_fc_bias"]), approximate=True)
+            x = x + mm(h, p["mlp_proj_kernel"], p["mlp_proj_bias"]).astype(x.dtype)
+            return x, out
+
+        if cfg.remat:
+            block = jax.checkpoint(block)
+        return jax.lax.scan(block, x_BLD, (self.layer_params(), layer_xs))
+
+    # ------------------------------------------------------------------ whole passes
+    def base_impl(self) -> str:
+        if self.cfg.attention == "auto":
+            return "cudnn" if (jax.default_backend() == "gpu" and self.cfg.dtype == "bfloat16") else "xla"
+        return self.cfg.attention
+
+    def forward_hidden(self, tokens_BL, attn_mask_BL=None):
+        """Causal pass. Returns h [B, L, D] after ln_f and each layer's (k, v) [NL, B, L, H, Dh]."""
+        B, L = tokens_BL.shape
+        impl = self.base_impl() if attn_mask_BL is None else "xla"
+
+        def attend(q, k, v, _):
+            return causal_attention(q, k, v, attn_mask_BL, impl), (k, v)
+
+        x, kv = self.run_layers(self.embed(tokens_BL, jnp.arange(L)[None]), attend)
+        return self.final_norm(x), kv
+
+    def __call__(self, tokens_BL, attn_mask_BL=None):
+        """Logits [B, L, V], as GPT2LMHeadModel(input_ids).logits."""
+        return self.logits(self.forward_hidden(tokens_BL, attn_mask_BL)[0])
+
+    def hidden_from_embeddings(self, x_BLD, attn_mask_BL=None):
+        """Causal pass over given input embeddings (positions already added); h after ln_f."""
+        def attend(q, k, v, _):
+            return causal_attention(q, k, v, attn_mask_BL), None
+
+        return self.final_norm(self.run_layers(x_BLD, attend)[0])
+
+    def init_cache(self, batch: int, length: int):
+        """Preallocated KV cache [NL, B, T, H, Dh] for k and v."""
+        cfg = self.cfg
+        shape = (cfg.n_layer, batch, length, cfg.n_head, cfg.head_dim)
+        dt = compute_dtype(cfg)
+        return jnp.zeros(shape, dt), jnp.zeros(shape, dt)
+
+    def forward_cached(self, tokens_BQ, cache, start):
+        """Run Q new tokens at positions [start, start+Q) against and into the cache.
+        Returns h [B, Q, D] after ln_f and the updated cache."""
+        Q = tokens_BQ.shape[1]
+
+        def attend(q, k, v, layer_cache):
+            return cached_attention(q, k, v, *layer_cache, start)
+
+        x = self.embed(tokens_BQ, (start + jnp.arange(Q))[None])
+        x, cache = self.run_layers(x, attend, cache)
+        return self.final_norm(x), cache
+

@@ -1,0 +1,170 @@
+"""Hugging Face GPT-2 checkpoints in and out, without torch or transformers' (removed) Flax classes.
+
+Reads `config.json` + `model.safetensors` (keys with or without the `transformer.` prefix) from a
+local directory or a hub snapshot; writes a directory that `GPT2LMHeadModel.from_pretrained` loads.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from silentstar_jax.config import ModelConfig
+from silentstar_jax.errors import UserError
+from silentstar_jax.gpt2 import GPT2
+
+HUB_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "vocab.json", "merges.txt", "special_tokens_map.json", "generation_config.json"]
+_GLOBAL = {"wte": "wte.weight", "wpe": "wpe.weight", "ln_f_scale": "ln_f.weight", "ln_f_bias": "ln_f.bias"}
+_LAYER = {"ln_1_scale": "ln_1.weight", "ln_1_bias": "ln_1.bias",
+          "c_attn_kernel": "attn.c_attn.weight", "c_attn_bias": "attn.c_attn.bias",
+          "attn_proj_kernel": "attn.c_proj.weight", "attn_proj_bias": "attn.c_proj.bias",
+          "ln_2_scale": "ln_2.weight", "ln_2_bias": "ln_2.bias",
+          "c_fc_kernel": "mlp.c_fc.weight", "c_fc_bias": "mlp.c_fc.bias",
+          "mlp_proj_kernel": "mlp.c_proj.weight", "mlp_proj_bias": "mlp.c_proj.bias"}
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep == "\\" and "\\" in spec
+
+
+def resolve(spec: str) -> str:
+    """A local directory as is; a hub name -> the local snapshot directory (cache first, then network)."""
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"{spec}: directory has no config.json (expected a Hugging Face GPT-2 checkpoint)")
+        return path
+    if os.path.exists(path):
+        raise UserError(f"{spec}: not a directory (expected a Hugging Face GPT-2 checkpoint directory)")
+    if _looks_like_path(spec):
+        raise UserError(f"{spec}: no such directory")
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(spec, allow_patterns=HUB_PATTERNS, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: try the network below
+        pass
+    try:
+        return snapshot_download(spec, allow_patterns=HUB_PATTERNS)
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: all end the same way for the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not get {spec!r} from the Hugging Face hub and it is not cached locally "
+                        f"(offline or unknown name?): {reason[:200]}") from None
+
+
+def config_from_hf(path: str) -> ModelConfig:
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            hf = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}/config.json: cannot read ({e})") from None
+    if hf.get("model_type") != "gpt2":
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{path}: activation_function {act!r} is not supported (GPT-2 uses gelu_new)")
+    try:
+        return ModelConfig(vocab_size=int(hf["vocab_size"]), n_positions=int(hf["n_positions"]),
+                           n_embd=int(hf["n_embd"]), n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]),
+                           layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)))
+    except KeyError as e:
+        raise UserError(f"{path}/config.json: missing field {e}") from None
+
+
+def read_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+    """HF tensor names (prefix `transformer.` stripped, buffers dropped) -> float32 numpy arrays."""
+    st = os.path.join(path, "model.safetensors")
+    binf = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(st):
+        from safetensors.numpy import load_file
+        try:
+            raw = load_file(st)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"{st}: cannot read safetensors file ({e})") from None
+    elif os.path.isfile(binf):
+        if not allow_pickle:
+            raise UserError(f"{path} has only pytorch_model.bin, a pickle that can run code when loaded; "
+                            "pass --allow-pickle (model.allow_pickle=true) if you trust it")
+        try:
+            import torch
+        except ImportError:
+            raise UserError("reading pytorch_model.bin needs torch installed (pip install torch)") from None
+        raw = {k: v.float().numpy() for k, v in torch.load(binf, map_location="cpu", weights_only=False).items()}
+    else:
+        raise UserError(f"{path}: no model.safetensors (or pytorch_model.bin) found")
+    out = {}
+    for k, v in raw.items():
+        k = k.removeprefix("transformer.")
+        if not k.endswith(_IGNORED_SUFFIXES):
+            out[k] = np.asarray(v, np.float32)
+    return out
+
+
+def params_from_tensors(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """HF names -> this project's stacked parameter names, with shape checks against cfg."""
+    abstract = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
+    out = {}
+
+    def take(key):
+        if key not in tensors:
+            raise UserError(f"checkpoint is missing tensor '{key}'")
+        return tensors[key]
+
+    for ours, theirs in _GLOBAL.items():
+        out[ours] = take(theirs)
+    for ours, theirs in _LAYER.items():
+        out[ours] = np.stack([take(f"h.{i}.{theirs}") for i in range(cfg.n_layer)])
+    for name, arr in out.items():
+        want = getattr(abstract, name).get_value().shape
+        if arr.shape != tuple(want):
+            raise UserError(f"checkpoint tensor for '{name}' has shape {arr.shape}, the config expects "
+                            f"{tuple(want)}: config.json does not match the weights")
+    return out
+
+
+def load_gpt2(spec: str, allow_pickle: bool = False, **overrides) -> tuple[GPT2, str]:
+    """GPT-2 from a local HF directory or hub name. `overrides` set numerics (dtype, remat, ...)."""
+    path = resolve(spec)
+    cfg = config_from_hf(path)
+    if overrides:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, **overrides)
+    params = params_from_tensors(read_tensors(path, allow_pickle), cfg)
+    model = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
+    for name, arr in params.items():
+        getattr(model, name).set_value(jnp.asarray(arr))
+    return model, path
+
+
+def to_hf_tensors(model: GPT2) -> dict[str, np.ndarray]:
+    out = {f"transformer.{theirs}": np.asarray(getattr(model, ours)[...], np.float32)
+           for ours, theirs in _GLOBAL.items()}
+    for ours, theirs in _LAYER.items():
+        stacked = np.asarray(getattr(model, ours)[...], np.float32)
+        for i in range(model.cfg.n_layer):
+            out[f"transformer.h.{i}.{theirs}"] = np.ascontiguousarray(stacked[i])
+    return out
+
+
+def export_gpt2(model: GPT2, out_dir: str, tokenizer=None) -> None:
+    """Write config.json + model.safetensors (+ tokenizer files for HF tokenizers)."""
+    from safetensors.numpy import save_file
+    cfg = model.cfg
+    os.makedirs(out_dir, exist_ok=True)
+    hf_cfg = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+              "n_positions": cfg.n_positions, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
+              "n_head": cfg.n_head, "n_inner": None, "activation_function": "gelu_new",
+              "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+              "attn_pdrop": 0.0, "initializer_range": 0.02, "tie_word_embeddings": True,
+              "dtype": "float32"}
+    if tokenizer is not None:
+        hf_cfg["bos_token_id"] = hf_cfg["eos_token_id"] = int(tokenizer.eos_id)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_cfg, f, indent=2)
+    save_file(to_hf_tensors(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None and hasattr(tokenizer, "_tok"):
+        tokenizer._tok.save_pretrained(out_dir)

@@ -1,0 +1,39 @@
+"""Test setup: 4 simulated CPU devices (for sharding tests), shared tiny fixtures."""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "tiny-gpt2")
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def fixture_dir():
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def expected():
+    import numpy as np
+    return dict(np.load(os.path.join(FIXTURE, "expected.npz")))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from silentstar_jax.hf import load_gpt2
+    return load_gpt2(FIXTURE)[0]
+
+
+def run_cli(script: str, *args: str, timeout: int = 300, cwd: str = ROOT, stdin=None):
+    """Run an entry point as a user would; returns CompletedProcess with text output."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL)
