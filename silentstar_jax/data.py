@@ -1,0 +1,210 @@
+"""Training data: built-in reasoning tasks or text through Hugging Face `datasets`, as fixed-shape
+batches {tokens, attn_mask, loss_mask} of [B, seq_len + 1] (inputs and their next-token targets).
+
+Task examples are one per row (prompt + answer + end-of-text, padded; loss on the answer only).
+Text is tokenised, joined with end-of-text separators and packed into full blocks. Iterators are
+deterministic given the seed and expose a small JSON-able `state` saved in checkpoints.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+
+from silentstar_jax import tasks
+from silentstar_jax.config import Config, DataConfig
+from silentstar_jax.errors import UserError
+from silentstar_jax.tokenizer import Tokenizer
+
+Rows = dict[str, np.ndarray]   # tokens / attn_mask / loss_mask, each [N, T]
+
+
+def task_kwargs(d: DataConfig) -> dict:
+    return {"n_nodes": d.n_nodes} if d.task == "prosqa" else {"digits_a": d.digits_a, "digits_b": d.digits_b}
+
+
+def encode_example(tok: Tokenizer, ex: tasks.Example) -> tuple[list[int], int]:
+    """Token ids of prompt + answer + eos, and the number of prompt tokens."""
+    p = tok.encode(ex.prompt)
+    return p + tok.encode(ex.answer) + [tok.eos_id], len(p)
+
+
+def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: int) -> Rows:
+    try:
+        exs = tasks.make_examples(d.task, n, seed=seed, split=split, **task_kwargs(d))
+    except ValueError as e:
+        raise UserError(f"data: {e}") from None
+    rows = {k: np.zeros((n, T), np.int32) for k in ("tokens", "attn_mask", "loss_mask")}
+    rows["tokens"][:] = tok.pad_id
+    for i, ex in enumerate(exs):
+        ids, n_prompt = encode_example(tok, ex)
+        if len(ids) > T:
+            raise UserError(f"data: a {d.task} example needs {len(ids)} tokens but train.seq_len + 1 = {T}; "
+                            "raise train.seq_len")
+        rows["tokens"][i, :len(ids)] = ids
+        rows["attn_mask"][i, :len(ids)] = 1
+        rows["loss_mask"][i, n_prompt:len(ids)] = 1
+    rows["prompt_len"] = np.array([len(tok.encode(ex.prompt)) for ex in exs], np.int32)
+    return rows
+
+
+def _load_hf(d: DataConfig, split: str, streaming: bool):
+    import datasets
+    datasets.disable_progress_bars()
+    try:
+        if d.source == "files":
+            if not d.files:
+                raise UserError("data.source=files needs data.files (a list of text/JSON lines/parquet files)")
+            missing = [f for f in d.files if not os.path.exists(f)]
+            if missing:
+                raise UserError(f"data.files: not found: {missing[0]}")
+            ext = os.path.splitext(d.files[0])[1].lower()
+            builder = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
+                       ".parquet": "parquet"}.get(ext)
+            if builder is None:
+                raise UserError(f"data.files: unsupported extension {ext!r} (use .txt, .jsonl/.json or .parquet)")
+            return datasets.load_dataset(builder, data_files=list(d.files), split="train", streaming=streaming)
+        if not d.dataset:
+            raise UserError("data.source=hf needs data.dataset (a hub dataset name)")
+        return datasets.load_dataset(d.dataset, d.dataset_config, split=split, streaming=streaming)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - offline / unknown dataset / bad file: one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"data: could not load dataset ({msg[:200]})") from None
+
+
+def pack(docs_ids: list[list[int]], eos: int, T: int, carry: Optional[list[int]] = None):
+    """Join documents with eos separators, cut into full blocks of T. Returns (blocks [N, T], leftover)."""
+    buf = list(carry or [])
+    for ids in docs_ids:
+        buf.extend(ids)
+        buf.append(eos)
+    n = len(buf) // T
+    blocks = np.asarray(buf[:n * T], np.int32).reshape(n, T)
+    return blocks, buf[n * T:]
+
+
+def _rows_from_blocks(blocks: np.ndarray) -> Rows:
+    ones = np.ones_like(blocks)
+    return {"tokens": blocks, "attn_mask": ones, "loss_mask": ones.copy()}
+
+
+def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Rows, Rows]:
+    """Whole (non-streaming) text dataset -> packed train and eval blocks. Eval: `eval_split`, or
+    the last 5% of the blocks of `split` (which training then never sees)."""
+    def blocks_of(split):
+        ds = _load_hf(d, split, streaming=False)
+        if d.text_field not in ds.column_names:
+            raise UserError(f"data.text_field {d.text_field!r} not in the dataset's columns {ds.column_names}")
+        ids = ds.map(lambda b: {"ids": [tok.encode(t) for t in b[d.text_field]]}, batched=True,
+                     remove_columns=ds.column_names)["ids"]
+        return pack(ids, tok.eos_id, T)[0]
+
+    train = blocks_of(d.split)
+    if d.eval_split:
+        evals = blocks_of(d.eval_split)
+    else:
+        n_eval = max(1, len(train) // 20)
+        if len(train) < 2:
+            raise UserError(f"data: only {len(train)} blocks of {T} tokens; need more text or a shorter seq_len")
+        train, evals = train[:-n_eval], train[-n_eval:]
+    if len(train) == 0:
+        raise UserError(f"data: no full block of {T} tokens; need more text or a shorter train.seq_len")
+    return _rows_from_blocks(train), _rows_from_blocks(evals)
+
+
+class RowIterator:
+    """Endless shuffled batches over in-memory rows; epoch e uses permutation(seed + e)."""
+
+    def __init__(self, rows: Rows, batch_size: int, seed: int):
+        self.rows = {k: v for k, v in rows.items() if v.ndim == 2}
+        self.n = len(self.rows["tokens"])
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch, self.index = 0, 0
+
+    @property
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    def _perm(self):
+        return np.random.default_rng(self.seed + self.epoch).permutation(self.n)
+
+    def __next__(self) -> Rows:
+        idx = []
+        while len(idx) < self.batch_size:
+            take = self._perm()[self.index:self.index + self.batch_size - len(idx)]
+            idx.extend(take.tolist())
+            self.index += len(take)
+            if self.index >= self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+        return {k: v[idx] for k, v in self.rows.items()}
+
+    def __iter__(self) -> Iterator[Rows]:
+        return self
+
+
+class StreamIterator:
+    """Streaming text (hub or local files): shuffled with a buffer, packed on the fly. Its state is
+    the HF IterableDataset's state_dict plus the packing leftover."""
+
+    def __init__(self, d: DataConfig, tok: Tokenizer, T: int, batch_size: int, seed: int):
+        ds = _load_hf(d, d.split, streaming=True)
+        self.ds = ds.shuffle(seed=seed, buffer_size=1000)
+        self.d, self.tok, self.T, self.batch_size = d, tok, T, batch_size
+        self.leftover: list[int] = []
+        self._it = None
+
+    @property
+    def state(self) -> dict:
+        return {"hf": self.ds.state_dict(), "leftover": list(self.leftover)}
+
+    def restore(self, state: dict) -> None:
+        self.ds.load_state_dict(state["hf"])
+        self.leftover = list(state["leftover"])
+        self._it = None
+
+    def __next__(self) -> Rows:
+        if self._it is None:
+            self._it = iter(self.ds)
+        out = np.zeros((0, self.T), np.int32)
+        while len(out) < self.batch_size:
+            try:
+                ex = next(self._it)
+            except StopIteration:
+                self._it = iter(self.ds)   # another pass over the stream
+                continue
+            blocks, self.leftover = pack([self.tok.encode(ex[self.d.text_field])], self.tok.eos_id, self.T,
+                                         self.leftover)
+            out = np.concatenate([out, blocks])
+        if len(out) > self.batch_size:   # keep surplus blocks as leftover tokens
+            self.leftover = out[self.batch_size:].reshape(-1).tolist() + self.leftover
+            out = out[:self.batch_size]
+        return _rows_from_blocks(out)
+
+    def __iter__(self):
+        return self
+
+
+def build_data(cfg: Config, tok: Tokenizer):
+    """(train iterator, eval rows) for the config."""
+    d, T = cfg.data, cfg.train.seq_len + 1
+    B = cfg.train.batch_size * cfg.train.grad_accum
+    if d.source == "task":
+        train = task_rows(d, tok, T, "train", d.n_train, d.shuffle_seed)
+        evals = task_rows(d, tok, T, "eval", d.n_eval, d.shuffle_seed + 1)
+        return RowIterator(train, B, d.shuffle_seed), evals
+    if d.streaming:
+        it = StreamIterator(d, tok, T, B, d.shuffle_seed)
+        if not d.eval_split:
+            raise UserError("data.streaming=true needs data.eval_split for held-out evaluation")
+        evals = _rows_from_blocks(next(StreamIterator(
+            DataConfig(**{**d.__dict__, "split": d.eval_split}), tok, T, cfg.train.eval_batches * cfg.train.batch_size,
+            d.shuffle_seed))["tokens"])
+        return it, evals
+    train, evals = text_rows(d, tok, T)
+    return RowIterator(train, B, d.shuffle_seed), evals

@@ -1,0 +1,124 @@
+"""The training objective (DESIGN.md 1.2) as pure functions of the forward outputs.
+
+Conventions: `tokens`, `attn_mask` (1 = real token) and `loss_mask` (weight of a token *as a
+target*, e.g. answer tokens only) are [B, L]. The chain at position t, talk step s, predicts
+x_{t+1+s}; `weights[b, t, s]` is that target's weight (0 past the end, on padding, or masked).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from silentstar_jax.config import LossConfig, ThinkingConfig
+from silentstar_jax.model import shift_left
+
+sg = jax.lax.stop_gradient
+
+
+def token_logprob(logits, targets):
+    """log p(target) under logits [..., V]; targets [...]."""
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+
+
+def lookahead(x_BL, A: int, fill=0):
+    """[B, L, A]: x_{t+1+s} at (t, s)."""
+    return jnp.stack([shift_left(x_BL, 1 + s, fill) for s in range(A)], axis=-1)
+
+
+def masked_mean(x, w):
+    return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1e-9)
+
+
+def target_weights(attn_mask_BL, loss_mask_BL, A: int):
+    m = attn_mask_BL.astype(jnp.float32) * loss_mask_BL.astype(jnp.float32)
+    return lookahead(m, A, 0.0)
+
+
+def rewards(lp_mix, lp_base, hit_mix, hit_base, weights, kind: str):
+    """Per-position reward [BK, L] summed over the look-ahead targets; no gradient."""
+    if kind == "logprob_gain":
+        gain = lp_mix - lp_base
+    elif kind == "accuracy_gain":
+        gain = hit_mix - hit_base
+    elif kind == "accuracy":
+        gain = hit_mix
+    else:
+        raise ValueError(kind)
+    return sg(jnp.sum(weights * gain, axis=-1))
+
+
+def advantages(r_BL, v_BL, pos_mask, cfg: ThinkingConfig, K: int):
+    """r - baseline. group_mean is leave-one-out over the K chains of a position (unbiased);
+    value+group_mean averages that with the value estimate."""
+    if cfg.baseline == "value":
+        b = sg(v_BL)
+    else:
+        rk = r_BL.reshape(-1, K, r_BL.shape[-1])
+        loo = ((rk.sum(1, keepdims=True) - rk) / (K - 1)).reshape(r_BL.shape)
+        b = loo if cfg.baseline == "group_mean" else 0.5 * (sg(v_BL) + loo)
+    a = r_BL - b
+    if cfg.clip_negative_advantages:
+        a = jnp.maximum(a, 0.0)
+    if cfg.normalize_advantages:
+        mean = masked_mean(a, pos_mask)
+        std = jnp.sqrt(masked_mean(jnp.square(a - mean), pos_mask))
+        a = (a - mean) / (std + 1e-6)
+    return sg(a)
+
+
+def per_position(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig) -> dict:
+    """Per-(position, look-ahead) quantities [BK, L(, A)] behind the losses; rows repeated K times."""
+    A = tcfg.n_ahead
+    K = out["mixed_logits"].shape[0] // tokens.shape[0]
+    rep = (lambda x: jnp.repeat(x, K, axis=0)) if K > 1 else (lambda x: x)
+    targets = rep(lookahead(tokens, A))                                     # [BK, L, A]
+    weights = rep(target_weights(attn_mask, loss_mask, A))
+    base_logits = out["base_logits"]
+    lp_base = rep(token_logprob(base_logits, targets[::K, :, 0]))
+    hit_base = rep((jnp.argmax(base_logits, -1) == targets[::K, :, 0]).astype(jnp.float32))
+    # base log-prob / hit of x_{t+1+s} is the base model's prediction at position t+s
+    lp_base_s = sg(jnp.stack([shift_left(lp_base, s) for s in range(A)], -1))
+    hit_base_s = jnp.stack([shift_left(hit_base, s) for s in range(A)], -1)
+    lp_mix = token_logprob(out["mixed_logits"], targets)
+    hit_mix = (jnp.argmax(out["mixed_logits"], -1) == targets).astype(jnp.float32)
+    r = rewards(lp_mix, lp_base_s, hit_mix, hit_base_s, weights, tcfg.reward)
+    complete = lookahead(attn_mask.astype(jnp.float32), A)[..., -1]         # all A targets exist
+    pos_mask = rep(attn_mask.astype(jnp.float32) * complete) * (weights.sum(-1) > 0)
+    return dict(K=K, lp_mix=lp_mix, hit_mix=hit_mix, lp_base_s=lp_base_s, weights=weights,
+                w0=weights[..., 0], r=r, pos_mask=pos_mask)
+
+
+def compute_loss(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, lcfg: LossConfig):
+    """Total loss and metrics from the forward outputs `out` (see SilentStar.__call__)."""
+    base_logits = out["base_logits"]
+    next_token = shift_left(tokens, 1)
+    w0 = target_weights(attn_mask, loss_mask, 1)[..., 0]
+    lp_base = token_logprob(base_logits, next_token)                        # [B, L]
+    hit_base = (jnp.argmax(base_logits, -1) == next_token).astype(jnp.float32)
+    loss_base = -masked_mean(lp_base, w0)
+    metrics = {"loss_base": loss_base, "acc_base": masked_mean(hit_base, w0)}
+    if "mixed_logits" not in out:
+        metrics["loss"] = lcfg.base * loss_base
+        return metrics["loss"], metrics
+
+    p = per_position(out, tokens, attn_mask, loss_mask, tcfg)
+    lp_mix, hit_mix, weights, w0, r, pos_mask = (p[k] for k in ("lp_mix", "hit_mix", "weights", "w0", "r", "pos_mask"))
+    K = p["K"]
+    loss_think = -masked_mean(lp_mix, weights)
+    v = out["value"]
+    loss_value = masked_mean(jnp.square(v - r), pos_mask)
+    a = advantages(r, v, pos_mask, tcfg, K)
+    use_policy = tcfg.feedback == "latent" and tcfg.estimator in ("reinforce", "both")
+    loss_policy = -masked_mean(a * out["logp"], pos_mask) if use_policy else jnp.zeros(())
+
+    total = lcfg.base * loss_base + lcfg.think * loss_think + lcfg.policy * loss_policy + lcfg.value * loss_value
+    acc_think = masked_mean(hit_mix[..., 0], w0)
+    n = out["thoughts"].shape[2]
+    metrics.update(
+        loss=total, loss_think=loss_think, loss_policy=loss_policy, loss_value=loss_value,
+        ce_think=-masked_mean(lp_mix[..., 0], w0), reward=masked_mean(r, pos_mask),
+        advantage=masked_mean(a, pos_mask), value_error=jnp.sqrt(loss_value),
+        mix_weight=masked_mean(out["mix_weight"][..., 0], w0), sigma=out["sigma"],
+        thought_norm=jnp.linalg.norm(out["thoughts"], axis=-1).mean() if n else jnp.zeros(()),
+        acc_think=acc_think, thinking_gain=acc_think - metrics["acc_base"])
+    return total, metrics

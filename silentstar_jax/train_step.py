@@ -1,0 +1,107 @@
+"""Optimizer, device mesh, shardings and the one jitted train step (pure: params, opt state and
+batch in; new params, opt state and metrics out; params and opt state donated)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from silentstar_jax.config import Config, MeshConfig
+from silentstar_jax.errors import UserError
+from silentstar_jax.objective import compute_loss
+
+BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
+
+
+def make_mesh(m: MeshConfig) -> Mesh:
+    n = jax.device_count()
+    data = m.data if m.data > 0 else max(n // m.fsdp, 1)
+    if data * m.fsdp > n:
+        raise UserError(f"mesh.data * mesh.fsdp = {data * m.fsdp} but only {n} device(s) are available")
+    devices = np.asarray(jax.devices()[:data * m.fsdp]).reshape(data, m.fsdp)
+    return Mesh(devices, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def param_spec(shape, fsdp: int) -> P:
+    """Shard the largest dimension divisible by the fsdp size; small or indivisible arrays replicate."""
+    if fsdp <= 1 or int(np.prod(shape)) < 1024:
+        return P()
+    dims = [i for i, s in enumerate(shape) if s % fsdp == 0]
+    if not dims:
+        return P()
+    best = max(dims, key=lambda i: (shape[i], i))
+    return P(*[("fsdp" if i == best else None) for i in range(len(shape))])
+
+
+def state_shardings(tree, mesh: Mesh):
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x.shape, fsdp)), tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def is_thinking_path(path) -> bool:
+    return any(getattr(k, "key", None) == "heads" for k in path)
+
+
+def make_optimizer(cfg: Config, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    o = cfg.optim
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, min(o.warmup_steps, max(cfg.train.steps - 1, 0)), max(cfg.train.steps, 1), o.lr * o.min_lr_ratio)
+    think_sched = lambda step: sched(step) * o.thinking_lr_mult
+    decay_mask = jax.tree.map(lambda x: x.ndim >= 2, params)          # no decay on biases, norms, vectors
+    labels = jax.tree_util.tree_map_with_path(lambda p, _: "think" if is_thinking_path(p) else "base", params)
+    adamw = lambda lr: optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                     optax.multi_transform({"base": adamw(sched), "think": adamw(think_sched)}, labels))
+    return tx, sched
+
+
+def make_loss_fn(graphdef, cfg: Config):
+    t = cfg.thinking
+
+    def loss_fn(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        out = model(batch["tokens"], batch["attn_mask"], key=key if t.enabled else None,
+                    n_samples=t.n_samples if t.enabled else 1)
+        return compute_loss(out, batch["tokens"], batch["attn_mask"], batch["loss_mask"], t, cfg.loss)
+
+    return loss_fn
+
+
+def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard):
+    """jit(step)(params, opt_state, batch [accum*B, T], step) -> (params, opt_state, metrics)."""
+    loss_fn = make_loss_fn(graphdef, cfg)
+    accum = cfg.train.grad_accum
+    base_key = jax.random.key(cfg.run.seed)
+
+    def step(params, opt_state, batch, step_idx):
+        key = jax.random.fold_in(base_key, step_idx)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if accum == 1:
+            (_, metrics), grads = grad_fn(params, batch, key)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+
+            def body(acc, xs):
+                mb, i = xs
+                (_, m), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+                return jax.tree.map(jnp.add, acc, g), m
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            grads, metrics = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            metrics = jax.tree.map(jnp.mean, metrics)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=sched(step_idx))
+        return params, opt_state, metrics
+
+    b_shard = {k: batch_sharding(mesh) for k in ("tokens", "attn_mask", "loss_mask")}
+    return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None), out_shardings=(p_shard, o_shard, None),
+                   donate_argnums=(0, 1))

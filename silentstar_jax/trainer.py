@@ -1,0 +1,262 @@
+"""The training loop: build model, data, mesh and step from a Config; log, evaluate, checkpoint,
+resume exactly where the run stopped (params, optimizer, step, data position; RNG = f(seed, step))."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+import yaml
+from flax import nnx
+
+from silentstar_jax import config as C
+from silentstar_jax.checkpoint import Checkpointer, abstract_like
+from silentstar_jax.data import build_data
+from silentstar_jax.errors import UserError
+from silentstar_jax.evaluate import evaluate, make_eval_fn
+from silentstar_jax.model import SilentStar
+from silentstar_jax.tokenizer import load_tokenizer
+from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
+                                       state_shardings)
+
+LOG_KEYS = ("loss", "loss_base", "loss_think", "loss_policy", "loss_value", "reward", "advantage",
+            "value_error", "mix_weight", "thought_norm", "sigma", "acc_base", "acc_think", "thinking_gain",
+            "grad_norm", "lr")
+
+
+def create_model(cfg: C.Config, tok=None) -> SilentStar:
+    """From scratch (model.* shape) or from HF weights (model.init_from), plus thinking heads."""
+    m, rngs = cfg.model, nnx.Rngs(cfg.run.seed)
+    gpt2 = None
+    if m.init_from:
+        from silentstar_jax.hf import load_gpt2
+        gpt2, _ = load_gpt2(m.init_from, allow_pickle=m.allow_pickle, dtype=m.dtype, remat=m.remat,
+                            attention=m.attention)
+        m = gpt2.cfg
+    if tok is not None and tok.vocab_size > m.vocab_size:
+        raise UserError(f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
+    return SilentStar(m, cfg.thinking, rngs=rngs, gpt2=gpt2)
+
+
+def resolved_model_config(cfg: C.Config) -> C.Config:
+    """Replace model shape by the HF checkpoint's when init_from is set (so config.yaml is complete)."""
+    if not cfg.model.init_from:
+        return cfg
+    from silentstar_jax.hf import config_from_hf, resolve
+    hf = config_from_hf(resolve(cfg.model.init_from))
+    keep = {k: getattr(cfg.model, k) for k in ("init_from", "allow_pickle", "dtype", "remat", "attention")}
+    return dataclasses.replace(cfg, model=dataclasses.replace(hf, **keep))
+
+
+def tokenizer_for(cfg: C.Config):
+    spec = cfg.data.tokenizer
+    if spec == "auto":
+        if not cfg.model.init_from:
+            raise UserError("data.tokenizer=auto needs model.init_from")
+        from silentstar_jax.hf import resolve
+        spec = resolve(cfg.model.init_from)
+    return load_tokenizer(spec)
+
+
+class _Stopper:
+    """SIGTERM/SIGINT -> finish the current step, save, exit cleanly."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+def _print_eval_table(result: dict, title: str, console) -> None:
+    from rich.table import Table
+    table = Table(title=title)
+    table.add_column("held-out metric")
+    cols = [c for c in ("base", "thinking", "gain") if c in result]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for metric in result["base"]:
+        table.add_row(metric, *[f"{result[c][metric]:+.4f}" if c == "gain" else f"{result[c][metric]:.4f}"
+                                for c in cols])
+    console.print(table)
+
+
+class Run:
+    """Everything a training run holds; `train()` and `evaluate()` are the two things it does."""
+
+    def __init__(self, cfg: C.Config):
+        cfg = resolved_model_config(cfg)
+        self.cfg = cfg
+        self.out_dir = cfg.run.out_dir
+        self.tok = tokenizer_for(cfg)
+        self.mesh = make_mesh(cfg.mesh)
+        n_dev = self.mesh.size
+        if cfg.train.batch_size % n_dev:
+            raise UserError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the "
+                            f"{n_dev} devices of the mesh")
+        model = create_model(cfg, self.tok)
+        self.graphdef, state = nnx.split(model)
+        params = state.to_pure_dict()
+        self.tx, self.sched = make_optimizer(cfg, params)
+        self.p_shard = state_shardings(params, self.mesh)
+        self.o_shard = state_shardings(jax.eval_shape(self.tx.init, params), self.mesh)
+        self.params = jax.device_put(params, self.p_shard)
+        self.opt_state = jax.jit(self.tx.init, out_shardings=self.o_shard)(self.params)
+        self.data, self.eval_rows = build_data(cfg, self.tok)
+        self.step = 0
+        self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep,
+                                 cfg.checkpoint.async_save)
+        self._bshard = batch_sharding(self.mesh)
+        self.eval_fn = make_eval_fn(self.graphdef)
+
+    # ---------------------------------------------------------------- checkpoints
+    def restore_latest(self) -> bool:
+        step = self.ckpt.latest_step()
+        if step is None:
+            return False
+        params, opt, meta = self.ckpt.restore(step, abstract_like(self.params, self.p_shard),
+                                              abstract_like(self.opt_state, self.o_shard))
+        self.params, self.opt_state, self.step = params, opt, int(meta["step"])
+        self.data.restore(meta["data"])
+        return True
+
+    def save(self) -> None:
+        meta = {"step": self.step, "seed": self.cfg.run.seed, "data": self.data.state,
+                "config": C.to_dict(self.cfg)}
+        self.ckpt.save(self.step, self.params, self.opt_state, meta)
+
+    def put_batch(self, rows: dict):
+        return {k: jax.device_put(np.asarray(rows[k]), self._bshard) for k in ("tokens", "attn_mask", "loss_mask")}
+
+    # ---------------------------------------------------------------- the two jobs
+    def evaluate(self) -> dict:
+        return evaluate(self.eval_fn, self.params, self.eval_rows, self.cfg.train.batch_size, self.put_batch)
+
+    def train(self, console=None) -> dict:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        console = console or Console(stderr=True)
+        cfg = self.cfg
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+            f.write(C.dump_yaml(cfg))
+        if self.restore_latest():
+            console.print(f"resuming {self.out_dir} from step {self.step}")
+        step_fn = make_train_step(self.graphdef, cfg, self.tx, self.sched, self.mesh, self.p_shard, self.o_shard)
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
+        metrics_f = open(os.path.join(self.out_dir, "metrics.jsonl"), "a")
+        tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * (cfg.train.seq_len + 1)
+        live = console.is_terminal
+        progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                            console=console, disable=not live)
+        task = progress.add_task("train", total=cfg.train.steps, completed=self.step, info="compiling...")
+        t_last, steps_since = time.perf_counter(), 0
+        with _Stopper() as stopper, progress:
+            while self.step < cfg.train.steps and not stopper.stop:
+                batch = self.put_batch(next(self.data))
+                self.params, self.opt_state, metrics = step_fn(self.params, self.opt_state, batch, self.step)
+                self.step += 1
+                steps_since += 1
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    tps = steps_since * tokens_per_step / (now - t_last)
+                    t_last, steps_since = now, 0
+                    rec = {"step": self.step, **{k: m[k] for k in LOG_KEYS if k in m}, "tokens_per_second": tps}
+                    metrics_f.write(json.dumps(rec) + "\n")
+                    metrics_f.flush()
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, self.step)
+                    info = f"{tps:,.0f} tok/s  loss {m['loss']:.4f}"
+                    if "reward" in m:
+                        info += f"  reward {m['reward']:+.4f}  gain {m['thinking_gain']:+.4f}"
+                    progress.update(task, completed=self.step, info=info)
+                    if not live:
+                        console.print(f"step {self.step}/{cfg.train.steps}  {info}")
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
+                    res = self.evaluate()
+                    for path, vals in res.items():
+                        for k, v in vals.items():
+                            writer.add_scalar(f"eval/{path}/{k}", v, self.step)
+                if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                    self.save()
+        self.save()
+        self.ckpt.wait()
+        metrics_f.close()
+        if stopper.stop:
+            console.print(f"stopped at step {self.step}; checkpoint saved in {self.out_dir}/checkpoints")
+            writer.close()
+            self.ckpt.close()
+            return {}
+        result = self.finish_eval(console, writer)
+        writer.close()
+        self.ckpt.close()
+        return result
+
+    def finish_eval(self, console, writer=None) -> dict:
+        result = self.evaluate()
+        with open(os.path.join(self.out_dir, "eval.json"), "w") as f:
+            json.dump({"step": self.step, **result}, f, indent=2)
+        if writer is not None:
+            for path, vals in result.items():
+                for k, v in vals.items():
+                    writer.add_scalar(f"eval/{path}/{k}", v, self.step)
+        from rich.console import Console
+        _print_eval_table(result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}",
+                          Console(file=sys.stdout))
+        return result
+
+
+def latest_run(root: str = "runs") -> Optional[str]:
+    """The most recently modified run directory under `root` that holds checkpoints."""
+    if not os.path.isdir(root):
+        return None
+    runs = [os.path.join(root, d) for d in os.listdir(root)
+            if os.path.isdir(os.path.join(root, d, "checkpoints"))]
+    runs = [r for r in runs if Checkpointer(os.path.join(r, "checkpoints"), 1).latest_step() is not None]
+    return max(runs, key=lambda r: os.path.getmtime(os.path.join(r, "checkpoints")), default=None)
+
+
+def load_run(path: str):
+    """(SilentStar with the latest checkpoint's parameters, tokenizer, config, step) of a run dir."""
+    run_dir = path
+    if os.path.basename(os.path.normpath(path)).isdigit():          # .../checkpoints/<step>
+        run_dir = os.path.dirname(os.path.dirname(os.path.normpath(path)))
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise UserError(f"{path}: not a training run (no config.yaml)")
+    with open(cfg_path) as f:
+        cfg = C.from_dict(yaml.safe_load(f))
+    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.keep)
+    step = int(os.path.basename(os.path.normpath(path))) if run_dir != path else ckpt.latest_step()
+    if step is None:
+        raise UserError(f"{run_dir}: no checkpoint yet")
+    tok = tokenizer_for(cfg)
+    cfg_nohub = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
+    model = nnx.eval_shape(lambda: create_model(cfg_nohub))
+    graphdef, state = nnx.split(model)
+    pure = state.to_pure_dict()
+    mesh = make_mesh(C.MeshConfig(data=1, fsdp=1))
+    target = abstract_like(pure, state_shardings(pure, mesh))
+    params, _ = ckpt.restore_params(step, target)
+    ckpt.close()
+    return nnx.merge(graphdef, params), tok, cfg, step

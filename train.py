@@ -1,0 +1,5 @@
+"""Train a SilentSTaR model (see `python train.py --help`)."""
+from silentstar_jax.train_cli import main
+
+if __name__ == "__main__":
+    main()
