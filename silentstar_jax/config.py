@@ -91,7 +91,8 @@ class DataConfig:
     dataset: Optional[str] = None         # hub name for source=hf
     dataset_config: Optional[str] = None
     split: str = "train"
-    eval_split: Optional[str] = None      # default: hold out the tail of `split`
+    eval_split: Optional[str] = None      # default: hold out the tail of `split` (streaming: its head)
+    eval_docs: int = 200                  # streaming: documents held out for evaluation
     streaming: bool = False
     files: list[str] = field(default_factory=list)
     text_field: str = "text"
@@ -273,7 +274,8 @@ def validate_model(m: ModelConfig) -> None:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
 
 
-def validate_thinking(t: ThinkingConfig, m: ModelConfig, seq_len: int) -> None:
+def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int) -> None:
+    """m None: the model's shape is not known yet (init_from); the context check waits for it."""
     if not t.enabled:
         return
     if t.n_thoughts < 0:
@@ -288,7 +290,7 @@ def validate_thinking(t: ThinkingConfig, m: ModelConfig, seq_len: int) -> None:
         raise UserError(f"thinking.unroll must be >= 1, got {t.unroll}")
     if t.log_sigma_min > t.log_sigma_max:
         raise UserError("thinking.log_sigma_min must be <= thinking.log_sigma_max")
-    if seq_len + t.n_steps > m.n_positions:
+    if m is not None and seq_len + t.n_steps > m.n_positions:
         raise UserError(
             f"sequence length {seq_len} + {t.n_steps} chain steps (n_thoughts + 1 + n_ahead) = "
             f"{seq_len + t.n_steps} exceeds model.n_positions = {m.n_positions}")
@@ -297,7 +299,7 @@ def validate_thinking(t: ThinkingConfig, m: ModelConfig, seq_len: int) -> None:
 def validate(cfg: Config) -> None:
     validate_model(cfg.model)
     # the model runs on blocks of seq_len + 1 tokens (inputs and their next-token targets)
-    validate_thinking(cfg.thinking, cfg.model, cfg.train.seq_len + 1)
+    validate_thinking(cfg.thinking, None if cfg.model.init_from else cfg.model, cfg.train.seq_len + 1)
     for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
         if getattr(cfg.train, name) < 1:
             raise UserError(f"train.{name} must be >= 1, got {getattr(cfg.train, name)}")

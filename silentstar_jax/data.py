@@ -152,9 +152,9 @@ class StreamIterator:
     """Streaming text (hub or local files): shuffled with a buffer, packed on the fly. Its state is
     the HF IterableDataset's state_dict plus the packing leftover."""
 
-    def __init__(self, d: DataConfig, tok: Tokenizer, T: int, batch_size: int, seed: int):
+    def __init__(self, d: DataConfig, tok: Tokenizer, T: int, batch_size: int, seed: int, skip: int = 0):
         ds = _load_hf(d, d.split, streaming=True)
-        self.ds = ds.shuffle(seed=seed, buffer_size=1000)
+        self.ds = ds.skip(skip).shuffle(seed=seed, buffer_size=1000)
         self.d, self.tok, self.T, self.batch_size = d, tok, T, batch_size
         self.leftover: list[int] = []
         self._it = None
@@ -199,12 +199,12 @@ def build_data(cfg: Config, tok: Tokenizer):
         evals = task_rows(d, tok, T, "eval", d.n_eval, d.shuffle_seed + 1)
         return RowIterator(train, B, d.shuffle_seed), evals
     if d.streaming:
-        it = StreamIterator(d, tok, T, B, d.shuffle_seed)
-        if not d.eval_split:
-            raise UserError("data.streaming=true needs data.eval_split for held-out evaluation")
-        evals = _rows_from_blocks(next(StreamIterator(
-            DataConfig(**{**d.__dict__, "split": d.eval_split}), tok, T, cfg.train.eval_batches * cfg.train.batch_size,
-            d.shuffle_seed))["tokens"])
-        return it, evals
+        # held out: the first eval_docs documents of the stream (eval_split if given); training skips them
+        src = _load_hf(d, d.eval_split or d.split, streaming=True)
+        docs = [tok.encode(ex[d.text_field]) for ex in src.take(d.eval_docs)]
+        evals = _rows_from_blocks(pack(docs, tok.eos_id, T)[0])
+        if len(evals["tokens"]) == 0:
+            raise UserError(f"data: the first {d.eval_docs} documents hold no full block of {T} tokens")
+        return StreamIterator(d, tok, T, B, d.shuffle_seed, skip=0 if d.eval_split else d.eval_docs), evals
     train, evals = text_rows(d, tok, T)
     return RowIterator(train, B, d.shuffle_seed), evals

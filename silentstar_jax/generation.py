@@ -31,6 +31,44 @@ def _logprob(logits_BV, token_B):
     return jnp.take_along_axis(jax.nn.log_softmax(logits_BV, -1), token_B[:, None], -1)[:, 0]
 
 
+def score(model, ids: list[int], think: bool) -> dict:
+    """Teacher-forced log-probs of ids[1:] (each given the tokens before it), base and mixed,
+    from the parallel forward with deterministic thoughts. Arrays of length len(ids) - 1."""
+    L = len(ids)
+    bucket = -(-L // PREFILL_BUCKET) * PREFILL_BUCKET
+    toks = np.zeros((1, bucket), np.int32)
+    toks[0, :L] = ids
+    mask = np.zeros((1, bucket), np.int32)
+    mask[0, :L] = 1
+    out = _score_fn(model, think)(jnp.asarray(toks), jnp.asarray(mask))
+    return {k: np.asarray(v)[0, :L - 1] for k, v in out.items()}
+
+
+_SCORE_FNS: dict = {}
+
+
+def _score_fn(model, think: bool):
+    key = (id(model), think)
+    if key not in _SCORE_FNS:
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def fn(tokens, mask):
+            m = nnx.merge(graphdef, state)
+            out = m(tokens, mask)
+            target = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
+            lp = lambda logits: jnp.take_along_axis(jax.nn.log_softmax(logits, -1), target[..., None], -1)[..., 0]
+            res = {"logprob_base": lp(out["base_logits"])}
+            if think and "mixed_logits" in out:
+                res.update(logprob=lp(out["mixed_logits"][:, :, 0]), mix_weight=out["mix_weight"][:, :, 0])
+            else:
+                res.update(logprob=res["logprob_base"], mix_weight=jnp.zeros_like(res["logprob_base"]))
+            return res
+
+        _SCORE_FNS[key] = fn
+    return _SCORE_FNS[key]
+
+
 class Generator:
     """Decode from `model` (a GPT2, or a SilentStar whose thinking runs when `think` is true)."""
 
@@ -38,6 +76,9 @@ class Generator:
                  trace_top_k: int = 0):
         self.gpt2 = getattr(model, "gpt2", model)
         self.think = think
+        n = model.think_cfg.n_thoughts if (think and n_thoughts is None) else (n_thoughts or 0)
+        self.n_thoughts = n
+        self.chain_len = n + 2 if think else 0     # chain positions run past the token's own
         self.n_positions = self.gpt2.cfg.n_positions
         self.sampling = sampling
         graphdef, self.state = nnx.split(model)
@@ -63,10 +104,11 @@ class Generator:
         Lp = len(prompt_ids)
         if Lp == 0:
             raise UserError("the prompt is empty")
-        if Lp >= self.n_positions:
+        room = self.n_positions - self.chain_len
+        if Lp >= room:
             raise UserError(f"the prompt has {Lp} tokens; the model's context is {self.n_positions} "
                             f"(n_positions), which leaves no room to generate")
-        max_new_tokens = min(max_new_tokens, self.n_positions - Lp)
+        max_new_tokens = min(max_new_tokens, room - Lp)
         bucket = min(-(-Lp // PREFILL_BUCKET) * PREFILL_BUCKET, self.n_positions)
         tokens = np.zeros((1, bucket), np.int32)
         tokens[0, :Lp] = prompt_ids

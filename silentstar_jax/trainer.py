@@ -51,7 +51,9 @@ def resolved_model_config(cfg: C.Config) -> C.Config:
     from silentstar_jax.hf import config_from_hf, resolve
     hf = config_from_hf(resolve(cfg.model.init_from))
     keep = {k: getattr(cfg.model, k) for k in ("init_from", "allow_pickle", "dtype", "remat", "attention")}
-    return dataclasses.replace(cfg, model=dataclasses.replace(hf, **keep))
+    model = dataclasses.replace(hf, **keep)
+    C.validate_thinking(cfg.thinking, model, cfg.train.seq_len + 1)
+    return dataclasses.replace(cfg, model=model)
 
 
 def tokenizer_for(cfg: C.Config):
@@ -148,7 +150,8 @@ class Run:
     def evaluate(self) -> dict:
         return evaluate(self.eval_fn, self.params, self.eval_rows, self.cfg.train.batch_size, self.put_batch)
 
-    def train(self, console=None) -> dict:
+    def train(self, console=None, stop_after: Optional[int] = None) -> dict:
+        """Train to train.steps (or stop, with a checkpoint, after `stop_after` steps of this session)."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         console = console or Console(stderr=True)
@@ -169,8 +172,12 @@ class Run:
                             console=console, disable=not live)
         task = progress.add_task("train", total=cfg.train.steps, completed=self.step, info="compiling...")
         t_last, steps_since = time.perf_counter(), 0
+        first_step = self.step
         with _Stopper() as stopper, progress:
             while self.step < cfg.train.steps and not stopper.stop:
+                if stop_after is not None and self.step - first_step >= stop_after:
+                    stopper.stop = True
+                    break
                 batch = self.put_batch(next(self.data))
                 self.params, self.opt_state, metrics = step_fn(self.params, self.opt_state, batch, self.step)
                 self.step += 1
@@ -199,7 +206,8 @@ class Run:
                             writer.add_scalar(f"eval/{path}/{k}", v, self.step)
                 if cfg.train.save_every and self.step % cfg.train.save_every == 0:
                     self.save()
-        self.save()
+        if self.ckpt.latest_step() != self.step:
+            self.save()
         self.ckpt.wait()
         metrics_f.close()
         if stopper.stop:

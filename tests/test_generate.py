@@ -1,0 +1,138 @@
+"""generate.py with thinking: the invariant against scoring, JSON schemas, flags, the prompt loop
+driven through a pseudo-terminal."""
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import ROOT, run_cli
+from silentstar_jax import config as C
+from silentstar_jax.generation import Generator, score
+from silentstar_jax.sampling import SamplingConfig
+from test_thinking import make_model
+
+GEN_RUN = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=160",
+           "data.digits_a=2", "data.digits_b=1", "data.n_train=256", "data.n_eval=16",
+           "train.batch_size=8", "train.seq_len=8", "train.steps=3", "train.log_every=1",
+           "thinking.n_thoughts=2", "mesh.data=1", "checkpoint.async_save=false"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from silentstar_jax.trainer import Run
+    out = tmp_path_factory.mktemp("runs") / "micro"
+    Run(C.load_config(os.path.join(ROOT, "configs", "tiny.yaml"), GEN_RUN + [f"run.out_dir={out}"])).train()
+    return str(out)
+
+
+@pytest.mark.parametrize("n", [2, 0])
+def test_generation_logprobs_equal_scoring(n):
+    """For deterministic thoughts, generation's logprob / logprob_base equal the parallel pass's."""
+    model = make_model(n_thoughts=n)
+    prompt = [3, 17, 5, 9]
+    events, _ = Generator(model, SamplingConfig(greedy=True), think=True).generate(prompt, 10)
+    ids = prompt + [e.token_id for e in events]
+    s = score(model, ids, think=True)
+    got = np.array([[e.logprob, e.logprob_base] for e in events])
+    want = np.stack([s["logprob"], s["logprob_base"]], -1)[len(prompt) - 1:]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got[:, 0] - got[:, 1]).max() > 1e-3       # thinking really changed the distribution
+
+
+def test_thoughts_override_and_trace_shapes():
+    model = make_model(n_thoughts=2)
+    gen = Generator(model, SamplingConfig(greedy=True), think=True, n_thoughts=5, trace_top_k=4)
+    e = next(gen.stream([1, 2, 3], 1))
+    assert e.extra["lens_id"].shape == (5, 4) and e.extra["norm"].shape == (5,)
+    assert np.all(np.diff(e.extra["lens_p"], axis=-1) <= 0)          # top-k sorted
+
+
+def _json_lines(proc):
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(l) for l in proc.stdout.strip().splitlines()]
+
+
+def test_cli_json_schema_with_thoughts(run_dir):
+    lines = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "12*3=", "--json",
+                                "--max-new-tokens", "3", "--thoughts", "3", "--show-thoughts", "2"))
+    for rec in lines[:-1]:
+        assert set(rec) == {"step", "token_id", "token", "logprob", "logprob_base", "mix_weight", "value", "thoughts"}
+        assert len(rec["thoughts"]) == 3
+        for th in rec["thoughts"]:
+            assert set(th) == {"top", "cosine", "norm"} and len(th["top"]) == 2 and len(th["cosine"]) == 2
+        assert 0 < rec["mix_weight"] < 1
+    assert set(lines[-1]) == {"text", "tokens_per_second"}
+
+
+def test_cli_invariant_generate_vs_score(run_dir):
+    gen = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "47*6=", "--json",
+                              "--greedy", "--max-new-tokens", "6"))
+    text = "47*6=" + gen[-1]["text"]
+    scored = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--score", text, "--json"))
+    by_pos = {r["pos"]: r for r in scored}
+    for i, rec in enumerate(gen[:-1]):
+        s = by_pos[5 + i]
+        assert s["token_id"] == rec["token_id"]
+        assert abs(s["logprob"] - rec["logprob"]) < 1e-4 and abs(s["logprob_base"] - rec["logprob_base"]) < 1e-4
+
+
+def test_cli_no_think_is_plain_model(run_dir):
+    plain = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "47*6=", "--json",
+                                "--greedy", "--max-new-tokens", "5", "--no-think"))
+    text = "47*6=" + plain[-1]["text"]
+    scored = {r["pos"]: r for r in _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--score", text, "--json"))}
+    for i, rec in enumerate(plain[:-1]):
+        assert set(rec) == {"step", "token_id", "token", "logprob", "logprob_base"}
+        assert rec["logprob"] == rec["logprob_base"]
+        assert abs(rec["logprob_base"] - scored[5 + i]["logprob_base"]) < 1e-4
+
+
+def test_cli_finds_latest_run_and_reports_missing(run_dir, tmp_path):
+    runs_root = os.path.dirname(run_dir)
+    lines = _json_lines(run_cli("generate.py", "--runs", runs_root, "--prompt", "1*2=", "--json", "--max-new-tokens", "2"))
+    assert len(lines) == 3
+    proc = run_cli("generate.py", "--runs", str(tmp_path / "none"), "--prompt", "x")
+    assert proc.returncode == 2 and "python train.py --config configs/tiny.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_odd_input_and_long_prompt(run_dir):
+    proc = run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "h\u00e9\x01\u2713\U0001F600", "--max-new-tokens", "3")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    proc = run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "9" * 400, "--max-new-tokens", "2")
+    assert proc.returncode == 0 and "keeping the newest" in proc.stderr
+    proc = run_cli("generate.py", "--checkpoint", run_dir)            # stdin closed: leaves cleanly
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_prompt_loop_in_a_terminal(run_dir):
+    pexpect = pytest.importorskip("pexpect")
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", COLUMNS="120")
+    child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "generate.py"), "--checkpoint", run_dir,
+                                           "--max-new-tokens", "150"], env=env, cwd=ROOT, encoding="utf-8",
+                          timeout=120)
+    child.expect("prompt> ")
+    child.sendline("")                               # empty prompt: asked again
+    child.expect("prompt> ")
+    child.sendline("12*34=")
+    child.expect("thought 1")
+    child.expect("→")
+    child.sendintr()                                 # Ctrl-C during generation
+    child.expect(r"\(stopped\)")
+    child.expect("prompt> ")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "generate.py"), "--checkpoint", run_dir],
+                          env=env, cwd=ROOT, encoding="utf-8", timeout=120)
+    child.expect("prompt> ")
+    child.sendeof()                                  # Ctrl-D leaves
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
