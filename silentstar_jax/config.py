@@ -77,6 +77,9 @@ class LossConfig:
     think: float = 1.0     # alpha_think
     policy: float = 1.0    # beta
     value: float = 1.0     # gamma
+    # Not in Quiet-STaR: CE of the thought path alone (unmixed). It trains the chain even while
+    # the mixing weight is ~0, which otherwise starves it of gradient (see README, results).
+    thought: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class TrainConfig:
 class MeshConfig:
     data: int = -1    # -1: all devices not used by fsdp
     fsdp: int = 1
+    # several hosts: jax.distributed.initialize() (coordinator from the cluster environment:
+    # SLURM, Open MPI, TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)
+    distributed: bool = False
 
 
 @dataclass(frozen=True)

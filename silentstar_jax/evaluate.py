@@ -33,7 +33,9 @@ def make_eval_fn(graphdef):
         res = {"n_tok": w_tok.sum(), "n_ans": w_ans.sum(), "n_rows_ans": (w_ans.sum(-1) > 0).sum()}
         for name, logits in paths.items():
             hit = (jnp.argmax(logits, -1) == target).astype(jnp.float32)
-            res[f"{name}/nll"] = -(token_logprob(logits, target) * w_tok).sum()
+            lp = token_logprob(logits, target)
+            res[f"{name}/nll"] = -(lp * w_tok).sum()
+            res[f"{name}/nll_ans"] = -(lp * w_ans).sum()
             res[f"{name}/hit"] = (hit * w_tok).sum()
             res[f"{name}/hit_ans"] = (hit * w_ans).sum()
             all_right = ((hit * w_ans).sum(-1) == w_ans.sum(-1)) & (w_ans.sum(-1) > 0)
@@ -65,6 +67,7 @@ def evaluate(eval_fn, params, rows: dict, batch_size: int, put_batch, max_batche
         ce = totals[f"{name}/nll"] / max(totals["n_tok"], 1)
         r = {"ce": ce, "perplexity": math.exp(min(ce, 50.0)), "accuracy": totals[f"{name}/hit"] / max(totals["n_tok"], 1)}
         if totals["n_ans"] and totals["n_ans"] != totals["n_tok"]:
+            r["answer_ce"] = totals[f"{name}/nll_ans"] / totals["n_ans"]
             r["answer_accuracy"] = totals[f"{name}/hit_ans"] / totals["n_ans"]
             r["exact_match"] = totals[f"{name}/exact"] / max(totals["n_rows_ans"], 1)
         result[name] = r

@@ -29,7 +29,7 @@ class SilentStar(nnx.Module):
         self.think_cfg = think_cfg
         self.heads = ThoughtHeads(self.gpt2, think_cfg, rngs=rngs) if think_cfg.enabled else None
 
-    def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1):
+    def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False):
         """Parallel forward over a batch of sequences (DESIGN.md 1.1).
 
         Returns a dict:
@@ -39,6 +39,7 @@ class SilentStar(nnx.Module):
           thoughts [BK, L, n, D] (thought inputs z), sigma []
         BK = B * n_samples: each sequence's chains are sampled n_samples times (rows b*K .. b*K+K-1).
         key None -> deterministic thoughts (z = mu), as in evaluation and generation.
+        thought_logits: also return thought_logits [BK, L, A, V], the thought path alone (unmixed).
         """
         g = self.gpt2
         B, L = tokens_BL.shape
@@ -62,6 +63,8 @@ class SilentStar(nnx.Module):
         mixed = (1 - w[..., None]) * h0_s + w[..., None] * y_s
         out.update(mixed_logits=g.logits(mixed), mix_weight=w, value=self.heads.value(h0), logp=logp,
                    thoughts=jnp.moveaxis(z[1:n + 1], 0, 2), sigma=jnp.exp(self.heads.sigma_log()).mean())
+        if thought_logits:
+            out["thought_logits"] = g.logits(y_s)
         return out
 
     def think_at(self, h0_BD, cache, pos, n_thoughts: Optional[int] = None, trace_top_k: int = 0):

@@ -84,7 +84,7 @@ def per_position(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig) 
     r = rewards(lp_mix, lp_base_s, hit_mix, hit_base_s, weights, tcfg.reward)
     complete = lookahead(attn_mask.astype(jnp.float32), A)[..., -1]         # all A targets exist
     pos_mask = rep(attn_mask.astype(jnp.float32) * complete) * (weights.sum(-1) > 0)
-    return dict(K=K, lp_mix=lp_mix, hit_mix=hit_mix, lp_base_s=lp_base_s, weights=weights,
+    return dict(K=K, targets=targets, lp_mix=lp_mix, hit_mix=hit_mix, lp_base_s=lp_base_s, weights=weights,
                 w0=weights[..., 0], r=r, pos_mask=pos_mask)
 
 
@@ -112,6 +112,10 @@ def compute_loss(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, 
     loss_policy = -masked_mean(a * out["logp"], pos_mask) if use_policy else jnp.zeros(())
 
     total = lcfg.base * loss_base + lcfg.think * loss_think + lcfg.policy * loss_policy + lcfg.value * loss_value
+    if "thought_logits" in out:
+        loss_thought = -masked_mean(token_logprob(out["thought_logits"], p["targets"]), weights)
+        total = total + lcfg.thought * loss_thought
+        metrics["loss_thought"] = loss_thought
     acc_think = masked_mean(hit_mix[..., 0], w0)
     n = out["thoughts"].shape[2]
     metrics.update(

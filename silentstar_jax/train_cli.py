@@ -16,6 +16,9 @@ def main(argv=None) -> None:
     from silentstar_jax.config import load_config
     cfg = load_config(args.config, args.overrides)
 
+    if cfg.mesh.distributed:
+        import jax
+        jax.distributed.initialize()
     from rich.console import Console
     from silentstar_jax.errors import UserError
     from silentstar_jax.trainer import Run

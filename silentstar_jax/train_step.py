@@ -67,8 +67,8 @@ def make_loss_fn(graphdef, cfg: Config):
 
     def loss_fn(params, batch, key):
         model = nnx.merge(graphdef, params)
-        out = model(batch["tokens"], batch["attn_mask"], key=key if t.enabled else None,
-                    n_samples=t.n_samples if t.enabled else 1)
+        kw = dict(key=key, n_samples=t.n_samples, thought_logits=cfg.loss.thought > 0) if t.enabled else {}
+        out = model(batch["tokens"], batch["attn_mask"], **kw)
         return compute_loss(out, batch["tokens"], batch["attn_mask"], batch["loss_mask"], t, cfg.loss)
 
     return loss_fn

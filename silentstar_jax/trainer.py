@@ -25,7 +25,7 @@ from silentstar_jax.tokenizer import load_tokenizer
 from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
                                        state_shardings)
 
-LOG_KEYS = ("loss", "loss_base", "loss_think", "loss_policy", "loss_value", "reward", "advantage",
+LOG_KEYS = ("loss", "loss_base", "loss_think", "loss_policy", "loss_value", "loss_thought", "reward", "advantage",
             "value_error", "mix_weight", "thought_norm", "sigma", "acc_base", "acc_think", "thinking_gain",
             "grad_norm", "lr")
 
@@ -144,7 +144,15 @@ class Run:
         self.ckpt.save(self.step, self.params, self.opt_state, meta)
 
     def put_batch(self, rows: dict):
-        return {k: jax.device_put(np.asarray(rows[k]), self._bshard) for k in ("tokens", "attn_mask", "loss_mask")}
+        """Global batch -> arrays sharded over the mesh. Every process builds the same global batch
+        (deterministic iterators); with several processes each contributes its own rows."""
+        keys = ("tokens", "attn_mask", "loss_mask")
+        if jax.process_count() == 1:
+            return {k: jax.device_put(np.asarray(rows[k]), self._bshard) for k in keys}
+        n, i = jax.process_count(), jax.process_index()
+        per = len(rows["tokens"]) // n
+        return {k: jax.make_array_from_process_local_data(self._bshard, np.asarray(rows[k])[i * per:(i + 1) * per])
+                for k in keys}
 
     # ---------------------------------------------------------------- the two jobs
     def evaluate(self) -> dict:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# GPU check, for a single NVIDIA GPU machine with JAX preinstalled and no network (< 8 minutes):
+#   1. the tests that need a GPU (tests/test_gpu.py: cuDNN attention, bf16 thinking step);
+#   2. bench.py at GPT-2 small shape (124M, T=1024, bf16) with n = 0 and n = 4 thoughts:
+#      tokens/s, model FLOP/s, MFU against the GPU's own bf16 matmul FLOP/s measured in the run.
+# Results go to stdout and, where $OUT is set (the device tool), to $OUT/*.log / bench.json.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/device_check}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+py=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.log"
+$py -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" 2>&1 | tee -a "$out/gpu.log"
+timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+timeout 280 $py bench.py --preset gpt2-small --thoughts 0,4 --rounds 3 --gen-tokens 128 --json \
+  2> "$out/bench_stderr.log" | tee "$out/bench.json"
+$py - "$out/bench.json" <<'PY' 2>/dev/null | tee "$out/bench.txt"
+import json, sys
+from silentstar_jax.benchmark import format_report
+print(format_report(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])))
+PY

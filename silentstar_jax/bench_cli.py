@@ -1,0 +1,45 @@
+"""`python bench.py`: training / generation speed report (see silentstar_jax/benchmark.py)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from silentstar_jax.errors import UserError, cli_main
+
+
+@cli_main
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__)
+    p.add_argument("--preset", default="cpu", help="cpu (4 layers, d 256, T 128, batch 16) or gpt2-small (124M, T 1024, bf16)")
+    p.add_argument("--config", help="take the shape from a training config instead (model.* and train.*)")
+    p.add_argument("--thoughts", default="0,2,4,8", help="comma-separated thought counts")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="override the compute dtype")
+    p.add_argument("--batch", type=int, help="override the batch size")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--gen-tokens", type=int, default=256, help="tokens generated per timing (0: skip)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    a = p.parse_args(argv)
+    from silentstar_jax.benchmark import PRESETS, Shape, format_report, run_benchmarks
+    if a.config:
+        from silentstar_jax.config import load_config
+        c = load_config(a.config)
+        m = c.model
+        shape = Shape(c.train.batch_size, c.train.seq_len + 1, m.n_layer, m.n_embd, m.n_head, m.vocab_size, m.dtype)
+    elif a.preset in PRESETS:
+        shape = PRESETS[a.preset]
+    else:
+        raise UserError(f"unknown preset {a.preset!r}; choose one of {', '.join(PRESETS)}")
+    if a.dtype:
+        shape = dataclasses.replace(shape, dtype=a.dtype)
+    if a.batch:
+        shape = dataclasses.replace(shape, batch=a.batch)
+    try:
+        thoughts = [int(x) for x in a.thoughts.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--thoughts must be comma-separated integers, got {a.thoughts!r}") from None
+    log = (lambda msg: print(msg, file=sys.stderr)) if a.json else print
+    report = run_benchmarks(shape, thoughts, rounds=a.rounds, gen_tokens=a.gen_tokens, log=log)
+    report["command"] = "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(json.dumps(report) if a.json else "\n" + format_report(report))

@@ -1,0 +1,232 @@
+"""One benchmark report (`python bench.py`): training throughput and FLOP efficiency for n thoughts,
+the cost of each thinking step against its FLOP-ideal ratio, compile time, compiled peak memory with
+and without remat, and generation speed with and without thinking against recomputing the prefix.
+
+Timings are interleaved in rounds (every configuration once per round, rotating order) so that a
+noisy shared machine slows all alike; medians are reported. The device's own matmul FLOP/s
+(fp32 on CPU, bf16 on GPU) is measured in the same run and is the reference for "of peak".
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from silentstar_jax.config import LossConfig, ModelConfig, ThinkingConfig
+from silentstar_jax.model import SilentStar
+from silentstar_jax.objective import compute_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    batch: int
+    seq: int
+    layers: int
+    d_model: int
+    heads: int
+    vocab: int
+    dtype: str = "float32"
+
+    def model_config(self, n_max: int, **kw) -> ModelConfig:
+        return ModelConfig(vocab_size=self.vocab, n_positions=self.seq + n_max + 8, n_embd=self.d_model,
+                           n_layer=self.layers, n_head=self.heads, dtype=self.dtype, **kw)
+
+
+PRESETS = {
+    "cpu": Shape(batch=16, seq=128, layers=4, d_model=256, heads=4, vocab=512),
+    # GPT-2 small (124M) at T=1024; positions are extended past 1024 for the chain (random weights)
+    "gpt2-small": Shape(batch=8, seq=1024, layers=12, d_model=768, heads=12, vocab=50257, dtype="bfloat16"),
+}
+
+
+def ideal_flops(s: Shape, n: Optional[int], A: int = 1) -> float:
+    """Forward FLOPs of one batch (training = 3x); n None = plain LM. Matmuls, attention (causal
+    average T/2 keys; chain step i adds i+1 chain keys), LM heads, thinking heads."""
+    B, T, D, NL, V = s.batch, s.seq, s.d_model, s.layers, s.vocab
+    mm = 2 * B * T * (D * 3 * D + D * D + 2 * D * 4 * D)
+    att = lambda K: 2 * 2 * B * T * K * D
+    f = NL * (mm + att(T / 2)) + 2 * B * T * D * V
+    if n is None:
+        return f
+    S = n + 2 + (A - 1)
+    f += sum(NL * (mm + att(T / 2 + i + 1)) for i in range(S))
+    f += S * 2 * B * T * D * D                                   # thought projection
+    f += A * (2 * B * T * (2 * D * D + D) + 2 * B * T * D * V)   # mixing head + mixed logits
+    f += 2 * B * T * (D * (D // 4) + D // 4)                     # value head
+    return f
+
+
+def _think_cfg(n: Optional[int], remat: bool) -> ThinkingConfig:
+    return ThinkingConfig(enabled=False) if n is None else ThinkingConfig(n_thoughts=n, remat=remat)
+
+
+def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False):
+    """(jitted step, initial args) for one training step: forward + backward + AdamW, donated."""
+    mc, tc = s.model_config(n_max, remat=remat), _think_cfg(n, remat)
+    graphdef, params = nnx.split(SilentStar(mc, tc, rngs=nnx.Rngs(0)))
+    params = params.to_pure_dict()
+    tx = optax.adamw(1e-4, weight_decay=0.01)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, s.vocab, (s.batch, s.seq), dtype=np.int32))
+    ones = jnp.ones_like(tokens)
+
+    def loss_fn(p, key):
+        out = nnx.merge(graphdef, p)(tokens, ones, key=key if tc.enabled else None)
+        return compute_loss(out, tokens, ones, ones, tc, LossConfig())[0]
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(p, o, key):
+        loss, grads = jax.value_and_grad(loss_fn)(p, key)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss
+
+    return step, params, tx.init(params)
+
+
+def peak_memory_bytes(s: Shape, n: int, remat: bool) -> int:
+    """Temporary memory of the compiled training step (compiled.memory_analysis)."""
+    step, p, o = train_step_fn(s, n, n, remat)
+    ma = step.lower(p, o, jax.random.key(0)).compile().memory_analysis()
+    return int(ma.temp_size_in_bytes) if ma is not None else -1
+
+
+class Timer:
+    """Callables timed in interleaved rounds; median seconds per call."""
+
+    def __init__(self):
+        self.fns: dict[str, Callable[[], None]] = {}
+        self.times: dict[str, list[float]] = {}
+
+    def add(self, name: str, fn: Callable[[], None]) -> None:
+        fn()                                       # warm-up (compiles)
+        self.fns[name], self.times[name] = fn, []
+
+    def run(self, rounds: int, reps: dict[str, int]) -> dict[str, float]:
+        names = list(self.fns)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                for _ in range(reps.get(name, 1)):
+                    t = time.perf_counter()
+                    self.fns[name]()
+                    self.times[name].append(time.perf_counter() - t)
+        return {k: statistics.median(v) for k, v in self.times.items()}
+
+
+def matmul_probe(dtype, size: int):
+    x = jax.random.normal(jax.random.key(1), (size, size), dtype)
+    w = jax.random.normal(jax.random.key(2), (size, size), dtype)
+    f = jax.jit(jnp.dot)
+    return (lambda: f(x, w).block_until_ready()), 2 * size ** 3
+
+
+def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> dict:
+    """tokens/s: KV-cached no-think, KV-cached with n thoughts, and recomputing the whole prefix
+    (every position thinking) per token as Quiet-STaR's evaluation did."""
+    from silentstar_jax.generation import Generator
+    from silentstar_jax.sampling import SamplingConfig
+    prompt = 8
+    mc = ModelConfig(vocab_size=s.vocab, n_positions=prompt + gen_tokens + n + 4, n_embd=s.d_model,
+                     n_layer=s.layers, n_head=s.heads, dtype=s.dtype)
+    model = SilentStar(mc, ThinkingConfig(n_thoughts=n), rngs=nnx.Rngs(0))
+    ids = list(range(1, prompt + 1))
+    greedy = SamplingConfig(greedy=True)
+    gens = {"generate no-think": Generator(model, greedy, think=False),
+            f"generate n={n}": Generator(model, greedy, think=True)}
+    P = prompt + gen_tokens
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def full(tokens, mask, pos):
+        logits = nnx.merge(graphdef, state)(tokens, mask)["mixed_logits"][0, :, 0]
+        return jnp.argmax(logits[pos])
+
+    def recompute(n_tok: int):
+        toks = np.zeros((1, P), np.int32)
+        toks[0, :prompt] = ids
+        for i in range(n_tok):
+            cur = prompt + i
+            mask = (np.arange(P) < cur)[None].astype(np.int32)
+            toks[0, cur] = int(full(jnp.asarray(toks), jnp.asarray(mask), cur - 1))
+
+    timer, per = Timer(), {}
+    for name, g in gens.items():
+        timer.add(name, lambda g=g: g.generate(ids, gen_tokens))
+        per[name] = gen_tokens
+    n_re = max(gen_tokens // 16, 4)              # the baseline is slow: time fewer tokens, same context
+    timer.add(f"recompute prefix n={n}", lambda: recompute(n_re))
+    per[f"recompute prefix n={n}"] = n_re
+    med = timer.run(rounds, {})
+    return {k: per[k] / v for k, v in med.items()}
+
+
+def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: int = 256,
+                   log: Callable[[str], None] = print) -> dict:
+    gpu = jax.default_backend() == "gpu"
+    mm_dtype = jnp.bfloat16 if gpu else jnp.float32
+    timer, flops, compile_s = Timer(), {}, {}
+    n_max = max(thoughts, default=0)
+    for n in [None] + thoughts:
+        name = "plain LM" if n is None else f"thinking n={n}"
+        step, p, o = train_step_fn(s, n, n_max)
+        state = {"p": p, "o": o, "i": 0}
+
+        def call(state=state, step=step):
+            state["i"] += 1
+            state["p"], state["o"], loss = step(state["p"], state["o"], jax.random.key(state["i"]))
+            loss.block_until_ready()
+
+        t0 = time.perf_counter()
+        timer.add(name, call)
+        compile_s[name] = time.perf_counter() - t0
+        flops[name] = 3 * ideal_flops(s, n)
+        log(f"compiled {name} in {compile_s[name]:.1f}s")
+    size = 8192 if gpu else 1024
+    mm, mm_flops = matmul_probe(mm_dtype, size)
+    timer.add("matmul", mm)
+    med = timer.run(rounds, {"matmul": 5})
+    peak = mm_flops / med.pop("matmul")
+    plain = med["plain LM"]
+    rows = {}
+    for name, t in med.items():
+        ideal = flops[name] / flops["plain LM"]
+        rows[name] = {"ms_per_step": 1e3 * t, "tokens_per_s": s.batch * s.seq / t, "model_flop_per_s": flops[name] / t,
+                      "fraction_of_matmul_peak": flops[name] / t / peak, "time_ratio": t / plain,
+                      "flop_ratio": ideal, "time_over_flop_ratio": (t / plain) / ideal,
+                      "compile_s": compile_s[name]}
+    memory = {}
+    if thoughts:
+        for remat in (False, True):
+            memory["remat" if remat else "no remat"] = peak_memory_bytes(s, n_max, remat)
+    gen = generation_speeds(s, max(thoughts, default=2) if thoughts else 2, gen_tokens, rounds) if gen_tokens else {}
+    return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+            "jax": jax.__version__, "shape": dataclasses.asdict(s),
+            "matmul_peak_flop_per_s": peak, "matmul": f"{size}x{size} {jnp.dtype(mm_dtype).name}",
+            "train": rows, "peak_memory_bytes": {"n": n_max, **memory}, "generation_tokens_per_s": gen}
+
+
+def format_report(r: dict) -> str:
+    s = r["shape"]
+    lines = [f"device: {r['backend']} ({r['device']}), jax {r['jax']}; shape: {s['layers']} layers, d={s['d_model']}, "
+             f"{s['heads']} heads, T={s['seq']}, batch {s['batch']}, vocab {s['vocab']}, {s['dtype']}",
+             f"measured matmul peak ({r['matmul']}): {r['matmul_peak_flop_per_s'] / 1e9:,.1f} GFLOP/s", "",
+             f"{'training step':<16}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
+             f"{'time x':>8}{'FLOP x':>8}{'time/FLOP':>10}{'compile s':>10}"]
+    for name, x in r["train"].items():
+        lines.append(f"{name:<16}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}{x['model_flop_per_s'] / 1e9:>10.1f}"
+                     f"{x['fraction_of_matmul_peak']:>9.1%}{x['time_ratio']:>8.2f}{x['flop_ratio']:>8.2f}"
+                     f"{x['time_over_flop_ratio']:>10.2f}{x['compile_s']:>10.1f}")
+    m = r["peak_memory_bytes"]
+    if len(m) > 1:
+        lines += ["", f"compiled step temp memory, n={m['n']}: " +
+                  ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in m.items() if k != "n")]
+    if r["generation_tokens_per_s"]:
+        lines += ["", f"{'generation (batch 1, greedy)':<32}{'tokens/s':>10}"]
+        lines += [f"{k:<32}{v:>10,.1f}" for k, v in r["generation_tokens_per_s"].items()]
+    return "\n".join(lines)
