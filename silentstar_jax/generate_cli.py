@@ -130,7 +130,7 @@ def generate_once(gen, tok, prompt: str, args, think, out, err) -> None:
     if not ids:
         raise UserError("the prompt encodes to no tokens")
     events = []
-    t_first = None                                   # tokens/s after the first token (which compiles)
+    t_mark = []                                      # steady-state tokens/s: the first two calls compile
     stream = gen.stream(ids, args.max_new_tokens, seed=args.seed, stop_id=tok.eos_id)
     status = None if (args.json or args.quiet) else out.status("Thinking…" if think else "Generating…")
     try:
@@ -138,8 +138,8 @@ def generate_once(gen, tok, prompt: str, args, think, out, err) -> None:
             status.start()
         for e in stream:
             events.append(e)
-            if t_first is None:
-                t_first = time.perf_counter()
+            if len(t_mark) < 2:
+                t_mark.append(time.perf_counter())
             if args.json:
                 print(json.dumps(event_json(e, tok, think)), flush=True)
             elif args.quiet:
@@ -155,7 +155,7 @@ def generate_once(gen, tok, prompt: str, args, think, out, err) -> None:
     finally:
         if status is not None:
             status.stop()
-    tps = (len(events) - 1) / max(time.perf_counter() - t_first, 1e-9) if len(events) > 1 else 0.0
+    tps = (len(events) - 2) / max(time.perf_counter() - t_mark[-1], 1e-9) if len(events) > 2 else 0.0
     text = tok.decode([e.token_id for e in events])
     if args.json:
         print(json.dumps({"text": text, "tokens_per_second": tps}), flush=True)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from silentstar_jax.attention import cached_attention, causal_attention
 from silentstar_jax.config import ModelConfig
@@ -31,6 +32,33 @@ def layer_norm(x, scale, bias, eps):
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
     return (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+@jax.custom_vjp
+def dense(a, w):
+    """a [..., K] @ w [K, N]. Own VJP for XLA:CPU: autodiff's weight gradient a^T g contracts over the
+    token axis of both operands, which XLA:CPU runs as a slow non-YNNPACK dot behind a slow fused
+    transpose; here the narrower operand is transposed on its own and the product is a plain matmul."""
+    return jnp.einsum("...k,kn->...n", a, w)
+
+
+def _dense_fwd(a, w):
+    return dense(a, w), (a, w)
+
+
+def _dense_bwd(res, g):
+    a, w = res
+    da = jnp.einsum("...n,kn->...k", g, w)
+    a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+    bar = jax.lax.optimization_barrier          # keeps XLA from folding the transposes back into the dot
+    if g2.shape[1] < a2.shape[1]:
+        dw = bar(bar(g2.T) @ a2).T              # [N, T] @ [T, K], then a small [N, K] transpose
+    else:
+        dw = bar(a2.T) @ g2                     # [K, T] @ [T, N]
+    return da, dw
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def compute_dtype(cfg: ModelConfig):
@@ -79,10 +107,11 @@ class GPT2(nnx.Module):
         cfg, dt = self.cfg, compute_dtype(self.cfg)
         H, Dh = cfg.n_head, cfg.head_dim
         eps = cfg.layer_norm_epsilon
+        matmul = dense if jax.default_backend() == "cpu" else (lambda a, w: jnp.einsum("...k,kn->...n", a, w))
 
         def block(x, inputs):
             p, xs = inputs
-            mm = lambda a, w, b: jnp.einsum("bld,df->blf", a.astype(dt), w.astype(dt)) + b.astype(dt)
+            mm = lambda a, w, b: checkpoint_name(matmul(a.astype(dt), w.astype(dt)) + b.astype(dt), "dense_out")
             B, L, D = x.shape
             h = layer_norm(x, p["ln_1_scale"], p["ln_1_bias"], eps)
             q, k, v = jnp.split(mm(h, p["c_attn_kernel"], p["c_attn_bias"]), 3, axis=-1)
@@ -96,6 +125,8 @@ class GPT2(nnx.Module):
 
         if cfg.remat:
             block = jax.checkpoint(block)
+        else:   # keep the matmul outputs, recompute the cheap rest (layer norms, GELU, softmax) in the backward pass
+            block = jax.checkpoint(block, policy=jax.checkpoint_policies.save_only_these_names("dense_out"))
         return jax.lax.scan(block, x_BLD, (self.layer_params(), layer_xs))
 
     # ------------------------------------------------------------------ whole passes

@@ -49,10 +49,6 @@ def test_bad_checkpoints(bad_dirs, case, needle):
     _assert_clean_error(run_cli("generate.py", "--init-from", path, "--prompt", "hi"), needle)
 
 
-def test_prompt_longer_than_context():
-    _assert_clean_error(run_cli("generate.py", "--init-from", FIXTURE, "--prompt", "word " * 200), "context")
-
-
 def test_unknown_hub_name_offline():
     proc = run_cli("generate.py", "--init-from", "no-such-org-xyz/no-such-model", "--prompt", "hi")
     _assert_clean_error(proc, "hub")
@@ -60,7 +56,7 @@ def test_unknown_hub_name_offline():
 
 def test_generate_json_schema():
     proc = run_cli("generate.py", "--init-from", FIXTURE, "--prompt", "The quick", "--max-new-tokens", "4",
-                   "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--json")
+                   "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--json", "--no-think")
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(l) for l in proc.stdout.strip().splitlines()]
     assert [l["step"] for l in lines[:-1]] == [0, 1, 2, 3]

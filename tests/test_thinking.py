@@ -233,7 +233,8 @@ def _step_compile_seconds(n):
 
 def test_compile_time_does_not_grow_with_thoughts():
     _step_compile_seconds(2)                                   # warm the compiler
-    t2, t16 = min(_step_compile_seconds(2) for _ in range(2)), _step_compile_seconds(16)
+    t2 = min(_step_compile_seconds(2) for _ in range(2))     # min of two: the machine is shared
+    t16 = min(_step_compile_seconds(16) for _ in range(2))
     assert t16 < 1.5 * t2, (t2, t16)
 
 
