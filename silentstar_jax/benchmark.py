@@ -82,8 +82,9 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False):
         return compute_loss(out, tokens, ones, ones, tc, LossConfig())[0]
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(p, o, key):
-        loss, grads = jax.value_and_grad(loss_fn)(p, key)
+    def step(p, o, i):
+        # an int step, folded in here: passing fresh key arrays made XLA:CPU recompile every call
+        loss, grads = jax.value_and_grad(loss_fn)(p, jax.random.fold_in(jax.random.key(0), i))
         updates, o = tx.update(grads, o, p)
         return optax.apply_updates(p, updates), o, loss
 
@@ -93,7 +94,7 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False):
 def peak_memory_bytes(s: Shape, n: int, remat: bool) -> int:
     """Temporary memory of the compiled training step (compiled.memory_analysis)."""
     step, p, o = train_step_fn(s, n, n, remat)
-    ma = step.lower(p, o, jax.random.key(0)).compile().memory_analysis()
+    ma = step.lower(p, o, 0).compile().memory_analysis()
     return int(ma.temp_size_in_bytes) if ma is not None else -1
 
 
@@ -179,7 +180,7 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
 
         def call(state=state, step=step):
             state["i"] += 1
-            state["p"], state["o"], loss = step(state["p"], state["o"], jax.random.key(state["i"]))
+            state["p"], state["o"], loss = step(state["p"], state["o"], state["i"])
             loss.block_until_ready()
 
         t0 = time.perf_counter()
