@@ -117,9 +117,10 @@ def test_cli_odd_input_and_long_prompt(run_dir):
 def test_prompt_loop_in_a_terminal(run_dir):
     pexpect = pytest.importorskip("pexpect")
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", COLUMNS="120")
+    # 12 thoughts per token keep the generation long enough for Ctrl-C to land inside it
     child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "generate.py"), "--checkpoint", run_dir,
-                                           "--max-new-tokens", "150"], env=env, cwd=ROOT, encoding="utf-8",
-                          timeout=120)
+                                           "--max-new-tokens", "140", "--thoughts", "12"], env=env, cwd=ROOT,
+                          encoding="utf-8", timeout=120)
     child.expect("prompt> ")
     child.sendline("")                               # empty prompt: asked again
     child.expect("prompt> ")
