@@ -16,7 +16,6 @@ from flax import nnx
 from silentstar_jax.objective import target_weights, token_logprob
 from silentstar_jax.model import shift_left
 
-_SUMS = ("n_tok", "n_ans", "n_rows_ans")
 
 
 def make_eval_fn(graphdef):
