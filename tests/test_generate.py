@@ -120,7 +120,7 @@ def test_prompt_loop_in_a_terminal(run_dir):
     # 12 thoughts per token keep the generation long enough for Ctrl-C to land inside it
     child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "generate.py"), "--checkpoint", run_dir,
                                            "--max-new-tokens", "140", "--thoughts", "12"], env=env, cwd=ROOT,
-                          encoding="utf-8", timeout=120)
+                          encoding="utf-8", timeout=300)
     child.expect("prompt> ")
     child.sendline("")                               # empty prompt: asked again
     child.expect("prompt> ")
@@ -135,7 +135,7 @@ def test_prompt_loop_in_a_terminal(run_dir):
     child.close()
     assert child.exitstatus == 0
     child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "generate.py"), "--checkpoint", run_dir],
-                          env=env, cwd=ROOT, encoding="utf-8", timeout=120)
+                          env=env, cwd=ROOT, encoding="utf-8", timeout=300)
     child.expect("prompt> ")
     child.sendeof()                                  # Ctrl-D leaves
     child.expect(pexpect.EOF)
