@@ -53,7 +53,7 @@ class ThoughtHeads(nnx.Module):
         H = max(D // 4, 1)
         self.mix_w1, self.mix_b1 = nnx.Param(normal((2 * D, D), 0.02)), nnx.Param(jnp.zeros((D,)))
         # zero last layer + negative bias: w = sigmoid(bias) ~ 0 whatever the input, i.e. the base model
-        self.mix_w2, self.mix_b2 = nnx.Param(jnp.zeros((D, 1))), nnx.Param(jnp.full((1,), cfg.mix_init_bias))
+        self.mix_w2, self.mix_b2 = nnx.Param(jnp.zeros((D, 1))), nnx.Param(jnp.full((1,), cfg.mix_init_bias, jnp.float32))
         self.value_w1, self.value_b1 = nnx.Param(normal((D, H), 0.02)), nnx.Param(jnp.zeros((H,)))
         self.value_w2, self.value_b2 = nnx.Param(jnp.zeros((H, 1))), nnx.Param(jnp.zeros((1,)))
 
