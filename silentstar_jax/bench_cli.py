@@ -17,6 +17,9 @@ def main(argv=None) -> None:
     p.add_argument("--thoughts", default="0,2,4,8", help="comma-separated thought counts")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="override the compute dtype")
     p.add_argument("--batch", type=int, help="override the batch size")
+    p.add_argument("--chain", default="scan,unrolled", help="chain implementations to time (thinking.chain)")
+    p.add_argument("--compare-dtype", default="bfloat16",
+                   help="also time the plain step in this dtype ('' to skip); compare with the main dtype")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--gen-tokens", type=int, default=256, help="tokens generated per timing (0: skip)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -39,7 +42,13 @@ def main(argv=None) -> None:
         thoughts = [int(x) for x in a.thoughts.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--thoughts must be comma-separated integers, got {a.thoughts!r}") from None
+    chains = tuple(x.strip() for x in a.chain.split(",") if x.strip())
+    if not chains or set(chains) - {"scan", "unrolled"}:
+        raise UserError(f"--chain must list scan and/or unrolled, got {a.chain!r}")
+    if a.compare_dtype not in ("", "float32", "bfloat16"):
+        raise UserError(f"--compare-dtype must be float32, bfloat16 or '', got {a.compare_dtype!r}")
     log = (lambda msg: print(msg, file=sys.stderr)) if a.json else print
-    report = run_benchmarks(shape, thoughts, rounds=a.rounds, gen_tokens=a.gen_tokens, log=log)
+    report = run_benchmarks(shape, thoughts, rounds=a.rounds, gen_tokens=a.gen_tokens, chains=chains,
+                            other_dtype=a.compare_dtype or None, log=log)
     report["command"] = "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps(report) if a.json else "\n" + format_report(report))

@@ -64,13 +64,13 @@ def ideal_flops(s: Shape, n: Optional[int], A: int = 1) -> float:
     return f
 
 
-def _think_cfg(n: Optional[int], remat: bool) -> ThinkingConfig:
-    return ThinkingConfig(enabled=False) if n is None else ThinkingConfig(n_thoughts=n, remat=remat)
+def _think_cfg(n: Optional[int], remat: bool, chain: str) -> ThinkingConfig:
+    return ThinkingConfig(enabled=False) if n is None else ThinkingConfig(n_thoughts=n, remat=remat, chain=chain)
 
 
-def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False):
+def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, chain: str = "scan"):
     """(jitted step, initial args) for one training step: forward + backward + AdamW, donated."""
-    mc, tc = s.model_config(n_max, remat=remat), _think_cfg(n, remat)
+    mc, tc = s.model_config(n_max, remat=remat), _think_cfg(n, remat, chain)
     graphdef, params = nnx.split(SilentStar(mc, tc, rngs=nnx.Rngs(0)))
     params = params.to_pure_dict()
     tx = optax.adamw(1e-4, weight_decay=0.01)
@@ -91,9 +91,9 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False):
     return step, params, tx.init(params)
 
 
-def peak_memory_bytes(s: Shape, n: int, remat: bool) -> int:
+def peak_memory_bytes(s: Shape, n: int, remat: bool, chain: str) -> int:
     """Temporary memory of the compiled training step (compiled.memory_analysis)."""
-    step, p, o = train_step_fn(s, n, n, remat)
+    step, p, o = train_step_fn(s, n, n, remat, chain)
     ma = step.lower(p, o, 0).compile().memory_analysis()
     return int(ma.temp_size_in_bytes) if ma is not None else -1
 
@@ -168,14 +168,19 @@ def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> dict:
 
 
 def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: int = 256,
+                   chains: tuple[str, ...] = ("scan", "unrolled"), other_dtype: Optional[str] = None,
                    log: Callable[[str], None] = print) -> dict:
+    """other_dtype: also time the plain LM step in this compute dtype (e.g. bf16 against fp32)."""
     gpu = jax.default_backend() == "gpu"
     mm_dtype = jnp.bfloat16 if gpu else jnp.float32
     timer, flops, compile_s = Timer(), {}, {}
     n_max = max(thoughts, default=0)
-    for n in [None] + thoughts:
-        name = "plain LM" if n is None else f"thinking n={n}"
-        step, p, o = train_step_fn(s, n, n_max)
+    configs = [("plain LM", s, None, "scan")]
+    if other_dtype and other_dtype != s.dtype:
+        configs.append((f"plain LM {other_dtype}", dataclasses.replace(s, dtype=other_dtype), None, "scan"))
+    configs += [(f"n={n} {chain}", s, n, chain) for n in thoughts for chain in chains]
+    for name, shape, n, chain in configs:
+        step, p, o = train_step_fn(shape, n, n_max, chain=chain)
         state = {"p": p, "o": o, "i": 0}
 
         def call(state=state, step=step):
@@ -202,25 +207,33 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
                       "flop_ratio": ideal, "time_over_flop_ratio": (t / plain) / ideal,
                       "compile_s": compile_s[name]}
     memory = {}
-    if thoughts:
+    for chain in chains if thoughts else ():
         for remat in (False, True):
-            memory["remat" if remat else "no remat"] = peak_memory_bytes(s, n_max, remat)
+            memory[chain + (" + remat" if remat else "")] = peak_memory_bytes(s, n_max, remat, chain)
     gen = generation_speeds(s, max(thoughts, default=2) if thoughts else 2, gen_tokens, rounds) if gen_tokens else {}
     return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "jax": jax.__version__, "shape": dataclasses.asdict(s),
             "matmul_peak_flop_per_s": peak, "matmul": f"{size}x{size} {jnp.dtype(mm_dtype).name}",
-            "train": rows, "peak_memory_bytes": {"n": n_max, **memory}, "generation_tokens_per_s": gen}
+            "train": rows, "peak_memory_bytes": {"n": n_max, **memory}, "generation_tokens_per_s": gen,
+            "malloc_tuned": malloc_tuned()}
+
+
+def malloc_tuned() -> bool:
+    """Whether runtime.tune_malloc ran in this process (the entry points call it)."""
+    from silentstar_jax import runtime
+    return runtime.TUNED
 
 
 def format_report(r: dict) -> str:
     s = r["shape"]
     lines = [f"device: {r['backend']} ({r['device']}), jax {r['jax']}; shape: {s['layers']} layers, d={s['d_model']}, "
-             f"{s['heads']} heads, T={s['seq']}, batch {s['batch']}, vocab {s['vocab']}, {s['dtype']}",
+             f"{s['heads']} heads, T={s['seq']}, batch {s['batch']}, vocab {s['vocab']}, {s['dtype']}; "
+             f"malloc tuned: {'yes' if r.get('malloc_tuned') else 'no'}",
              f"measured matmul peak ({r['matmul']}): {r['matmul_peak_flop_per_s'] / 1e9:,.1f} GFLOP/s", "",
-             f"{'training step':<16}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
+             f"{'training step':<20}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
              f"{'time x':>8}{'FLOP x':>8}{'time/FLOP':>10}{'compile s':>10}"]
     for name, x in r["train"].items():
-        lines.append(f"{name:<16}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}{x['model_flop_per_s'] / 1e9:>10.1f}"
+        lines.append(f"{name:<20}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}{x['model_flop_per_s'] / 1e9:>10.1f}"
                      f"{x['fraction_of_matmul_peak']:>9.1%}{x['time_ratio']:>8.2f}{x['flop_ratio']:>8.2f}"
                      f"{x['time_over_flop_ratio']:>10.2f}{x['compile_s']:>10.1f}")
     m = r["peak_memory_bytes"]

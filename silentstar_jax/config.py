@@ -64,7 +64,8 @@ class ThinkingConfig:
     log_sigma_max: float = 2.0
     mix_init_bias: float = -4.0          # sigmoid(-4) = 0.018: training starts at the base model
     remat: bool = False                  # jax.checkpoint on each chain step
-    unroll: int = 1                      # lax.scan unroll of the chain steps
+    chain: Literal["scan", "unrolled"] = "scan"   # unrolled: faster steps, compile time grows with n
+    unroll: int = 1                      # lax.scan unroll of the chain steps (chain: scan)
 
     @property
     def n_steps(self) -> int:

@@ -7,6 +7,7 @@ deterministic given the seed and expose a small JSON-able `state` saved in check
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Iterator, Optional
 
@@ -59,12 +60,19 @@ def _load_hf(d: DataConfig, split: str, streaming: bool):
             missing = [f for f in d.files if not os.path.exists(f)]
             if missing:
                 raise UserError(f"data.files: not found: {missing[0]}")
-            ext = os.path.splitext(d.files[0])[1].lower()
-            builder = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
-                       ".parquet": "parquet"}.get(ext)
-            if builder is None:
-                raise UserError(f"data.files: unsupported extension {ext!r} (use .txt, .jsonl/.json or .parquet)")
-            return datasets.load_dataset(builder, data_files=list(d.files), split="train", streaming=streaming)
+            if d.eval_split:   # the files have one split: eval_split would evaluate on the training text
+                raise UserError("data.eval_split is for data.source=hf; with data.files the eval text is "
+                                "held out of the files")
+            kinds = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+            exts = sorted({os.path.splitext(f)[1].lower() for f in d.files})
+            bad = [e for e in exts if e not in kinds]
+            if bad:
+                raise UserError(f"data.files: unsupported extension {bad[0]!r} (use .txt, .jsonl/.json or .parquet)")
+            builders = {kinds[e] for e in exts}
+            if len(builders) > 1:   # one builder reads all the files: JSON read as text would train on braces
+                raise UserError(f"data.files: mixes formats ({', '.join(exts)}); use one format at a time")
+            return datasets.load_dataset(builders.pop(), data_files=list(d.files), split="train",
+                                         streaming=streaming)
         if not d.dataset:
             raise UserError("data.source=hf needs data.dataset (a hub dataset name)")
         return datasets.load_dataset(d.dataset, d.dataset_config, split=split, streaming=streaming)
@@ -73,6 +81,13 @@ def _load_hf(d: DataConfig, split: str, streaming: bool):
     except Exception as e:  # noqa: BLE001 - offline / unknown dataset / bad file: one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"data: could not load dataset ({msg[:200]})") from None
+
+
+def _text(ex: dict, field: str) -> str:
+    """One streamed document's text (a streamed dataset may not know its columns before reading)."""
+    if field not in ex:
+        raise UserError(f"data.text_field {field!r} not in the dataset's columns {list(ex)}")
+    return ex[field]
 
 
 def pack(docs_ids: list[list[int]], eos: int, T: int, carry: Optional[list[int]] = None):
@@ -149,37 +164,63 @@ class RowIterator:
 
 
 class StreamIterator:
-    """Streaming text (hub or local files): shuffled with a buffer, packed on the fly. Its state is
-    the HF IterableDataset's state_dict plus the packing leftover."""
+    """Streaming text (hub or local files), packed on the fly. Shuffled in blocks of `block_docs`
+    documents, block b of pass p in permutation([seed, p, b]) order: unlike HF's shuffle buffer, whose
+    contents a checkpoint loses, a block can be read again exactly. The state: where the current block
+    starts (the HF stream's state_dict), how many of its documents were used, the packing leftover."""
 
-    def __init__(self, d: DataConfig, tok: Tokenizer, T: int, batch_size: int, seed: int, skip: int = 0):
-        ds = _load_hf(d, d.split, streaming=True)
-        self.ds = ds.skip(skip).shuffle(seed=seed, buffer_size=1000)
+    def __init__(self, d: DataConfig, tok: Tokenizer, T: int, batch_size: int, seed: int, skip: int = 0,
+                 block_docs: int = 1000):
+        self.src = _load_hf(d, d.split, streaming=True).skip(skip)
+        self.start = self.src.state_dict()   # the stream's beginning, where each pass starts
         self.d, self.tok, self.T, self.batch_size = d, tok, T, batch_size
+        self.seed, self.block_docs = seed, block_docs
+        self.pass_, self.block, self.block_start, self.used = 0, 0, self.start, 0
         self.leftover: list[int] = []
-        self._it = None
+        self._docs: Optional[list[list[int]]] = None   # the current block, shuffled; None: read it again
 
     @property
     def state(self) -> dict:
-        return {"hf": self.ds.state_dict(), "leftover": list(self.leftover)}
+        return {"pass": self.pass_, "block": self.block, "block_start": self.block_start, "used": self.used,
+                "leftover": list(self.leftover)}
 
     def restore(self, state: dict) -> None:
-        self.ds.load_state_dict(state["hf"])
-        self.leftover = list(state["leftover"])
-        self._it = None
+        self.pass_, self.block, self.used = int(state["pass"]), int(state["block"]), int(state["used"])
+        self.block_start, self.leftover = state["block_start"], list(state["leftover"])
+        self._docs = None
+
+    def _read_block(self) -> None:
+        exs = list(itertools.islice(self._it, self.block_docs))
+        order = np.random.default_rng([self.seed, self.pass_, self.block]).permutation(len(exs))
+        self._docs = [self.tok.encode(_text(exs[i], self.d.text_field)) for i in order]
+
+    def _seek(self, state: dict) -> None:
+        self.src.load_state_dict(state)   # HF reapplies a loaded state at every iter(): each pass seeks
+        self._it = iter(self.src)
+
+    def _next_doc(self) -> list[int]:
+        if self._docs is None:
+            self._seek(self.block_start)
+            self._read_block()
+        while self.used == len(self._docs):
+            if len(self._docs) == self.block_docs:   # the pass goes on
+                self.block, self.block_start = self.block + 1, self.src.state_dict()
+            elif self.block == 0 and not self._docs:
+                raise UserError("data: the stream has no documents to train on"
+                                + (f" after the {self.d.eval_docs} held out (data.eval_docs)"
+                                   if not self.d.eval_split else ""))
+            else:                                      # end of the stream: another pass
+                self.pass_, self.block, self.block_start = self.pass_ + 1, 0, self.start
+                self._seek(self.start)
+            self._read_block()
+            self.used = 0
+        self.used += 1
+        return self._docs[self.used - 1]
 
     def __next__(self) -> Rows:
-        if self._it is None:
-            self._it = iter(self.ds)
         out = np.zeros((0, self.T), np.int32)
         while len(out) < self.batch_size:
-            try:
-                ex = next(self._it)
-            except StopIteration:
-                self._it = iter(self.ds)   # another pass over the stream
-                continue
-            blocks, self.leftover = pack([self.tok.encode(ex[self.d.text_field])], self.tok.eos_id, self.T,
-                                         self.leftover)
+            blocks, self.leftover = pack([self._next_doc()], self.tok.eos_id, self.T, self.leftover)
             out = np.concatenate([out, blocks])
         if len(out) > self.batch_size:   # keep surplus blocks as leftover tokens
             self.leftover = out[self.batch_size:].reshape(-1).tolist() + self.leftover
@@ -201,7 +242,7 @@ def build_data(cfg: Config, tok: Tokenizer):
     if d.streaming:
         # held out: the first eval_docs documents of the stream (eval_split if given); training skips them
         src = _load_hf(d, d.eval_split or d.split, streaming=True)
-        docs = [tok.encode(ex[d.text_field]) for ex in src.take(d.eval_docs)]
+        docs = [tok.encode(_text(ex, d.text_field)) for ex in src.take(d.eval_docs)]
         evals = _rows_from_blocks(pack(docs, tok.eos_id, T)[0])
         if len(evals["tokens"]) == 0:
             raise UserError(f"data: the first {d.eval_docs} documents hold no full block of {T} tokens")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from silentstar_jax.attention import chain_attention
+from silentstar_jax.attention import chain_attention, chain_attention_unrolled
 from silentstar_jax.config import ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
 
@@ -84,46 +84,83 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     teacher-forced talk embeddings (A-1 may be 0). key None -> deterministic thoughts z = mu.
     Returns y [S, B, L, D] (ln_f output of every step), z [S, B, L, D] (step inputs) and
     logp [B, L] = sum over thought steps of mean_d log N(stop_grad(z); mu, sigma^2).
+
+    thinking.chain: "scan" runs the steps under lax.scan with an [S] key buffer (compile time
+    independent of n); "unrolled" writes them out in Python with per-step keys (same numbers, same
+    noise; faster at run time, compile time grows with n).
     """
     cfg, mcfg = heads.cfg, gpt2.cfg
     n, A1 = n_thoughts, talk_ABLD.shape[0]
     S = n + 2 + A1
     NL, B, L = mcfg.n_layer, pos_BL.shape[0], pos_BL.shape[1]
-    D = mcfg.n_embd
-    buf = jnp.zeros((NL, S, B, L, mcfg.n_head, mcfg.head_dim), base_k.dtype)
     log_sigma = heads.sigma_log()
     start, end = heads.embedding("start"), heads.embedding("end")
     pause = heads.embedding("pause")
     wpe = gpt2.wpe[...]
     latent = cfg.feedback == "latent"
     pathwise = cfg.estimator in ("pathwise", "both")
+    sampled = key is not None and latent
+
+    def thought(i, y_prev):
+        """Input z of a thought step and its policy log-prob [B, L] (0 when not sampled)."""
+        if not latent:
+            return jnp.broadcast_to(pause, y_prev.shape), jnp.zeros(y_prev.shape[:-1])
+        mu = heads.project(y_prev)
+        if not sampled:
+            return mu, jnp.zeros(mu.shape[:-1])
+        z_raw = mu + jnp.exp(log_sigma) * jax.random.normal(jax.random.fold_in(key, i), mu.shape)
+        z = z_raw if pathwise else jax.lax.stop_gradient(z_raw)
+        return z, gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
+
+    def talk(i):
+        return talk_ABLD[i - n - 2] if A1 else None
+
+    def layers(i, inp, attend, layer_xs):
+        x, out = gpt2.run_layers(inp + wpe[pos_BL + i + 1], attend, layer_xs)
+        return gpt2.final_norm(x), out
+
+    if cfg.chain == "unrolled":
+        def ustep(i, y_prev, prev_k, prev_v):
+            lp = None
+            if 1 <= i <= n:
+                inp, lp = thought(i, y_prev)
+            else:
+                inp = jnp.broadcast_to(start if i == 0 else end if i == n + 1 else talk(i), y_prev.shape)
+
+            def attend(q, k, v, xs):
+                return chain_attention_unrolled(q, k, v, *xs[:2], base_mask, *xs[2:]), (k, v)
+
+            y, kv = layers(i, inp, attend, (base_k, base_v, prev_k, prev_v))
+            return y, inp, lp, kv
+
+        if cfg.remat:
+            ustep = jax.checkpoint(ustep, static_argnums=(0,))
+        y_prev, logp = jnp.zeros((B, L, mcfg.n_embd)), jnp.zeros((B, L))
+        ks, vs, ys, zs = (), (), [], []
+        for i in range(S):
+            y_prev, inp, lp, (k_i, v_i) = ustep(i, y_prev, ks, vs)
+            ks, vs = ks + (k_i.astype(base_k.dtype),), vs + (v_i.astype(base_v.dtype),)
+            ys.append(y_prev), zs.append(inp)
+            if lp is not None and sampled:
+                logp = logp + lp
+        return jnp.stack(ys), jnp.stack(zs), logp
 
     def step(carry, i):
         y_prev, ck, cv, logp = carry
-        mu = heads.project(y_prev)
-        if latent:
-            noise = 0.0 if key is None else jax.random.normal(jax.random.fold_in(key, i), mu.shape)
-            z_raw = mu + jnp.exp(log_sigma) * noise
-            z = z_raw if pathwise else jax.lax.stop_gradient(z_raw)
-            lp = gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
-        else:
-            z, lp = jnp.broadcast_to(pause, mu.shape), jnp.zeros(mu.shape[:-1])
+        z, lp = thought(i, y_prev)
         is_thought = (i >= 1) & (i <= n)
-        talk = talk_ABLD[jnp.clip(i - n - 2, 0, max(A1 - 1, 0))] if A1 else jnp.zeros_like(mu)
-        inp = jnp.where(i == 0, start, jnp.where(is_thought, z, jnp.where(i == n + 1, end, talk)))
-        x = inp + wpe[pos_BL + i + 1]
+        tk = talk_ABLD[jnp.clip(i - n - 2, 0, max(A1 - 1, 0))] if A1 else z
+        inp = jnp.where(i == 0, start, jnp.where(is_thought, z, jnp.where(i == n + 1, end, tk)))
 
         def attend(q, k, v, xs):
-            bk, bv, lk, lv = xs
-            return chain_attention(q, k, v, bk, bv, base_mask, lk, lv, i)
+            return chain_attention(q, k, v, *xs[:2], base_mask, *xs[2:], i)
 
-        x, (ck, cv) = gpt2.run_layers(x, attend, (base_k, base_v, ck, cv))
-        y = gpt2.final_norm(x)
-        logp = logp + jnp.where(is_thought & (key is not None) & latent, lp, 0.0)
-        return (y, ck, cv, logp), (y, inp)
+        y, (ck, cv) = layers(i, inp, attend, (base_k, base_v, ck, cv))
+        return (y, ck, cv, logp + jnp.where(is_thought, lp, 0.0)), (y, inp)
 
     if cfg.remat:
         step = jax.checkpoint(step)
-    carry = (jnp.zeros((B, L, D)), buf, buf, jnp.zeros((B, L)))
+    buf = jnp.zeros((NL, S, B, L, mcfg.n_head, mcfg.head_dim), base_k.dtype)
+    carry = (jnp.zeros((B, L, mcfg.n_embd)), buf, buf, jnp.zeros((B, L)))
     (_, _, _, logp), (y, z) = jax.lax.scan(step, carry, jnp.arange(S), unroll=cfg.unroll)
     return y, z, logp

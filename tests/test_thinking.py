@@ -80,9 +80,10 @@ def _reference_mixed_logits(model, toks_L, t, n, A):
     return jnp.stack(out)
 
 
+@pytest.mark.parametrize("chain", ["scan", "unrolled"])
 @pytest.mark.parametrize("n,A", [(3, 2), (0, 1)])
-def test_parallel_forward_equals_sequential_reference(n, A):
-    model = make_model(n_thoughts=n, n_ahead=A)
+def test_parallel_forward_equals_sequential_reference(n, A, chain):
+    model = make_model(n_thoughts=n, n_ahead=A, chain=chain)
     toks = tokens(B=1, L=10)
     out = model(toks)                                           # key None: deterministic thoughts
     w = out["mix_weight"]
@@ -108,6 +109,22 @@ def test_causality():
     for x, y in zip(*res):
         np.testing.assert_allclose(x[:, :j - A], y[:, :j - A], atol=1e-6)
         assert np.abs(np.asarray(x[:, j:]) - np.asarray(y[:, j:])).max() > 1e-4 or x.ndim == 2
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "pathwise"])
+def test_unrolled_chain_equals_scan(estimator):
+    """The two chain implementations compute the same sampled thoughts, loss and gradients."""
+    toks = tokens()
+    res = []
+    for chain in ("scan", "unrolled"):
+        tc = ThinkingConfig(n_thoughts=2, n_ahead=2, estimator=estimator, chain=chain)
+        model = make_model(n_thoughts=2, n_ahead=2, estimator=estimator, chain=chain)
+        loss, grads = nnx.value_and_grad(loss_fn_for(tc))(model, toks)
+        res.append((loss, nnx.state(grads, nnx.Param)))
+    (l_scan, g_scan), (l_unr, g_unr) = res
+    np.testing.assert_allclose(l_scan, l_unr, rtol=1e-5)
+    assert _norm(g_scan["heads"]["proj_kernel"]) > 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), g_scan, g_unr)
 
 
 def _grads(model, loss_fn, toks):
@@ -238,9 +255,10 @@ def test_compile_time_does_not_grow_with_thoughts():
     assert t16 < 1.5 * t2, (t2, t16)
 
 
-def test_remat_lowers_temporary_memory():
+@pytest.mark.parametrize("chain", ["scan", "unrolled"])
+def test_remat_lowers_temporary_memory(chain):
     def temp_bytes(remat):
-        tc = ThinkingConfig(n_thoughts=4, remat=remat)
+        tc = ThinkingConfig(n_thoughts=4, remat=remat, chain=chain)
         mc = dataclasses.replace(MC, n_embd=64, remat=remat)
         model = nnx.eval_shape(lambda: SilentStar(mc, tc, rngs=nnx.Rngs(0)))
         gdef, state = nnx.split(model)

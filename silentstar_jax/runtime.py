@@ -1,0 +1,29 @@
+"""Process set-up shared by the entry points."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+TUNED = False   # set once tune_malloc has applied its settings
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in the process (glibc only; SILENTSTAR_MALLOC=default to skip).
+
+    XLA:CPU allocates its step's scratch buffers (hundreds of MiB) anew on every call. By default
+    glibc serves each with a fresh mmap, which the kernel page-faults and zero-fills, then returns it
+    on free: measured 15-25% of a CPU training step. With mmap off and trimming off the same pages
+    are reused. The price: the process keeps its peak heap. Returns whether the setting was applied."""
+    global TUNED
+    if os.environ.get("SILENTSTAR_MALLOC", "") == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        TUNED = all(libc.mallopt(p, v) == 1 for p, v in
+                    ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+    except (OSError, AttributeError):   # not glibc (musl, ...): nothing to tune
+        pass
+    return TUNED
