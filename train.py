@@ -3,7 +3,7 @@ from silentstar_jax.runtime import tune_malloc
 
 tune_malloc()   # before anything allocates: see runtime.py
 
-from silentstar_jax.train_cli import main
+from silentstar_jax.train_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from silentstar_jax.runtime import tune_malloc  # noqa: E402
+
+tune_malloc()   # as train.py does (SILENTSTAR_MALLOC=default to compare without); it applies to torch too
+
 import jax
 import jax.numpy as jnp
 import numpy as np

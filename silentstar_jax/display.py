@@ -9,7 +9,8 @@ from rich.text import Text
 
 
 def _tok(s: str) -> str:
-    return repr(s)[1:-1]
+    """Control characters and newlines escaped; a backslash stays one (byte tokens arrive as '\\xaa')."""
+    return repr(s)[1:-1].replace("\\\\", "\\")
 
 
 def event_json(e, tok, think: bool) -> dict:

@@ -43,3 +43,12 @@ def test_hf_tokenizer_from_fixture(fixture_dir):
     ids = tok.encode("The quick brown fox")
     assert tok.decode(ids) == "The quick brown fox"
     assert tok.vocab_size == 384
+
+
+def test_display_escapes_byte_tokens_once():
+    """A lone non-UTF-8 byte shows as the four characters \\xaa; control characters are escaped."""
+    from silentstar_jax.display import _tok
+    tok = ByteTokenizer()
+    assert _tok(tok.token_str(0xAA)) == "\\xaa"
+    assert _tok(tok.token_str(ord("\n"))) == "\\n"
+    assert _tok(tok.token_str(ord("7"))) == "7"
