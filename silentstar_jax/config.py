@@ -314,5 +314,7 @@ def validate(cfg: Config) -> None:
         raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.mesh.fsdp < 1 or cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise UserError("mesh.data must be -1 or >= 1 and mesh.fsdp >= 1")
+    if cfg.data.shuffle_seed < 0:
+        raise UserError(f"data.shuffle_seed must be >= 0, got {cfg.data.shuffle_seed}")
     if cfg.checkpoint.keep < 1:
         raise UserError(f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")

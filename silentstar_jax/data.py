@@ -87,7 +87,16 @@ def _text(ex: dict, field: str) -> str:
     """One streamed document's text (a streamed dataset may not know its columns before reading)."""
     if field not in ex:
         raise UserError(f"data.text_field {field!r} not in the dataset's columns {list(ex)}")
-    return ex[field]
+    return _as_text(ex[field], field)
+
+
+def _as_text(value, field: str) -> str:
+    """A document's text; an empty or missing value (None) is an empty document."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"data.text_field {field!r} holds {type(value).__name__} values, not text")
+    return value
 
 
 def pack(docs_ids: list[list[int]], eos: int, T: int, carry: Optional[list[int]] = None):
@@ -113,7 +122,7 @@ def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Rows, Rows]:
         ds = _load_hf(d, split, streaming=False)
         if d.text_field not in ds.column_names:
             raise UserError(f"data.text_field {d.text_field!r} not in the dataset's columns {ds.column_names}")
-        ids = ds.map(lambda b: {"ids": [tok.encode(t) for t in b[d.text_field]]}, batched=True,
+        ids = ds.map(lambda b: {"ids": [tok.encode(_as_text(t, d.text_field)) for t in b[d.text_field]]}, batched=True,
                      remove_columns=ds.column_names)["ids"]
         return pack(ids, tok.eos_id, T)[0]
 
@@ -185,6 +194,9 @@ class StreamIterator:
                 "leftover": list(self.leftover)}
 
     def restore(self, state: dict) -> None:
+        if "block_start" not in state:
+            raise UserError("the checkpoint's data position comes from an older streaming iterator; "
+                            "start a new run directory (run.out_dir) to train on streamed data")
         self.pass_, self.block, self.used = int(state["pass"]), int(state["block"]), int(state["used"])
         self.block_start, self.leftover = state["block_start"], list(state["leftover"])
         self._docs = None

@@ -116,6 +116,34 @@ def test_missing_text_field_is_one_line(tmp_path, streaming):
     assert "data.text_field 'content'" in msg and "body" in msg
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_non_text_values_are_one_line_and_nulls_are_empty(tmp_path, streaming):
+    numbers = write(tmp_path, "jsonl", {"text": list(range(30))}, name="numbers")
+    with pytest.raises(UserError) as e:
+        train, _ = build_data(cfg(files=[numbers], streaming=streaming, eval_docs=5), TOK)
+        next(train)
+    assert "holds int values" in one_line_error(e)
+    docs = make_docs(60)
+    holes = write(tmp_path, "jsonl", {"text": [None if i % 10 == 3 else d for i, d in enumerate(docs)]})
+    train, evals = build_data(cfg(files=[holes], streaming=False), TOK)
+    got = np.concatenate([train.rows["tokens"], evals["tokens"]])
+    np.testing.assert_array_equal(got, packed(["" if i % 10 == 3 else d for i, d in enumerate(docs)]))
+
+
+def test_old_stream_state_is_one_line(tmp_path):
+    train, _ = build_data(cfg(files=[write(tmp_path, "txt", {"text": make_docs(30)})], streaming=True,
+                              eval_docs=5), TOK)
+    with pytest.raises(UserError) as e:
+        train.restore({"hf": {}, "leftover": []})
+    assert "older streaming iterator" in one_line_error(e)
+
+
+def test_negative_shuffle_seed_is_refused():
+    with pytest.raises(UserError) as e:
+        cfg(shuffle_seed=-1)
+    assert "data.shuffle_seed" in one_line_error(e)
+
+
 @pytest.mark.parametrize("files,needle", [
     (["a.txt", "b.jsonl"], "mixes formats"),
     (["a.csv"], "unsupported extension '.csv'"),
