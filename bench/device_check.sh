@@ -13,7 +13,9 @@ py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.log"
 $py -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" 2>&1 | tee -a "$out/gpu.log"
 timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
-timeout 280 $py bench.py --preset gpt2-small --thoughts 0,4 --chain unrolled --rounds 3 --gen-tokens 128 --json \
+# BENCH_ARGS replaces the bench arguments, e.g. for a dry run of this script on a CPU:
+#   BENCH_ARGS="--preset cpu --batch 2 --thoughts 0 --rounds 1 --gen-tokens 4" bash bench/device_check.sh
+timeout 280 $py bench.py ${BENCH_ARGS:---preset gpt2-small --thoughts 0,4 --chain unrolled --rounds 3 --gen-tokens 128} --json \
   2> "$out/bench_stderr.log" | tee "$out/bench.json"
 $py - "$out/bench.json" <<'PY' 2>/dev/null | tee "$out/bench.txt"
 import json, sys
