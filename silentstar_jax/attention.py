@@ -1,12 +1,12 @@
 """Attention kernels. Queries never see a key they should not: masks are built from positions.
 
 All take q/k/v as [B, L, H, Dh]; scores and softmax are float32 whatever the compute dtype.
-Three cases (the chain's softmax spans two key sets without concatenating them):
+Three cases (the chain's softmax spans several key sets without concatenating them):
   * causal_attention: the base pass over a whole sequence;
   * cached_attention: decoding against a preallocated KV cache;
   * chain_attention:  one thought-chain step at many positions, each seeing base keys through a mask
                       plus *its own* chain's keys only ("diagonal" attention, DESIGN.md 1.1),
-                      with an [S] key buffer under lax.scan or per-step keys when unrolled.
+                      earlier chain keys from an [S] buffer (lax.scan carry) and/or per-step arrays.
 """
 from __future__ import annotations
 
@@ -59,47 +59,38 @@ def cached_attention(q_BQHD, k_BQHD, v_BQHD, cache_k_BTHD, cache_v_BTHD, start):
     return out, (cache_k_BTHD, cache_v_BTHD)
 
 
-def _split_softmax(s_base, s_chain):
-    """One softmax over the concatenation [s_base | s_chain] (last axes), returned as its two parts
+def _split_softmax(*scores):
+    """One softmax over the concatenation of `scores` (last axes), returned in the same parts
     without materialising the concatenation."""
-    m = jax.lax.stop_gradient(jnp.maximum(s_base.max(-1, keepdims=True), s_chain.max(-1, keepdims=True)))
-    e_base, e_chain = jnp.exp(s_base - m), jnp.exp(s_chain - m)
-    denom = e_base.sum(-1, keepdims=True) + e_chain.sum(-1, keepdims=True)
-    return e_base / denom, e_chain / denom
+    m = jax.lax.stop_gradient(jnp.max(jnp.stack([x.max(-1) for x in scores]), axis=0))[..., None]
+    es = [jnp.exp(x - m) for x in scores]
+    denom = sum(e.sum(-1, keepdims=True) for e in es)
+    return [e / denom for e in es]
 
 
-def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask,
-                    chain_k_SBLHD, chain_v_SBLHD, step):
-    """Chain step `step` (traced, under lax.scan) at every position l: keys = base keys allowed by
-    `base_mask` ([L, K] or [B, 1, L, K]) plus the chain keys of steps 0..step at the same l, kept in
-    an [S] carry buffer. Cost O(L*K + L*S), never L*S*L.
+def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask, buf_k_SBLHD, buf_v_SBLHD,
+                    n_buf, prev_k, prev_v):
+    """One chain step at every position l. Keys: the base keys allowed by `base_mask` ([L, K] or
+    [B, 1, L, K]); the chain keys of earlier steps at the same l, from two places: the first `n_buf`
+    entries of the buffer [S, B, L, H, Dh] (steps of earlier lax.scan iterations; None: no buffer) and
+    the tuples prev_k/prev_v of [B, L, H, Dh] (earlier steps written out in this iteration); and the
+    step's own key. Cost O(L*K + L*S), never L*S*L.
 
-    Returns the attention output and the chain buffers with this step's keys written in.
-    """
-    chain_k_SBLHD = jax.lax.dynamic_update_index_in_dim(chain_k_SBLHD, k_BLHD.astype(chain_k_SBLHD.dtype), step, 0)
-    chain_v_SBLHD = jax.lax.dynamic_update_index_in_dim(chain_v_SBLHD, v_BLHD.astype(chain_v_SBLHD.dtype), step, 0)
-    S = chain_k_SBLHD.shape[0]
-    s_base = jnp.where(base_mask, _scores(q_BLHD, base_k_BKHD), NEG_INF)      # [B, H, L, K]
-    s_chain = jnp.einsum("blhd,sblhd->bhls", q_BLHD, chain_k_SBLHD,
-                         preferred_element_type=jnp.float32) * q_BLHD.shape[-1] ** -0.5
-    s_chain = jnp.where(jnp.arange(S) <= step, s_chain, NEG_INF)              # [B, H, L, S]
-    p_base, p_chain = (p.astype(v_BLHD.dtype) for p in _split_softmax(s_base, s_chain))
-    out = _pv(p_base, base_v_BKHD, "bhlk,bkhd->blhd") + _pv(p_chain, chain_v_SBLHD, "bhls,sblhd->blhd")
-    return out, (chain_k_SBLHD, chain_v_SBLHD)
-
-
-def chain_attention_unrolled(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask, prev_k, prev_v):
-    """chain_attention for a chain unrolled in Python: the earlier steps' keys/values come as tuples
-    of [B, L, H, Dh] arrays, so step j reads exactly j + 1 chain keys. Under lax.scan the [S] buffer
-    is a carry, saved whole at every step for the backward pass (O(S^2) memory traffic); here
-    nothing is copied."""
-    ks, vs = tuple(prev_k) + (k_BLHD,), tuple(prev_v) + (v_BLHD,)
+    Why two places: under lax.scan the buffer is a carry that the backward pass saves whole at every
+    iteration (O(S^2) copies when each iteration is one step); keys written out step by step are read
+    where they are, nothing copied."""
     scale = q_BLHD.shape[-1] ** -0.5
-    s_base = jnp.where(base_mask, _scores(q_BLHD, base_k_BKHD), NEG_INF)      # [B, H, L, K]
-    s_chain = jnp.stack([jnp.einsum("blhd,blhd->bhl", q_BLHD, k, preferred_element_type=jnp.float32)
-                         for k in ks], -1) * scale                            # [B, H, L, j + 1]
-    p_base, p_chain = (p.astype(v_BLHD.dtype) for p in _split_softmax(s_base, s_chain))
-    out = _pv(p_base, base_v_BKHD, "bhlk,bkhd->blhd")
+    ks, vs = tuple(prev_k) + (k_BLHD,), tuple(prev_v) + (v_BLHD,)
+    scores = [jnp.where(base_mask, _scores(q_BLHD, base_k_BKHD), NEG_INF)]                # [B, H, L, K]
+    scores.append(jnp.stack([jnp.einsum("blhd,blhd->bhl", q_BLHD, k, preferred_element_type=jnp.float32)
+                             for k in ks], -1) * scale)                                  # [B, H, L, j]
+    if buf_k_SBLHD is not None:
+        s_buf = jnp.einsum("blhd,sblhd->bhls", q_BLHD, buf_k_SBLHD, preferred_element_type=jnp.float32) * scale
+        scores.append(jnp.where(jnp.arange(buf_k_SBLHD.shape[0]) < n_buf, s_buf, NEG_INF))  # [B, H, L, S]
+    probs = [p.astype(v_BLHD.dtype) for p in _split_softmax(*scores)]
+    out = _pv(probs[0], base_v_BKHD, "bhlk,bkhd->blhd")
     for j, v in enumerate(vs):
-        out = out + jnp.swapaxes(p_chain[..., j], 1, 2)[..., None] * v
+        out = out + jnp.swapaxes(probs[1][..., j], 1, 2)[..., None] * v
+    if buf_k_SBLHD is not None:
+        out = out + _pv(probs[2], buf_v_SBLHD, "bhls,sblhd->blhd")
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 
 from silentstar_jax.errors import UserError, cli_main
@@ -17,7 +18,8 @@ def main(argv=None) -> None:
     p.add_argument("--thoughts", default="0,2,4,8", help="comma-separated thought counts")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="override the compute dtype")
     p.add_argument("--batch", type=int, help="override the batch size")
-    p.add_argument("--chain", default="scan,unrolled", help="chain implementations to time (thinking.chain)")
+    p.add_argument("--chain", default="scan,unrolled",
+                   help="chain implementations to time: scan, scan:C (thinking.unroll=C), unrolled")
     p.add_argument("--compare-dtype", default="bfloat16",
                    help="also time the plain step in this dtype ('' to skip); compare with the main dtype")
     p.add_argument("--rounds", type=int, default=3)
@@ -43,8 +45,8 @@ def main(argv=None) -> None:
     except ValueError:
         raise UserError(f"--thoughts must be comma-separated integers, got {a.thoughts!r}") from None
     chains = tuple(x.strip() for x in a.chain.split(",") if x.strip())
-    if not chains or set(chains) - {"scan", "unrolled"}:
-        raise UserError(f"--chain must list scan and/or unrolled, got {a.chain!r}")
+    if not chains or not all(re.fullmatch(r"unrolled|scan(:[1-9][0-9]*)?", c) for c in chains):
+        raise UserError(f"--chain must list scan, scan:C (C >= 1) and/or unrolled, got {a.chain!r}")
     if a.compare_dtype not in ("", "float32", "bfloat16"):
         raise UserError(f"--compare-dtype must be float32, bfloat16 or '', got {a.compare_dtype!r}")
     log = (lambda msg: print(msg, file=sys.stderr)) if a.json else print

@@ -65,7 +65,7 @@ class ThinkingConfig:
     mix_init_bias: float = -4.0          # sigmoid(-4) = 0.018: training starts at the base model
     remat: bool = False                  # jax.checkpoint on each chain step
     chain: Literal["scan", "unrolled"] = "scan"   # unrolled: faster steps, compile time grows with n
-    unroll: int = 1                      # lax.scan unroll of the chain steps (chain: scan)
+    unroll: int = 1                      # chain: scan: steps written out per scan iteration (see run_chain)
 
     @property
     def n_steps(self) -> int:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from silentstar_jax.attention import chain_attention, chain_attention_unrolled
+from silentstar_jax.attention import chain_attention
 from silentstar_jax.config import ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
 
@@ -85,9 +85,11 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     Returns y [S, B, L, D] (ln_f output of every step), z [S, B, L, D] (step inputs) and
     logp [B, L] = sum over thought steps of mean_d log N(stop_grad(z); mu, sigma^2).
 
-    thinking.chain: "scan" runs the steps under lax.scan with an [S] key buffer (compile time
-    independent of n); "unrolled" writes them out in Python with per-step keys (same numbers, same
-    noise; faster at run time, compile time grows with n).
+    The S steps run in chunks of c = thinking.unroll (all S with thinking.chain: unrolled): the full
+    chunks under lax.scan, the rest after it. Inside a chunk the steps are written out and read each
+    other's keys directly; earlier chunks' keys come from an [S] buffer carried by the scan, which the
+    backward pass saves at every iteration (S/c times). Compile time grows with c, not with n; the
+    numbers and the sampled noise do not depend on c.
     """
     cfg, mcfg = heads.cfg, gpt2.cfg
     n, A1 = n_thoughts, talk_ABLD.shape[0]
@@ -100,6 +102,8 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     latent = cfg.feedback == "latent"
     pathwise = cfg.estimator in ("pathwise", "both")
     sampled = key is not None and latent
+    c = S if cfg.chain == "unrolled" else min(cfg.unroll, S)
+    n_scan = S // c if c < S else 0            # full chunks under lax.scan; the rest written out
 
     def thought(i, y_prev):
         """Input z of a thought step and its policy log-prob [B, L] (0 when not sampled)."""
@@ -112,55 +116,59 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
         z = z_raw if pathwise else jax.lax.stop_gradient(z_raw)
         return z, gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
 
-    def talk(i):
-        return talk_ABLD[i - n - 2] if A1 else None
-
-    def layers(i, inp, attend, layer_xs):
-        x, out = gpt2.run_layers(inp + wpe[pos_BL + i + 1], attend, layer_xs)
-        return gpt2.final_norm(x), out
-
-    if cfg.chain == "unrolled":
-        def ustep(i, y_prev, prev_k, prev_v):
-            lp = None
+    def step_input(i, y_prev):
+        """(input [B, L, D], log-prob [B, L]) of step i: a Python int (branches resolved while tracing)
+        or traced (inside the scan: every branch computed, one selected)."""
+        if isinstance(i, int):
             if 1 <= i <= n:
-                inp, lp = thought(i, y_prev)
-            else:
-                inp = jnp.broadcast_to(start if i == 0 else end if i == n + 1 else talk(i), y_prev.shape)
-
-            def attend(q, k, v, xs):
-                return chain_attention_unrolled(q, k, v, *xs[:2], base_mask, *xs[2:]), (k, v)
-
-            y, kv = layers(i, inp, attend, (base_k, base_v, prev_k, prev_v))
-            return y, inp, lp, kv
-
-        if cfg.remat:
-            ustep = jax.checkpoint(ustep, static_argnums=(0,))
-        y_prev, logp = jnp.zeros((B, L, mcfg.n_embd)), jnp.zeros((B, L))
-        ks, vs, ys, zs = (), (), [], []
-        for i in range(S):
-            y_prev, inp, lp, (k_i, v_i) = ustep(i, y_prev, ks, vs)
-            ks, vs = ks + (k_i.astype(base_k.dtype),), vs + (v_i.astype(base_v.dtype),)
-            ys.append(y_prev), zs.append(inp)
-            if lp is not None and sampled:
-                logp = logp + lp
-        return jnp.stack(ys), jnp.stack(zs), logp
-
-    def step(carry, i):
-        y_prev, ck, cv, logp = carry
+                return thought(i, y_prev)
+            inp = start if i == 0 else end if i == n + 1 else talk_ABLD[i - n - 2]
+            return jnp.broadcast_to(inp, y_prev.shape), jnp.zeros(y_prev.shape[:-1])
         z, lp = thought(i, y_prev)
         is_thought = (i >= 1) & (i <= n)
         tk = talk_ABLD[jnp.clip(i - n - 2, 0, max(A1 - 1, 0))] if A1 else z
         inp = jnp.where(i == 0, start, jnp.where(is_thought, z, jnp.where(i == n + 1, end, tk)))
+        return inp, jnp.where(is_thought, lp, 0.0)
+
+    def one_step(i, y_prev, buf, n_buf, prev_k, prev_v):
+        inp, lp = step_input(i, y_prev)
 
         def attend(q, k, v, xs):
-            return chain_attention(q, k, v, *xs[:2], base_mask, *xs[2:], i)
+            bk, bv, fk, fv, pk, pv = xs
+            return chain_attention(q, k, v, bk, bv, base_mask, fk, fv, n_buf, pk, pv), (k, v)
 
-        y, (ck, cv) = layers(i, inp, attend, (base_k, base_v, ck, cv))
-        return (y, ck, cv, logp + jnp.where(is_thought, lp, 0.0)), (y, inp)
+        fk, fv = buf if buf is not None else (None, None)
+        x, (k_i, v_i) = gpt2.run_layers(inp + wpe[pos_BL + i + 1], attend, (base_k, base_v, fk, fv, prev_k, prev_v))
+        return gpt2.final_norm(x), inp, lp, k_i.astype(base_k.dtype), v_i.astype(base_v.dtype)
 
-    if cfg.remat:
-        step = jax.checkpoint(step)
-    buf = jnp.zeros((NL, S, B, L, mcfg.n_head, mcfg.head_dim), base_k.dtype)
-    carry = (jnp.zeros((B, L, mcfg.n_embd)), buf, buf, jnp.zeros((B, L)))
-    (_, _, _, logp), (y, z) = jax.lax.scan(step, carry, jnp.arange(S), unroll=cfg.unroll)
-    return y, z, logp
+    def chunk(first, count, y_prev, buf, logp):
+        """Steps first .. first+count-1 (first: int or traced); keys of steps < first are in buf."""
+        step = jax.checkpoint(one_step, static_argnums=(0,) if isinstance(first, int) else ()) \
+            if cfg.remat else one_step
+        ks, vs, ys, zs = (), (), [], []
+        for r in range(count):
+            y_prev, inp, lp, k_i, v_i = step(first + r, y_prev, buf, first, ks, vs)
+            ks, vs = ks + (k_i,), vs + (v_i,)
+            ys.append(y_prev), zs.append(inp)
+            logp = logp + lp
+        return y_prev, ks, vs, jnp.stack(ys), jnp.stack(zs), logp
+
+    y_prev, logp = jnp.zeros((B, L, mcfg.n_embd)), jnp.zeros((B, L))
+    ys, zs, buf = [], [], None
+    if n_scan:
+        shape = (NL, S, B, L, mcfg.n_head, mcfg.head_dim)
+        buf = (jnp.zeros(shape, base_k.dtype), jnp.zeros(shape, base_v.dtype))
+
+        def body(carry, ci):
+            y_prev, buf, logp = carry
+            first = ci * c
+            y_prev, ks, vs, y, z, logp = chunk(first, c, y_prev, buf, logp)
+            write = lambda b, new: jax.lax.dynamic_update_slice_in_dim(b, jnp.stack(new, 1), first, 1)
+            return (y_prev, (write(buf[0], ks), write(buf[1], vs)), logp), (y, z)
+
+        (y_prev, buf, logp), (y, z) = jax.lax.scan(body, (y_prev, buf, logp), jnp.arange(n_scan))
+        ys.append(y.reshape((n_scan * c,) + y.shape[2:])), zs.append(z.reshape((n_scan * c,) + z.shape[2:]))
+    if S - n_scan * c:
+        _, _, _, y, z, logp = chunk(n_scan * c, S - n_scan * c, y_prev, buf, logp)
+        ys.append(y), zs.append(z)
+    return jnp.concatenate(ys), jnp.concatenate(zs), logp

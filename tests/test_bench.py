@@ -31,7 +31,7 @@ def test_flop_ratios_match_xla_cost_analysis():
         assert abs(ours / xla - 1) < 0.05, (n, ours, xla)
 
 
-@pytest.mark.parametrize("args,needle", [(["--chain", "loop"], "--chain"),
+@pytest.mark.parametrize("args,needle", [(["--chain", "loop"], "--chain"), (["--chain", "scan:0"], "--chain"),
                                          (["--thoughts", "2,x"], "--thoughts"),
                                          (["--preset", "tpu"], "unknown preset")])
 def test_bench_cli_errors(args, needle):
