@@ -21,15 +21,16 @@ def _scores(q_BQHD, k_BKHD):
     return jnp.einsum("bqhd,bkhd->bhqk", q_BQHD, k_BKHD, preferred_element_type=jnp.float32) * scale
 
 
-def _pv(probs, v, eq):
-    """probs @ v, accumulated in float32 (bf16 inputs then take XLA:CPU's fast bf16 dot)."""
-    return jnp.einsum(eq, probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
+def einsum_acc32(eq, a, b):
+    """einsum accumulating in float32, returned in a's dtype. For bf16 inputs XLA:CPU then uses the
+    CPU's bf16 dot instructions (measured 2x its fp32 matmul); a dot with bf16 output does not."""
+    return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
 
 
 def _attend(scores_BHQK, mask, v_BKHD):
     scores_BHQK = jnp.where(mask, scores_BHQK, NEG_INF)
     probs = jax.nn.softmax(scores_BHQK, axis=-1).astype(v_BKHD.dtype)
-    return _pv(probs, v_BKHD, "bhqk,bkhd->bqhd")
+    return einsum_acc32("bhqk,bkhd->bqhd", probs, v_BKHD)
 
 
 def causal_mask(L: int, key_mask_BL=None):
@@ -88,9 +89,9 @@ def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask,
         s_buf = jnp.einsum("blhd,sblhd->bhls", q_BLHD, buf_k_SBLHD, preferred_element_type=jnp.float32) * scale
         scores.append(jnp.where(jnp.arange(buf_k_SBLHD.shape[0]) < n_buf, s_buf, NEG_INF))  # [B, H, L, S]
     probs = [p.astype(v_BLHD.dtype) for p in _split_softmax(*scores)]
-    out = _pv(probs[0], base_v_BKHD, "bhlk,bkhd->blhd")
+    out = einsum_acc32("bhlk,bkhd->blhd", probs[0], base_v_BKHD)
     for j, v in enumerate(vs):
         out = out + jnp.swapaxes(probs[1][..., j], 1, 2)[..., None] * v
     if buf_k_SBLHD is not None:
-        out = out + _pv(probs[2], buf_v_SBLHD, "bhls,sblhd->blhd")
+        out = out + einsum_acc32("bhls,sblhd->blhd", probs[2], buf_v_SBLHD)
     return out

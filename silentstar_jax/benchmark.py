@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from silentstar_jax import runtime
 from silentstar_jax.config import LossConfig, ModelConfig, ThinkingConfig
 from silentstar_jax.model import SilentStar
 from silentstar_jax.objective import compute_loss
@@ -219,13 +220,7 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
             "jax": jax.__version__, "shape": dataclasses.asdict(s),
             "matmul_peak_flop_per_s": peak, "matmul": f"{size}x{size} {jnp.dtype(mm_dtype).name}",
             "train": rows, "peak_memory_bytes": {"n": n_max, **memory}, "generation_tokens_per_s": gen,
-            "malloc_tuned": malloc_tuned()}
-
-
-def malloc_tuned() -> bool:
-    """Whether runtime.tune_malloc ran in this process (the entry points call it)."""
-    from silentstar_jax import runtime
-    return runtime.TUNED
+            "malloc_tuned": runtime.TUNED}   # the entry points call runtime.tune_malloc
 
 
 def format_report(r: dict) -> str:

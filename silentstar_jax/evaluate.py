@@ -17,7 +17,6 @@ from silentstar_jax.objective import target_weights, token_logprob
 from silentstar_jax.model import shift_left
 
 
-
 def make_eval_fn(graphdef):
     def eval_fn(params, batch):
         model = nnx.merge(graphdef, params)

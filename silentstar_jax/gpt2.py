@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from silentstar_jax.attention import cached_attention, causal_attention
+from silentstar_jax.attention import cached_attention, causal_attention, einsum_acc32
 from silentstar_jax.config import ModelConfig
 
 # Per-layer parameters, each stacked on a leading [n_layer] axis.
@@ -34,18 +34,12 @@ def layer_norm(x, scale, bias, eps):
     return (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-def _mm(a, b, eq):
-    """einsum accumulating in float32 and returning the inputs' dtype: for bf16 inputs XLA:CPU then
-    uses the CPU's bf16 dot instructions (measured 2x its fp32 matmul); a bf16-out dot is not."""
-    return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
-
-
 @jax.custom_vjp
 def dense(a, w):
     """a [..., K] @ w [K, N]. Own VJP for XLA:CPU: autodiff's weight gradient a^T g contracts over the
     token axis of both operands, which XLA:CPU runs as a slow non-YNNPACK dot behind a slow fused
     transpose; here the narrower operand is transposed on its own and the product is a plain matmul."""
-    return _mm(a, w, "...k,kn->...n")
+    return einsum_acc32("...k,kn->...n", a, w)
 
 
 def _dense_fwd(a, w):
@@ -54,13 +48,13 @@ def _dense_fwd(a, w):
 
 def _dense_bwd(res, g):
     a, w = res
-    da = _mm(g, w, "...n,kn->...k")
+    da = einsum_acc32("...n,kn->...k", g, w)
     a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
     bar = jax.lax.optimization_barrier          # keeps XLA from folding the transposes back into the dot
     if g2.shape[1] < a2.shape[1]:
-        dw = bar(_mm(bar(g2.T), a2, "nt,tk->nk")).T   # [N, T] @ [T, K], then a small [N, K] transpose
+        dw = bar(einsum_acc32("nt,tk->nk", bar(g2.T), a2)).T   # [N, T] @ [T, K], then a small [N, K] transpose
     else:
-        dw = _mm(bar(a2.T), g2, "kt,tn->kn")          # [K, T] @ [T, N]
+        dw = einsum_acc32("kt,tn->kn", bar(a2.T), g2)          # [K, T] @ [T, N]
     return da, dw.astype(w.dtype)
 
 
