@@ -24,12 +24,9 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from silentstar_jax.runtime import tune_malloc  # noqa: E402
+from silentstar_jax.runtime import tune_malloc  # installed by requirements-dev.txt (pip install -e .)
 
 tune_malloc()   # as train.py does (SILENTSTAR_MALLOC=default to compare without); it applies to torch too
 

@@ -5,7 +5,7 @@ Three cases (the chain's softmax spans several key sets without concatenating th
   * causal_attention: the base pass over a whole sequence;
   * cached_attention: decoding against a preallocated KV cache;
   * chain_attention:  one thought-chain step at many positions, each seeing base keys through a mask
-                      plus *its own* chain's keys only ("diagonal" attention, DESIGN.md 1.1),
+                      plus *its own* chain's keys only ("diagonal" attention, docs/design.md §4),
                       earlier chain keys from an [S] buffer (lax.scan carry) and/or per-step arrays.
 """
 from __future__ import annotations
@@ -13,18 +13,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from silentstar_jax.kernels import einsum_acc32
+
 NEG_INF = -1e30
 
 
 def _scores(q_BQHD, k_BKHD):
     scale = q_BQHD.shape[-1] ** -0.5
     return jnp.einsum("bqhd,bkhd->bhqk", q_BQHD, k_BKHD, preferred_element_type=jnp.float32) * scale
-
-
-def einsum_acc32(eq, a, b):
-    """einsum accumulating in float32, returned in a's dtype. For bf16 inputs XLA:CPU then uses the
-    CPU's bf16 dot instructions (measured 2x its fp32 matmul); a dot with bf16 output does not."""
-    return jnp.einsum(eq, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
 
 
 def _attend(scores_BHQK, mask, v_BKHD):
@@ -69,8 +65,8 @@ def _split_softmax(*scores):
     return [e / denom for e in es]
 
 
-def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask, buf_k_SBLHD, buf_v_SBLHD,
-                    n_buf, prev_k, prev_v):
+def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask,
+                    buf_k_SBLHD, buf_v_SBLHD, n_buf, prev_k, prev_v):
     """One chain step at every position l. Keys: the base keys allowed by `base_mask` ([L, K] or
     [B, 1, L, K]); the chain keys of earlier steps at the same l, from two places: the first `n_buf`
     entries of the buffer [S, B, L, H, Dh] (steps of earlier lax.scan iterations; None: no buffer) and
@@ -86,7 +82,8 @@ def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask,
     scores.append(jnp.stack([jnp.einsum("blhd,blhd->bhl", q_BLHD, k, preferred_element_type=jnp.float32)
                              for k in ks], -1) * scale)                                  # [B, H, L, j]
     if buf_k_SBLHD is not None:
-        s_buf = jnp.einsum("blhd,sblhd->bhls", q_BLHD, buf_k_SBLHD, preferred_element_type=jnp.float32) * scale
+        s_buf = jnp.einsum("blhd,sblhd->bhls", q_BLHD, buf_k_SBLHD,
+                           preferred_element_type=jnp.float32) * scale
         scores.append(jnp.where(jnp.arange(buf_k_SBLHD.shape[0]) < n_buf, s_buf, NEG_INF))  # [B, H, L, S]
     probs = [p.astype(v_BLHD.dtype) for p in _split_softmax(*scores)]
     out = einsum_acc32("bhlk,bkhd->blhd", probs[0], base_v_BKHD)

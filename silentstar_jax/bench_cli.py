@@ -13,7 +13,8 @@ from silentstar_jax.errors import UserError, cli_main
 @cli_main
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__)
-    p.add_argument("--preset", default="cpu", help="cpu (4 layers, d 256, T 128, batch 16) or gpt2-small (124M, T 1024, bf16)")
+    p.add_argument("--preset", default="cpu",
+                   help="cpu (4 layers, d 256, T 128, batch 16) or gpt2-small (124M, T 1024, bf16)")
     p.add_argument("--config", help="take the shape from a training config instead (model.* and train.*)")
     p.add_argument("--thoughts", default="0,2,4,8", help="comma-separated thought counts")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="override the compute dtype")
@@ -31,7 +32,8 @@ def main(argv=None) -> None:
         from silentstar_jax.config import load_config
         c = load_config(a.config)
         m = c.model
-        shape = Shape(c.train.batch_size, c.train.seq_len + 1, m.n_layer, m.n_embd, m.n_head, m.vocab_size, m.dtype)
+        shape = Shape(c.train.batch_size, c.train.seq_len + 1, m.n_layer, m.n_embd, m.n_head,
+                      m.vocab_size, m.dtype)
     elif a.preset in PRESETS:
         shape = PRESETS[a.preset]
     else:

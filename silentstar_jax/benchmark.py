@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 from silentstar_jax import runtime
-from silentstar_jax.config import LossConfig, ModelConfig, ThinkingConfig
+from silentstar_jax.config import ChainLayout, LossConfig, ModelConfig, ThinkingConfig
 from silentstar_jax.model import SilentStar
 from silentstar_jax.objective import compute_loss
 
@@ -57,7 +57,7 @@ def ideal_flops(s: Shape, n: Optional[int], A: int = 1) -> float:
     f = NL * (mm + att(T / 2)) + 2 * B * T * D * V
     if n is None:
         return f
-    S = n + 2 + (A - 1)
+    S = ChainLayout(n, A).n_steps
     f += sum(NL * (mm + att(T / 2 + i + 1)) for i in range(S))
     f += S * 2 * B * T * D * D                                   # thought projection
     f += A * (2 * B * T * (2 * D * D + D) + 2 * B * T * D * V)   # mixing head + mixed logits
@@ -123,6 +123,10 @@ class Timer:
                     self.fns[name]()
                     self.times[name].append(time.perf_counter() - t)
         return {k: statistics.median(v) for k, v in self.times.items()}
+
+
+# square matmul that measures the device's peak: large enough to saturate it, small enough to be quick
+MATMUL_PROBE_SIZE = {"gpu": 8192, "cpu": 1024}
 
 
 def matmul_probe(dtype, size: int):
@@ -198,7 +202,7 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
         compile_s[name] = time.perf_counter() - t0
         flops[name] = 3 * ideal_flops(s, n)
         log(f"{name}: first call (compile + one step) {compile_s[name]:.1f}s")
-    size = 8192 if gpu else 1024
+    size = MATMUL_PROBE_SIZE["gpu" if gpu else "cpu"]
     mm, mm_flops = matmul_probe(mm_dtype, size)
     timer.add("matmul", mm)
     med = timer.run(rounds, {"matmul": 5})
@@ -207,7 +211,8 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
     rows = {}
     for name, t in med.items():
         ideal = flops[name] / flops["plain LM"]
-        rows[name] = {"ms_per_step": 1e3 * t, "tokens_per_s": s.batch * s.seq / t, "model_flop_per_s": flops[name] / t,
+        rows[name] = {"ms_per_step": 1e3 * t, "tokens_per_s": s.batch * s.seq / t,
+                      "model_flop_per_s": flops[name] / t,
                       "fraction_of_matmul_peak": flops[name] / t / peak, "time_ratio": t / plain,
                       "flop_ratio": ideal, "time_over_flop_ratio": (t / plain) / ideal,
                       "compile_s": max(compile_s[name] - t, 0.0)}   # the first call also ran one step
@@ -215,7 +220,9 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
     for chain in chains if thoughts else ():
         for remat in (False, True):
             memory[chain + (" + remat" if remat else "")] = peak_memory_bytes(s, n_max, remat, chain)
-    gen = generation_speeds(s, max(thoughts, default=2) if thoughts else 2, gen_tokens, rounds) if gen_tokens else {}
+    gen = {}
+    if gen_tokens:
+        gen = generation_speeds(s, max(thoughts, default=2) if thoughts else 2, gen_tokens, rounds)
     return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "jax": jax.__version__, "shape": dataclasses.asdict(s),
             "matmul_peak_flop_per_s": peak, "matmul": f"{size}x{size} {jnp.dtype(mm_dtype).name}",
@@ -225,15 +232,17 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
 
 def format_report(r: dict) -> str:
     s = r["shape"]
-    lines = [f"device: {r['backend']} ({r['device']}), jax {r['jax']}; shape: {s['layers']} layers, d={s['d_model']}, "
+    lines = [f"device: {r['backend']} ({r['device']}), jax {r['jax']}; "
+             f"shape: {s['layers']} layers, d={s['d_model']}, "
              f"{s['heads']} heads, T={s['seq']}, batch {s['batch']}, vocab {s['vocab']}, {s['dtype']}; "
              f"malloc tuned: {'yes' if r.get('malloc_tuned') else 'no'}",
              f"measured matmul peak ({r['matmul']}): {r['matmul_peak_flop_per_s'] / 1e9:,.1f} GFLOP/s", "",
              f"{'training step':<20}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
              f"{'time x':>8}{'FLOP x':>8}{'time/FLOP':>10}{'compile s':>10}"]
     for name, x in r["train"].items():
-        lines.append(f"{name:<20}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}{x['model_flop_per_s'] / 1e9:>10.1f}"
-                     f"{x['fraction_of_matmul_peak']:>9.1%}{x['time_ratio']:>8.2f}{x['flop_ratio']:>8.2f}"
+        lines.append(f"{name:<20}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}"
+                     f"{x['model_flop_per_s'] / 1e9:>10.1f}{x['fraction_of_matmul_peak']:>9.1%}"
+                     f"{x['time_ratio']:>8.2f}{x['flop_ratio']:>8.2f}"
                      f"{x['time_over_flop_ratio']:>10.2f}{x['compile_s']:>10.1f}")
     m = r["peak_memory_bytes"]
     if len(m) > 1:

@@ -42,9 +42,6 @@ class Checkpointer:
             params=ocp.args.StandardRestore(params_target), meta=ocp.args.JsonRestore()))
         return r["params"], r["meta"]
 
-    def read_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -45,8 +45,44 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ChainLayout:
+    """The steps of one position's chain, defined once (docs/design.md §3): step 0 = start,
+    1..n = thoughts, n+1 = end, n+2..S-1 = the A-1 teacher-forced talk tokens. Step i of the chain at
+    base position t has position id t + i + 1."""
+    n_thoughts: int
+    n_ahead: int = 1
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_thoughts + 2 + (self.n_ahead - 1)
+
+    start = 0
+
+    @property
+    def thoughts(self) -> range:
+        return range(1, self.n_thoughts + 1)
+
+    @property
+    def end(self) -> int:
+        return self.n_thoughts + 1
+
+    @property
+    def talk(self) -> range:
+        return range(self.n_thoughts + 2, self.n_steps)
+
+    def kind(self, i: int) -> str:
+        if not 0 <= i < self.n_steps:
+            raise IndexError(f"step {i} of a {self.n_steps}-step chain")
+        return "start" if i == 0 else "thought" if i <= self.n_thoughts else "end" if i == self.end else "talk"
+
+    def mixed(self, mix_from: str = "end") -> list[int]:
+        """The steps whose outputs are mixed with h0 for look-ahead s = 0..A-1 (thinking.mix_from)."""
+        return [self.n_thoughts if mix_from == "last_thought" else self.end, *self.talk]
+
+
+@dataclass(frozen=True)
 class ThinkingConfig:
-    """Latent thinking (DESIGN.md 1.1-1.2). S = n_thoughts + 2 + (n_ahead - 1) chain steps."""
+    """Latent thinking (docs/design.md §3-§7, levers §10). S = n_thoughts + 2 + (n_ahead - 1) chain steps."""
     enabled: bool = True
     n_thoughts: int = 2
     n_ahead: int = 1
@@ -66,10 +102,19 @@ class ThinkingConfig:
     remat: bool = False                  # jax.checkpoint on each chain step
     chain: Literal["scan", "unrolled"] = "scan"   # unrolled: faster steps, compile time grows with n
     unroll: int = 1                      # chain: scan: steps written out per scan iteration (see run_chain)
+    # Training levers (docs/design.md §10)
+    seed: Literal["start", "base"] = "start"          # first thought's mean: P(start-step output) or P(h0)
+    mix_from: Literal["end", "last_thought"] = "end"  # which step's output the gate mixes with h0
+    n_thoughts_train: list[int] = field(default_factory=list)  # [lo, hi]: n drawn per step (empty: n_thoughts)
+    think_at: Literal["all", "targets"] = "all"       # targets: chains only where a scored token is predicted
+    throttle: bool = False               # the chain's gradient on the shared GPT-2 weights divided by S
+
+    def layout(self, n_thoughts: Optional[int] = None) -> ChainLayout:
+        return ChainLayout(self.n_thoughts if n_thoughts is None else n_thoughts, self.n_ahead)
 
     @property
     def n_steps(self) -> int:
-        return self.n_thoughts + 2 + (self.n_ahead - 1)
+        return self.layout().n_steps
 
 
 @dataclass(frozen=True)
@@ -81,15 +126,25 @@ class LossConfig:
     # Not in Quiet-STaR: CE of the thought path alone (unmixed). It trains the chain even while
     # the mixing weight is ~0, which otherwise starves it of gradient (see README, results).
     thought: float = 0.0
+    # Not in Quiet-STaR: CE of thought j's logit lens (its step output) toward the task's intermediate
+    # target j (data thought_targets), weight annealed linearly to 0 between the two fractions of
+    # train.steps (docs/design.md §10). [1, 1]: never annealed.
+    thought_supervision: float = 0.0
+    supervision_anneal: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["task", "hf", "files"] = "task"
-    task: Literal["multiply", "add", "prosqa"] = "multiply"
-    digits_a: int = 2
+    task: Literal["multiply", "add", "prosqa", "hops", "binding"] = "multiply"
+    digits_a: int = 2                     # multiply, add
     digits_b: int = 2
-    n_nodes: int = 12
+    n_nodes: int = 12                     # prosqa
+    n_symbols: int = 16                   # hops: table size (2..26)
+    hops: int = 2                         # hops, binding: look-ups per example (1..9)
+    hops_min: Optional[int] = None        # hops, binding: k uniform in hops_min..hops; None: always hops
+    show_hops: bool = False               # hops: write k in the prompt (needed to mix hop counts)
+    n_vars: int = 8                       # binding: variables (2*hops..26)
     n_train: int = 20000
     n_eval: int = 500
     dataset: Optional[str] = None         # hub name for source=hf
@@ -125,7 +180,6 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     save_every: int = 500
-    eval_batches: int = 8
 
 
 @dataclass(frozen=True)
@@ -157,10 +211,6 @@ class Config:
 
 
 # ---------------------------------------------------------------- building from dicts
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert one value against a field's annotation."""
@@ -194,12 +244,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):   # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise UserError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise UserError(f"{where}: expected a string, got {value!r}")
     raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+# Keys of removed fields that older runs' config.yaml still holds: accepted and ignored (never read).
+_RETIRED_KEYS = {"train.eval_batches"}
 
 
 def _build(cls, data: Any, where: str):
@@ -210,6 +269,8 @@ def _build(cls, data: Any, where: str):
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
+        if path in _RETIRED_KEYS:
+            continue
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{(where + '.') if where else ''}{close[0]}'?)" if close else ""
@@ -297,10 +358,16 @@ def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int)
         raise UserError(f"thinking.unroll must be >= 1, got {t.unroll}")
     if t.log_sigma_min > t.log_sigma_max:
         raise UserError("thinking.log_sigma_min must be <= thinking.log_sigma_max")
-    if m is not None and seq_len + t.n_steps > m.n_positions:
+    if t.n_thoughts_train:
+        if len(t.n_thoughts_train) != 2 or not 0 <= t.n_thoughts_train[0] <= t.n_thoughts_train[1]:
+            raise UserError(f"thinking.n_thoughts_train must be [lo, hi] with 0 <= lo <= hi, got {t.n_thoughts_train}")
+    if t.mix_from == "last_thought" and t.n_thoughts < 1:
+        raise UserError("thinking.mix_from=last_thought needs thinking.n_thoughts >= 1")
+    S = t.layout(max([t.n_thoughts] + list(t.n_thoughts_train))).n_steps
+    if m is not None and seq_len + S > m.n_positions:
         raise UserError(
-            f"sequence length {seq_len} + {t.n_steps} chain steps (n_thoughts + 1 + n_ahead) = "
-            f"{seq_len + t.n_steps} exceeds model.n_positions = {m.n_positions}")
+            f"sequence length {seq_len} + {S} chain steps (n_thoughts + 1 + n_ahead) = "
+            f"{seq_len + S} exceeds model.n_positions = {m.n_positions}")
 
 
 def validate(cfg: Config) -> None:
@@ -316,5 +383,8 @@ def validate(cfg: Config) -> None:
         raise UserError("mesh.data must be -1 or >= 1 and mesh.fsdp >= 1")
     if cfg.data.shuffle_seed < 0:
         raise UserError(f"data.shuffle_seed must be >= 0, got {cfg.data.shuffle_seed}")
+    lo_hi = cfg.loss.supervision_anneal
+    if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
+        raise UserError(f"loss.supervision_anneal must be [start, end] fractions with 0 <= start <= end <= 1, got {lo_hi}")
     if cfg.checkpoint.keep < 1:
         raise UserError(f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")

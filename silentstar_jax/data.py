@@ -2,6 +2,9 @@
 batches {tokens, attn_mask, loss_mask} of [B, seq_len + 1] (inputs and their next-token targets).
 
 Task examples are one per row (prompt + answer + end-of-text, padded; loss on the answer only).
+Tasks with intermediate targets (hops, binding) add `thought_targets` [B, seq_len + 1, J]: at the
+first answer token's position (aligned like loss_mask, the token as a target), entry j is the
+token id of the result after hop j + 1; -1 everywhere else. J = tasks.n_thoughts (= data.hops).
 Text is tokenised, joined with end-of-text separators and packed into full blocks. Iterators are
 deterministic given the seed and expose a small JSON-able `state` saved in checkpoints.
 """
@@ -18,11 +21,18 @@ from silentstar_jax.config import Config, DataConfig
 from silentstar_jax.errors import UserError
 from silentstar_jax.tokenizer import Tokenizer
 
-Rows = dict[str, np.ndarray]   # tokens / attn_mask / loss_mask, each [N, T]
+Rows = dict[str, np.ndarray]   # tokens / attn_mask / loss_mask, each [N, T] (+ thought_targets [N, T, J])
 
 
 def task_kwargs(d: DataConfig) -> dict:
-    return {"n_nodes": d.n_nodes} if d.task == "prosqa" else {"digits_a": d.digits_a, "digits_b": d.digits_b}
+    """The keyword arguments of `tasks.make_examples` for the configured task."""
+    if d.task == "prosqa":
+        return {"n_nodes": d.n_nodes}
+    if d.task == "hops":
+        return {"n_symbols": d.n_symbols, "hops": d.hops, "hops_min": d.hops_min, "show_hops": d.show_hops}
+    if d.task == "binding":
+        return {"n_vars": d.n_vars, "hops": d.hops, "hops_min": d.hops_min}
+    return {"digits_a": d.digits_a, "digits_b": d.digits_b}
 
 
 def encode_example(tok: Tokenizer, ex: tasks.Example) -> tuple[list[int], int]:
@@ -34,10 +44,13 @@ def encode_example(tok: Tokenizer, ex: tasks.Example) -> tuple[list[int], int]:
 def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: int) -> Rows:
     try:
         exs = tasks.make_examples(d.task, n, seed=seed, split=split, **task_kwargs(d))
+        J = tasks.n_thoughts(d.task, **task_kwargs(d))   # from the kwargs: train and eval get the same J
     except ValueError as e:
         raise UserError(f"data: {e}") from None
     rows = {k: np.zeros((n, T), np.int32) for k in ("tokens", "attn_mask", "loss_mask")}
     rows["tokens"][:] = tok.pad_id
+    if J:
+        rows["thought_targets"] = np.full((n, T, J), -1, np.int32)
     for i, ex in enumerate(exs):
         ids, n_prompt = encode_example(tok, ex)
         if len(ids) > T:
@@ -46,6 +59,14 @@ def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: i
         rows["tokens"][i, :len(ids)] = ids
         rows["attn_mask"][i, :len(ids)] = 1
         rows["loss_mask"][i, n_prompt:len(ids)] = 1
+        if len(ex.thoughts) > J:
+            raise ValueError(f"{d.task} example has {len(ex.thoughts)} thoughts, more than n_thoughts = {J}")
+        for j, thought in enumerate(ex.thoughts):
+            tid = tok.encode(thought)
+            if len(tid) != 1:
+                raise UserError(f"data: the {d.task} thought {thought!r} is {len(tid)} tokens for this "
+                                "tokenizer; thought targets need one token each")
+            rows["thought_targets"][i, n_prompt, j] = tid[0]
     rows["prompt_len"] = np.array([len(tok.encode(ex.prompt)) for ex in exs], np.int32)
     return rows
 
@@ -56,18 +77,21 @@ def _load_hf(d: DataConfig, split: str, streaming: bool):
     try:
         if d.source == "files":
             if not d.files:
-                raise UserError("data.source=files needs data.files (a list of text/JSON lines/parquet files)")
+                raise UserError("data.source=files needs data.files "
+                                "(a list of text/JSON lines/parquet files)")
             missing = [f for f in d.files if not os.path.exists(f)]
             if missing:
                 raise UserError(f"data.files: not found: {missing[0]}")
             if d.eval_split:   # the files have one split: eval_split would evaluate on the training text
                 raise UserError("data.eval_split is for data.source=hf; with data.files the eval text is "
                                 "held out of the files")
-            kinds = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+            kinds = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
+                     ".parquet": "parquet"}
             exts = sorted({os.path.splitext(f)[1].lower() for f in d.files})
             bad = [e for e in exts if e not in kinds]
             if bad:
-                raise UserError(f"data.files: unsupported extension {bad[0]!r} (use .txt, .jsonl/.json or .parquet)")
+                raise UserError(f"data.files: unsupported extension {bad[0]!r} "
+                                "(use .txt, .jsonl/.json or .parquet)")
             builders = {kinds[e] for e in exts}
             if len(builders) > 1:   # one builder reads all the files: JSON read as text would train on braces
                 raise UserError(f"data.files: mixes formats ({', '.join(exts)}); use one format at a time")
@@ -121,9 +145,10 @@ def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Rows, Rows]:
     def blocks_of(split):
         ds = _load_hf(d, split, streaming=False)
         if d.text_field not in ds.column_names:
-            raise UserError(f"data.text_field {d.text_field!r} not in the dataset's columns {ds.column_names}")
-        ids = ds.map(lambda b: {"ids": [tok.encode(_as_text(t, d.text_field)) for t in b[d.text_field]]}, batched=True,
-                     remove_columns=ds.column_names)["ids"]
+            raise UserError(f"data.text_field {d.text_field!r} not in the dataset's columns "
+                            f"{ds.column_names}")
+        encode = lambda b: {"ids": [tok.encode(_as_text(t, d.text_field)) for t in b[d.text_field]]}
+        ids = ds.map(encode, batched=True, remove_columns=ds.column_names)["ids"]
         return pack(ids, tok.eos_id, T)[0]
 
     train = blocks_of(d.split)
@@ -132,7 +157,8 @@ def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Rows, Rows]:
     else:
         n_eval = max(1, len(train) // 20)
         if len(train) < 2:
-            raise UserError(f"data: only {len(train)} blocks of {T} tokens; need more text or a shorter seq_len")
+            raise UserError(f"data: only {len(train)} blocks of {T} tokens; "
+                            "need more text or a shorter seq_len")
         train, evals = train[:-n_eval], train[-n_eval:]
     if len(train) == 0:
         raise UserError(f"data: no full block of {T} tokens; need more text or a shorter train.seq_len")
@@ -143,7 +169,7 @@ class RowIterator:
     """Endless shuffled batches over in-memory rows; epoch e uses permutation(seed + e)."""
 
     def __init__(self, rows: Rows, batch_size: int, seed: int):
-        self.rows = {k: v for k, v in rows.items() if v.ndim == 2}
+        self.rows = {k: v for k, v in rows.items() if v.ndim >= 2}   # per-row arrays; not prompt_len [N]
         self.n = len(self.rows["tokens"])
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.index = 0, 0
@@ -172,6 +198,9 @@ class RowIterator:
         return self
 
 
+SHUFFLE_BLOCK_DOCS = 1000   # documents per shuffled block of a text stream
+
+
 class StreamIterator:
     """Streaming text (hub or local files), packed on the fly. Shuffled in blocks of `block_docs`
     documents, block b of pass p in permutation([seed, p, b]) order: unlike HF's shuffle buffer, whose
@@ -179,7 +208,7 @@ class StreamIterator:
     starts (the HF stream's state_dict), how many of its documents were used, the packing leftover."""
 
     def __init__(self, d: DataConfig, tok: Tokenizer, T: int, batch_size: int, seed: int, skip: int = 0,
-                 block_docs: int = 1000):
+                 block_docs: int = SHUFFLE_BLOCK_DOCS):
         self.src = _load_hf(d, d.split, streaming=True).skip(skip)
         self.start = self.src.state_dict()   # the stream's beginning, where each pass starts
         self.d, self.tok, self.T, self.batch_size = d, tok, T, batch_size

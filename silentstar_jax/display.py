@@ -41,7 +41,8 @@ def render_event(console: Console, e, tok, think: bool, show: int) -> None:
         for j, th in enumerate(rec["thoughts"]):
             lens = "  ".join(f"{_tok(t)!s} {p:.2f}" for t, p in th["top"][:show])
             cos = "  ".join(f"{_tok(t)!s} {c:.2f}" for t, c in th["cosine"][:show])
-            console.print(Text.assemble(("  thought ", "dim"), (f"{j + 1}", "bold"), (f"  |z|={th['norm']:.2f}", "dim"),
+            console.print(Text.assemble(("  thought ", "dim"), (f"{j + 1}", "bold"),
+                                        (f"  |z|={th['norm']:.2f}", "dim"),
                                         ("  lens: ", "cyan"), lens, ("  cos: ", "magenta"), cos))
     p, pb = math.exp(rec["logprob"]), math.exp(rec["logprob_base"])
     line = Text.assemble(("→ ", "bold"), (_tok(rec["token"]), "bold yellow"), f"   p={p:.3f}")

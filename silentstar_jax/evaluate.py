@@ -17,11 +17,13 @@ from silentstar_jax.objective import target_weights, token_logprob
 from silentstar_jax.model import shift_left
 
 
-def make_eval_fn(graphdef):
+def make_eval_fn(graphdef, n_thoughts=None):
+    """n_thoughts: think with this many thoughts (test-time scaling); None: thinking.n_thoughts."""
     def eval_fn(params, batch):
         model = nnx.merge(graphdef, params)
         tokens, attn, lmask = batch["tokens"], batch["attn_mask"], batch["loss_mask"]
-        out = model(tokens, attn)
+        out = model(tokens, attn) if n_thoughts is None or model.heads is None else \
+            model(tokens, attn, n_thoughts=n_thoughts)
         target = shift_left(tokens, 1)
         w_tok = target_weights(attn, jnp.ones_like(attn), 1)[..., 0]
         w_ans = target_weights(attn, lmask, 1)[..., 0]

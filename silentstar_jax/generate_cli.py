@@ -22,10 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="generate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("model")
-    src.add_argument("--checkpoint", help="run directory or one checkpoint (default: latest run under --runs)")
+    src.add_argument("--checkpoint",
+                     help="run directory or one checkpoint (default: latest run under --runs)")
     src.add_argument("--runs", default="runs", help="where to look for runs (default: runs)")
     src.add_argument("--init-from", help="HF GPT-2 directory or hub name (fresh, untrained thinking heads)")
-    src.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (runs pickle)")
+    src.add_argument("--allow-pickle", action="store_true",
+                     help="allow loading pytorch_model.bin (runs pickle)")
     p.add_argument("--prompt", help="generate once for this prompt (no prompt loop)")
     p.add_argument("--score", metavar="TEXT", help="teacher-forced scoring of TEXT: where did thinking help?")
     p.add_argument("--max-new-tokens", type=int, default=50)
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-think", action="store_true", help="plain GPT-2 path, no thought chain")
     p.add_argument("--thoughts", type=int, help="thought steps per token (default: as trained)")
-    p.add_argument("--show-thoughts", type=int, default=3, metavar="K", help="top-K tokens shown per thought")
+    p.add_argument("--show-thoughts", type=int, default=3, metavar="K",
+                   help="top-K tokens shown per thought")
     p.add_argument("--quiet", action="store_true", help="text only")
     p.add_argument("--json", action="store_true", help="one JSON object per token, then a summary line")
     return p
@@ -55,7 +58,8 @@ def _check_args(args) -> SamplingConfig:
         raise UserError("--thoughts must be >= 0")
     if args.show_thoughts < 1:
         raise UserError("--show-thoughts must be >= 1")
-    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p)
 
 
 def load_model(args, err):
@@ -68,7 +72,8 @@ def load_model(args, err):
     if args.init_from:
         from silentstar_jax.hf import load_gpt2
         gpt2, path = load_gpt2(args.init_from, allow_pickle=args.allow_pickle)
-        model = SilentStar(gpt2.cfg, ThinkingConfig(enabled=not args.no_think), rngs=nnx.Rngs(args.seed), gpt2=gpt2)
+        model = SilentStar(gpt2.cfg, ThinkingConfig(enabled=not args.no_think), rngs=nnx.Rngs(args.seed),
+                           gpt2=gpt2)
         if not args.no_think:
             err.print("[yellow]warning:[/] thinking parameters are freshly initialised (untrained): "
                       "thinking starts at the plain model")
@@ -76,15 +81,17 @@ def load_model(args, err):
     run = args.checkpoint or latest_run(args.runs)
     if run is None:
         raise UserError(f"no trained run found under {args.runs}/; train one with: {TRAIN_HINT}")
-    model, tok, cfg, step = load_run(run)
+    model, tok, _, step = load_run(run)
     return model, tok, f"{run} (step {step})"
 
 
-def _prepare(model, args, err):
+def _thinking(model, args) -> tuple[bool, int]:
+    """Whether the thought chain runs, and its thoughts per token (--thoughts, else as trained).
+    The model's config stays as trained: the count is handed to scoring and generation."""
     think = model.heads is not None and not args.no_think
-    if think and args.thoughts is not None:
-        model.think_cfg = dataclasses.replace(model.think_cfg, n_thoughts=args.thoughts)
-    return think
+    if not think:
+        return False, 0
+    return True, model.think_cfg.n_thoughts if args.thoughts is None else args.thoughts
 
 
 def _fit_prompt(ids, gen, err, quiet_json: bool):
@@ -97,20 +104,22 @@ def _fit_prompt(ids, gen, err, quiet_json: bool):
     return ids
 
 
-def run_score(model, tok, args, think, out):
+def run_score(model, tok, args, think, n_thoughts, out):
     from silentstar_jax.display import coloured_text, legend
     from silentstar_jax.generation import score
     ids = tok.encode(args.score)
     if len(ids) < 2:
         raise UserError("--score needs a text of at least two tokens")
-    n_pos = model.gpt2.cfg.n_positions - (model.think_cfg.n_steps if think else 0)
+    chain = dataclasses.replace(model.think_cfg, n_thoughts=n_thoughts).n_steps if think else 0
+    n_pos = model.gpt2.cfg.n_positions - chain
     if len(ids) > n_pos:
         raise UserError(f"--score text has {len(ids)} tokens; at most {n_pos} fit the context")
-    s = score(model, ids, think)
+    s = score(model, ids, think, n_thoughts if think else None)
     if args.json:
         for i in range(len(ids) - 1):
             print(json.dumps({"pos": i + 1, "token_id": ids[i + 1], "token": tok.token_str(ids[i + 1]),
-                              "logprob": float(s["logprob"][i]), "logprob_base": float(s["logprob_base"][i]),
+                              "logprob": float(s["logprob"][i]),
+                              "logprob_base": float(s["logprob_base"][i]),
                               "mix_weight": float(s["mix_weight"][i])}))
         return
     deltas = s["logprob"] - s["logprob_base"]
@@ -174,7 +183,8 @@ def prompt_loop(gen, tok, args, think, out, err) -> None:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
         pass
-    out.print("[bold]SilentSTaR[/] — type a prompt; Ctrl-C stops a generation; Ctrl-D, 'quit' or 'exit' leave.")
+    out.print("[bold]SilentSTaR[/] — type a prompt; Ctrl-C stops a generation; "
+              "Ctrl-D, 'quit' or 'exit' leave.")
     while True:
         try:
             prompt = input("prompt> ")
@@ -204,13 +214,14 @@ def main(argv=None) -> None:
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     from silentstar_jax.generation import Generator
     model, tok, desc = load_model(args, err)
-    think = _prepare(model, args, err)
+    think, n_thoughts = _thinking(model, args)
     if not (args.json or args.quiet):
-        n = model.think_cfg.n_thoughts if think else 0
-        err.print(f"[dim]model: {desc}; thinking: {'%d thought(s) per token' % n if think else 'off'}[/]")
+        thinking = f"{n_thoughts} thought(s) per token" if think else "off"
+        err.print(f"[dim]model: {desc}; thinking: {thinking}[/]")
     if args.score is not None:
-        return run_score(model, tok, args, think, out)
-    gen = Generator(model, sampling, think=think, trace_top_k=args.show_thoughts if think else 0)
+        return run_score(model, tok, args, think, n_thoughts, out)
+    gen = Generator(model, sampling, think=think, n_thoughts=n_thoughts if think else None,
+                    trace_top_k=args.show_thoughts if think else 0)
     if args.prompt is not None:
         return generate_once(gen, tok, args.prompt, args, think, out, err)
     if not sys.stdin.isatty() and args.json:

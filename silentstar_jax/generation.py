@@ -1,6 +1,6 @@
 """KV-cached generation with static shapes: one compilation per prompt bucket and one for the
 single-token step, none per token. With thinking, each token runs its thought chain for the last
-position only, against the cache plus the chain's own keys (DESIGN.md 1.3)."""
+position only, against the cache plus the chain's own keys (docs/design.md §8 Generation)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from silentstar_jax.config import ChainLayout
 from silentstar_jax.errors import UserError
 from silentstar_jax.sampling import SamplingConfig, sample
 
@@ -31,54 +32,64 @@ def _logprob(logits_BV, token_B):
     return jnp.take_along_axis(jax.nn.log_softmax(logits_BV, -1), token_B[:, None], -1)[:, 0]
 
 
-def score(model, ids: list[int], think: bool) -> dict:
+def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None) -> dict:
     """Teacher-forced log-probs of ids[1:] (each given the tokens before it), base and mixed,
-    from the parallel forward with deterministic thoughts. Arrays of length len(ids) - 1."""
+    from the parallel forward with deterministic thoughts. Arrays of length len(ids) - 1.
+    n_thoughts: thought steps per position (None: as configured)."""
     L = len(ids)
     bucket = -(-L // PREFILL_BUCKET) * PREFILL_BUCKET
     toks = np.zeros((1, bucket), np.int32)
     toks[0, :L] = ids
     mask = np.zeros((1, bucket), np.int32)
     mask[0, :L] = 1
-    out = _score_fn(model, think)(jnp.asarray(toks), jnp.asarray(mask))
+    graphdef, state = nnx.split(model)
+    fn = _score_fn(graphdef, think, n_thoughts if think else None)
+    out = fn(state, jnp.asarray(toks), jnp.asarray(mask))
     return {k: np.asarray(v)[0, :L - 1] for k, v in out.items()}
 
 
-_SCORE_FNS: dict = {}
+# (graphdef, think, n_thoughts, jitted fn): the parameters are an argument of the jitted function, so
+# one compilation serves every model of the same structure, whatever its (current) parameter values.
+# Looked up by equality: a GraphDef holding configs with lists is not hashable.
+_SCORE_FNS: list = []
 
 
-def _score_fn(model, think: bool):
-    key = (id(model), think)
-    if key not in _SCORE_FNS:
-        graphdef, state = nnx.split(model)
+def _score_fn(graphdef, think: bool, n_thoughts: Optional[int]):
+    for gd, th, n, fn in _SCORE_FNS:
+        if th == think and n == n_thoughts and gd == graphdef:
+            return fn
 
-        @jax.jit
-        def fn(tokens, mask):
-            m = nnx.merge(graphdef, state)
-            out = m(tokens, mask)
-            target = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
-            lp = lambda logits: jnp.take_along_axis(jax.nn.log_softmax(logits, -1), target[..., None], -1)[..., 0]
-            res = {"logprob_base": lp(out["base_logits"])}
-            if think and "mixed_logits" in out:
-                res.update(logprob=lp(out["mixed_logits"][:, :, 0]), mix_weight=out["mix_weight"][:, :, 0])
-            else:
-                res.update(logprob=res["logprob_base"], mix_weight=jnp.zeros_like(res["logprob_base"]))
-            return res
+    @jax.jit
+    def fn(state, tokens, mask):
+        m = nnx.merge(graphdef, state)
+        out = m(tokens, mask) if n_thoughts is None else m(tokens, mask, n_thoughts=n_thoughts)
+        target = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
 
-        _SCORE_FNS[key] = fn
-    return _SCORE_FNS[key]
+        def lp(logits):
+            return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), target[..., None], -1)[..., 0]
+
+        res = {"logprob_base": lp(out["base_logits"])}
+        if think and "mixed_logits" in out:
+            res.update(logprob=lp(out["mixed_logits"][:, :, 0]), mix_weight=out["mix_weight"][:, :, 0])
+        else:
+            res.update(logprob=res["logprob_base"], mix_weight=jnp.zeros_like(res["logprob_base"]))
+        return res
+
+    _SCORE_FNS.append((graphdef, think, n_thoughts, fn))
+    return fn
 
 
 class Generator:
     """Decode from `model` (a GPT2, or a SilentStar whose thinking runs when `think` is true)."""
 
-    def __init__(self, model, sampling: SamplingConfig, think: bool = False, n_thoughts: Optional[int] = None,
-                 trace_top_k: int = 0):
+    def __init__(self, model, sampling: SamplingConfig, think: bool = False,
+                 n_thoughts: Optional[int] = None, trace_top_k: int = 0):
         self.gpt2 = getattr(model, "gpt2", model)
         self.think = think
         n = model.think_cfg.n_thoughts if (think and n_thoughts is None) else (n_thoughts or 0)
         self.n_thoughts = n
-        self.chain_len = n + 2 if think else 0     # chain positions run past the token's own
+        # chain positions run past the token's own (generation has no talk steps)
+        self.chain_len = ChainLayout(n).n_steps if think else 0
         self.n_positions = self.gpt2.cfg.n_positions
         self.sampling = sampling
         graphdef, self.state = nnx.split(model)

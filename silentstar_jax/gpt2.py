@@ -5,6 +5,7 @@ Layer parameters are stacked on a leading [n_layer] axis and run under `jax.lax.
 time does not grow with depth. Attention is a callback: the layer stack does not know whether its
 keys come from the sequence itself, a KV cache or a thought chain (see attention.py).
 Parameter layout follows HF's Conv1D (x @ W + b), so checkpoints load without transposes.
+Which matmul and attention kernels run on which backend is decided in kernels.py.
 """
 from __future__ import annotations
 
@@ -15,15 +16,18 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from silentstar_jax.attention import cached_attention, causal_attention, einsum_acc32
+from silentstar_jax.attention import cached_attention, causal_attention
 from silentstar_jax.config import ModelConfig
+from silentstar_jax.kernels import attention_impl, matmul
 
 # Per-layer parameters, each stacked on a leading [n_layer] axis.
 _LAYER_PARAMS = ("ln_1_scale", "ln_1_bias", "c_attn_kernel", "c_attn_bias", "attn_proj_kernel",
                  "attn_proj_bias", "ln_2_scale", "ln_2_bias", "c_fc_kernel", "c_fc_bias",
                  "mlp_proj_kernel", "mlp_proj_bias")
+INIT_STD = 0.02   # HF's initializer_range: weights ~ N(0, 0.02^2)
 
-# An attention callback: (q, k, v [B, L, H, Dh], per-layer extra input) -> (out [B, L, H, Dh], per-layer output)
+# An attention callback:
+#   (q, k, v [B, L, H, Dh], per-layer extra input) -> (out [B, L, H, Dh], per-layer output)
 AttendFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, Any]]
 
 
@@ -34,33 +38,6 @@ def layer_norm(x, scale, bias, eps):
     return (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-@jax.custom_vjp
-def dense(a, w):
-    """a [..., K] @ w [K, N]. Own VJP for XLA:CPU: autodiff's weight gradient a^T g contracts over the
-    token axis of both operands, which XLA:CPU runs as a slow non-YNNPACK dot behind a slow fused
-    transpose; here the narrower operand is transposed on its own and the product is a plain matmul."""
-    return einsum_acc32("...k,kn->...n", a, w)
-
-
-def _dense_fwd(a, w):
-    return dense(a, w), (a, w)
-
-
-def _dense_bwd(res, g):
-    a, w = res
-    da = einsum_acc32("...n,kn->...k", g, w)
-    a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
-    bar = jax.lax.optimization_barrier          # keeps XLA from folding the transposes back into the dot
-    if g2.shape[1] < a2.shape[1]:
-        dw = bar(einsum_acc32("nt,tk->nk", bar(g2.T), a2)).T   # [N, T] @ [T, K], then a small [N, K] transpose
-    else:
-        dw = einsum_acc32("kt,tn->kn", bar(a2.T), g2)          # [K, T] @ [T, N]
-    return da, dw.astype(w.dtype)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
-
-
 def compute_dtype(cfg: ModelConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
@@ -69,7 +46,8 @@ class GPT2(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         D, NL, F = cfg.n_embd, cfg.n_layer, 4 * cfg.n_embd
-        std, proj_std = 0.02, 0.02 / (2 * NL) ** 0.5   # HF init: residual projections scaled by depth
+        std = INIT_STD
+        proj_std = INIT_STD / (2 * NL) ** 0.5   # HF init: residual projections scaled by depth
         normal = lambda s, shape: nnx.Param(s * jax.random.normal(rngs.params(), shape, jnp.float32))
         const = lambda c, shape: nnx.Param(jnp.full(shape, c, jnp.float32))
         self.wte = normal(std, (cfg.vocab_size, D))
@@ -107,11 +85,12 @@ class GPT2(nnx.Module):
         cfg, dt = self.cfg, compute_dtype(self.cfg)
         H, Dh = cfg.n_head, cfg.head_dim
         eps = cfg.layer_norm_epsilon
-        matmul = dense if jax.default_backend() == "cpu" else (lambda a, w: jnp.einsum("...k,kn->...n", a, w))
+
+        def mm(a, w, b):
+            return checkpoint_name(matmul(a.astype(dt), w.astype(dt)) + b.astype(dt), "dense_out")
 
         def block(x, inputs):
             p, xs = inputs
-            mm = lambda a, w, b: checkpoint_name(matmul(a.astype(dt), w.astype(dt)) + b.astype(dt), "dense_out")
             B, L, D = x.shape
             h = layer_norm(x, p["ln_1_scale"], p["ln_1_bias"], eps)
             q, k, v = jnp.split(mm(h, p["c_attn_kernel"], p["c_attn_bias"]), 3, axis=-1)
@@ -125,15 +104,15 @@ class GPT2(nnx.Module):
 
         if cfg.remat:
             block = jax.checkpoint(block)
-        else:   # keep the matmul outputs, recompute the cheap rest (layer norms, GELU, softmax) in the backward pass
+        else:
+            # keep the matmul outputs, recompute the cheap rest (layer norms, GELU, softmax) backward
             block = jax.checkpoint(block, policy=jax.checkpoint_policies.save_only_these_names("dense_out"))
         return jax.lax.scan(block, x_BLD, (self.layer_params(), layer_xs))
 
     # ------------------------------------------------------------------ whole passes
     def base_impl(self) -> str:
-        if self.cfg.attention == "auto":
-            return "cudnn" if (jax.default_backend() == "gpu" and self.cfg.dtype == "bfloat16") else "xla"
-        return self.cfg.attention
+        """The base pass's attention kernel (kernels.attention_impl)."""
+        return attention_impl(self.cfg.attention, self.cfg.dtype)
 
     def forward_hidden(self, tokens_BL, attn_mask_BL=None):
         """Causal pass. Returns h [B, L, D] after ln_f and each layer's (k, v) [NL, B, L, H, Dh]."""
@@ -149,13 +128,6 @@ class GPT2(nnx.Module):
     def __call__(self, tokens_BL, attn_mask_BL=None):
         """Logits [B, L, V], as GPT2LMHeadModel(input_ids).logits."""
         return self.logits(self.forward_hidden(tokens_BL, attn_mask_BL)[0])
-
-    def hidden_from_embeddings(self, x_BLD, attn_mask_BL=None):
-        """Causal pass over given input embeddings (positions already added); h after ln_f."""
-        def attend(q, k, v, _):
-            return causal_attention(q, k, v, attn_mask_BL), None
-
-        return self.final_norm(self.run_layers(x_BLD, attend)[0])
 
     def init_cache(self, batch: int, length: int):
         """Preallocated KV cache [NL, B, T, H, Dh] for k and v."""

@@ -14,7 +14,7 @@ from flax import nnx
 
 from silentstar_jax.config import ModelConfig
 from silentstar_jax.errors import UserError
-from silentstar_jax.gpt2 import GPT2
+from silentstar_jax.gpt2 import GPT2, INIT_STD
 
 HUB_PATTERNS = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                 "vocab.json", "merges.txt", "special_tokens_map.json", "generation_config.json"]
@@ -37,7 +37,8 @@ def resolve(spec: str) -> str:
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UserError(f"{spec}: directory has no config.json (expected a Hugging Face GPT-2 checkpoint)")
+            raise UserError(f"{spec}: directory has no config.json "
+                            "(expected a Hugging Face GPT-2 checkpoint)")
         return path
     if os.path.exists(path):
         raise UserError(f"{spec}: not a directory (expected a Hugging Face GPT-2 checkpoint directory)")
@@ -93,7 +94,8 @@ def read_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]
             import torch
         except ImportError:
             raise UserError("reading pytorch_model.bin needs torch installed (pip install torch)") from None
-        raw = {k: v.float().numpy() for k, v in torch.load(binf, map_location="cpu", weights_only=False).items()}
+        state = torch.load(binf, map_location="cpu", weights_only=False)
+        raw = {k: v.float().numpy() for k, v in state.items()}
     else:
         raise UserError(f"{path}: no model.safetensors (or pytorch_model.bin) found")
     out = {}
@@ -159,7 +161,7 @@ def export_gpt2(model: GPT2, out_dir: str, tokenizer=None) -> None:
               "n_positions": cfg.n_positions, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
               "n_head": cfg.n_head, "n_inner": None, "activation_function": "gelu_new",
               "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-              "attn_pdrop": 0.0, "initializer_range": 0.02, "tie_word_embeddings": True,
+              "attn_pdrop": 0.0, "initializer_range": INIT_STD, "tie_word_embeddings": True,
               "dtype": "float32"}
     if tokenizer is not None:
         hf_cfg["bos_token_id"] = hf_cfg["eos_token_id"] = int(tokenizer.eos_id)

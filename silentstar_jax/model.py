@@ -29,17 +29,22 @@ class SilentStar(nnx.Module):
         self.think_cfg = think_cfg
         self.heads = ThoughtHeads(self.gpt2, think_cfg, rngs=rngs) if think_cfg.enabled else None
 
-    def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False):
-        """Parallel forward over a batch of sequences (DESIGN.md 1.1).
+    def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False,
+                 n_thoughts: Optional[int] = None, think_idx_BQ=None, n_supervised: int = 0):
+        """Parallel forward over a batch of sequences (docs/design.md §3-§5).
 
         Returns a dict:
           base_logits [B, L, V]      the plain GPT-2 logits (position t predicts x_{t+1})
           mixed_logits [BK, L, A, V] thinking logits: chain at t, talk step s predicts x_{t+1+s}
           mix_weight [BK, L, A], value [BK, L], logp [BK, L] (policy log-prob of the thoughts),
-          thoughts [BK, L, n, D] (thought inputs z), sigma []
+          thoughts [BK, L, n, D] (thought inputs z), think_mask [BK, L] (positions that thought), sigma []
         BK = B * n_samples: each sequence's chains are sampled n_samples times (rows b*K .. b*K+K-1).
         key None -> deterministic thoughts (z = mu), as in evaluation and generation.
         thought_logits: also return thought_logits [BK, L, A, V], the thought path alone (unmixed).
+        n_thoughts: overrides thinking.n_thoughts (the parameters do not depend on it).
+        think_idx_BQ: run chains only at these Q positions per row (index L = padding); elsewhere the
+          outputs are the base model's (w = 0): the same losses when every scored target is covered.
+        n_supervised: also return sup_logits [BK, L, J, V], the logit lens of thought steps 1..J.
         """
         g = self.gpt2
         B, L = tokens_BL.shape
@@ -48,23 +53,48 @@ class SilentStar(nnx.Module):
         if self.heads is None:
             return out
         cfg = self.think_cfg
-        K, A, n = n_samples, cfg.n_ahead, cfg.n_thoughts
+        K, A = n_samples, cfg.n_ahead
+        n = cfg.n_thoughts if n_thoughts is None else n_thoughts
         rep = (lambda x, axis=0: jnp.repeat(x, K, axis=axis)) if K > 1 else (lambda x, axis=0: x)
         tokens, h0 = rep(tokens_BL), rep(h0)
         k0, v0 = rep(k0, 1), rep(v0, 1)
-        mask = causal_mask(L, None if attn_mask_BL is None else rep(attn_mask_BL))
-        talk = jnp.stack([g.embed_tokens(shift_left(tokens, s)) for s in range(1, A)]) if A > 1 \
-            else jnp.zeros((0, B * K, L, g.cfg.n_embd))
-        pos = jnp.broadcast_to(jnp.arange(L), (B * K, L))
-        y, z, logp = run_chain(g, self.heads, n, pos, k0, v0, mask, talk, key)
+        key_mask = jnp.ones((B * K, L), bool) if attn_mask_BL is None else rep(attn_mask_BL).astype(bool)
+        if think_idx_BQ is None:                                            # every position thinks
+            idx = pos = jnp.broadcast_to(jnp.arange(L), (B * K, L))
+            take, put = (lambda x: x), (lambda full, part: part)
+        else:                                                               # [BK, Q], L = padding
+            idx = rep(think_idx_BQ)
+            pos = jnp.minimum(idx, L - 1)
+            take = lambda x: jnp.take_along_axis(x, pos.reshape(pos.shape + (1,) * (x.ndim - 2)), axis=1)
+            put = lambda full, part: full.at[jnp.arange(B * K)[:, None], idx].set(part, mode="drop")
+        mask = (jnp.arange(L)[None, None, :] <= pos[:, :, None]) & key_mask[:, None, :]   # [BK, Q, L]
+        talk = jnp.stack([take(g.embed_tokens(shift_left(tokens, s))) for s in range(1, A)]) if A > 1 \
+            else jnp.zeros((0,) + pos.shape + (g.cfg.n_embd,))
+        lay = cfg.layout(n)
+        gc = g if not cfg.throttle else _grad_scaled(g, 1.0 / lay.n_steps)
+        h0_q = take(h0)
+        y, z, logp = run_chain(gc, self.heads, n, pos, k0, v0, mask[:, None], talk, key, h0_q,
+                               None if think_idx_BQ is None else L)
         h0_s = jnp.stack([shift_left(h0, s) for s in range(A)], axis=2)     # [BK, L, A, D]
-        y_s = jnp.moveaxis(y[n + 1:], 0, 2)                                  # [BK, L, A, D]
-        w = self.heads.mix_weight(h0_s, y_s)
+        y_s = jnp.stack([y[i] for i in lay.mixed(cfg.mix_from)], axis=2)     # [BK, Q, A, D]
+        w = self.heads.mix_weight(take(h0_s), y_s)
+        # back to [BK, L, ...]: positions without a chain keep the base model (w = 0, no thoughts)
+        w = put(jnp.zeros((B * K, L, A), w.dtype), w)
+        y_s = put(h0_s, y_s)
         mixed = (1 - w[..., None]) * h0_s + w[..., None] * y_s
-        out.update(mixed_logits=g.logits(mixed), mix_weight=w, value=self.heads.value(h0), logp=logp,
-                   thoughts=jnp.moveaxis(z[1:n + 1], 0, 2), sigma=jnp.exp(self.heads.sigma_log()).mean())
+        z_thoughts = z[lay.thoughts.start:lay.thoughts.stop]
+        thoughts = put(jnp.zeros((B * K, L, n, g.cfg.n_embd), z.dtype), jnp.moveaxis(z_thoughts, 0, 2))
+        out.update(mixed_logits=g.logits(mixed), mix_weight=w, value=self.heads.value(h0),
+                   logp=put(jnp.zeros((B * K, L), logp.dtype), logp), thoughts=thoughts,
+                   think_mask=put(jnp.zeros((B * K, L), bool), jnp.ones(pos.shape, bool)),
+                   sigma=jnp.exp(self.heads.sigma_log()).mean())
         if thought_logits:
             out["thought_logits"] = g.logits(y_s)
+        J = min(n_supervised, n)
+        if J:
+            y_sup = jnp.moveaxis(y[lay.thoughts.start:lay.thoughts.start + J], 0, 2)     # thought steps 1..J
+            y_sup = put(jnp.zeros((B * K, L, J, g.cfg.n_embd), y.dtype), y_sup)
+            out["sup_logits"] = g.logits(y_sup)                                # [BK, L, J, V]
         return out
 
     def think_at(self, h0_BD, cache, pos, n_thoughts: Optional[int] = None, trace_top_k: int = 0):
@@ -77,14 +107,26 @@ class SilentStar(nnx.Module):
         mask = (jnp.arange(T) <= pos)[None, :]                               # [L=1, T]
         pos_BL = jnp.full((B, 1), pos)
         talk = jnp.zeros((0, B, 1, g.cfg.n_embd))
-        y, z, _ = run_chain(g, heads, n, pos_BL, k_cache, v_cache, mask, talk, None)
-        y_end = y[n + 1, :, 0]
-        w = heads.mix_weight(h0_BD, y_end)
-        logits = g.logits((1 - w[:, None]) * h0_BD + w[:, None] * y_end)
+        y, z, _ = run_chain(g, heads, n, pos_BL, k_cache, v_cache, mask, talk, None, h0_BD[:, None])
+        lay = self.think_cfg.layout(n)
+        y_mix = y[lay.mixed(self.think_cfg.mix_from)[0], :, 0]
+        w = heads.mix_weight(h0_BD, y_mix)
+        logits = g.logits((1 - w[:, None]) * h0_BD + w[:, None] * y_mix)
         trace = {"mix_weight": w, "value": heads.value(h0_BD)}
         if trace_top_k and n:
-            trace.update(thought_trace(g, y[:n, :, 0], z[1:n + 1, :, 0], trace_top_k))
+            y_prev = y[:n, :, 0]   # the hidden state each thought was projected from
+            if self.think_cfg.seed == "base":
+                y_prev = y_prev.at[0].set(h0_BD)
+            trace.update(thought_trace(g, y_prev, z[lay.thoughts.start:lay.thoughts.stop, :, 0], trace_top_k))
         return logits, trace
+
+
+def _grad_scaled(module, scale: float):
+    """The same module whose parameters pass `scale` x the gradient (values unchanged): the chain's
+    gradient on the shared weights divided by its steps (McLeish et al.'s throttle)."""
+    graphdef, state = nnx.split(module)
+    f = lambda x: x * scale + jax.lax.stop_gradient(x) * (1.0 - scale)
+    return nnx.merge(graphdef, jax.tree.map(f, state))
 
 
 def thought_trace(g: GPT2, y_nBD, z_nBD, k: int) -> dict:

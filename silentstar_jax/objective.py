@@ -1,4 +1,4 @@
-"""The training objective (DESIGN.md 1.2) as pure functions of the forward outputs.
+"""The training objective (docs/design.md §6 Objective) as pure functions of the forward outputs.
 
 Conventions: `tokens`, `attn_mask` (1 = real token) and `loss_mask` (weight of a token *as a
 target*, e.g. answer tokens only) are [B, L]. The chain at position t, talk step s, predicts
@@ -88,8 +88,34 @@ def per_position(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig) 
                 w0=weights[..., 0], r=r, pos_mask=pos_mask)
 
 
-def compute_loss(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, lcfg: LossConfig):
-    """Total loss and metrics from the forward outputs `out` (see SilentStar.__call__)."""
+def supervision_loss(sup_logits_BLJV, thought_targets_BLJ):
+    """Mean CE of thought j's logit lens toward intermediate target j (-1: none), and per j.
+
+    thought_targets are aligned like loss_mask (at the token *as a target*): the chain at t, which
+    predicts x_{t+1}, is supervised with the targets stored at t + 1."""
+    J = sup_logits_BLJV.shape[2]
+    K = sup_logits_BLJV.shape[0] // thought_targets_BLJ.shape[0]
+    tt = shift_left(thought_targets_BLJ, 1, fill=-1)[:, :, :J]
+    tt = jnp.repeat(tt, K, axis=0) if K > 1 else tt
+    valid = (tt >= 0).astype(jnp.float32)
+    lp = token_logprob(sup_logits_BLJV[:, :, :tt.shape[2]], jnp.maximum(tt, 0))
+    per_j = [-masked_mean(lp[..., j], valid[..., j]) for j in range(tt.shape[2])]
+    return -masked_mean(lp, valid), per_j
+
+
+def supervision_weight(lcfg: LossConfig, step, total_steps: int):
+    """loss.thought_supervision, annealed linearly to 0 between the supervision_anneal fractions."""
+    start, end = lcfg.supervision_anneal
+    frac = step / max(total_steps, 1)
+    if end <= start:
+        return lcfg.thought_supervision * (frac < start)
+    return lcfg.thought_supervision * jnp.clip((end - frac) / (end - start), 0.0, 1.0)
+
+
+def compute_loss(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, lcfg: LossConfig,
+                 thought_targets=None, sup_weight=0.0):
+    """Total loss and metrics from the forward outputs `out` (see SilentStar.__call__).
+    thought_targets [B, L, J] and sup_weight (a traced scalar): the thought supervision term."""
     base_logits = out["base_logits"]
     next_token = shift_left(tokens, 1)
     w0 = target_weights(attn_mask, loss_mask, 1)[..., 0]
@@ -116,6 +142,11 @@ def compute_loss(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, 
         loss_thought = -masked_mean(token_logprob(out["thought_logits"], p["targets"]), weights)
         total = total + lcfg.thought * loss_thought
         metrics["loss_thought"] = loss_thought
+    if "sup_logits" in out and thought_targets is not None and thought_targets.shape[-1]:
+        loss_sup, per_j = supervision_loss(out["sup_logits"], thought_targets)
+        total = total + sup_weight * loss_sup
+        metrics.update(loss_sup=loss_sup, sup_weight=jnp.asarray(sup_weight, jnp.float32),
+                       **{f"sup_ce_{j + 1}": v for j, v in enumerate(per_j)})
     acc_think = masked_mean(hit_mix[..., 0], w0)
     n = out["thoughts"].shape[2]
     metrics.update(
@@ -123,6 +154,7 @@ def compute_loss(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, 
         ce_think=-masked_mean(lp_mix[..., 0], w0), reward=masked_mean(r, pos_mask),
         advantage=masked_mean(a, pos_mask), value_error=jnp.sqrt(loss_value),
         mix_weight=masked_mean(out["mix_weight"][..., 0], w0), sigma=out["sigma"],
-        thought_norm=jnp.linalg.norm(out["thoughts"], axis=-1).mean() if n else jnp.zeros(()),
+        thought_norm=masked_mean(jnp.linalg.norm(out["thoughts"], axis=-1).mean(-1), out["think_mask"])
+        if n else jnp.zeros(()),
         acc_think=acc_think, thinking_gain=acc_think - metrics["acc_base"])
     return total, metrics

@@ -16,7 +16,8 @@ def tune_malloc() -> bool:
     XLA:CPU allocates its step's scratch buffers (hundreds of MiB) anew on every call. By default
     glibc serves each with a fresh mmap, which the kernel page-faults and zero-fills, then returns it
     on free (up to ~20% of a CPU training step in some runs, within the noise in others: README,
-    Performance). With mmap off and trimming off the same pages are reused. The price: the process keeps its peak heap. Returns whether the setting was applied."""
+    Performance). With mmap off and trimming off the same pages are reused. The price: the process
+    keeps its peak heap. Returns whether the setting was applied."""
     global TUNED
     if os.environ.get("SILENTSTAR_MALLOC", "") == "default" or not sys.platform.startswith("linux"):
         return False

@@ -1,8 +1,14 @@
 """Built-in synthetic reasoning tasks, generated offline and deterministically from a seed.
 
 Every example is printable ASCII meant for a byte-level tokenizer (1 char = 1 token):
-``prompt`` ends with the separator ``=``, ``answer`` follows it with nothing after
-(the caller appends the end-of-text token).
+``answer`` follows ``prompt`` with nothing after (the caller appends the end-of-text token).
+The ``multiply``, ``add`` and ``prosqa`` prompts end with the separator ``=``; the
+``hops`` and ``binding`` prompts end with their query letter and have no separator on
+purpose (for a 1-layer model a separator would add one more serial step).
+
+``Example.thoughts`` holds intermediate targets for the FIRST answer token, used to
+supervise latent thoughts: ``thoughts[j-1]`` is the result after hop j, the last one is
+the answer. Tasks without such a chain (multiply, add, prosqa) leave it empty.
 
 Formats (``prompt`` -> ``answer``):
 
@@ -17,9 +23,27 @@ Formats (``prompt`` -> ``answer``):
   shuffled, space-separated edge list ``p>c`` (parent p -> child c) over single-letter
   nodes a..z; the question asks which of the options x, y (random order) is reachable
   from r, and exactly one is. E.g. ``"a>c c>e b>d d>f|a?f/e="`` -> ``"e"``.
+* ``hops`` (kwargs ``n_symbols=16`` (2..26), ``hops=2`` (1..9), ``hops_min=None``,
+  ``show_hops=False``): look-up composition in a table given in context. A random
+  permutation f of the first n_symbols letters is written as the string T with
+  T[i] = f(letter i); then ``|``, the hop count k as one digit if ``show_hops``, and the
+  query letter q. ``"<T>|[k]<q>"`` -> ``"<f^k(q)>"``; thoughts (f(q), f^2(q), ..., f^k(q)).
+  E.g. ``"dcab|a"`` (k=2 hidden) -> ``"b"``, thoughts ("d", "b"); ``"dcab|2a"`` shows k.
+* ``binding`` (kwargs ``n_vars=8`` (2*hops..26), ``hops=2`` (1..9), ``hops_min=None``):
+  variable binding. n_vars distinct single-letter variables form 2..10 chains; a chain's
+  first variable is bound to a digit (distinct digits per chain), each other variable to
+  the previous one. The statements ``x=3`` / ``y=x`` are shuffled, each followed by ``;``,
+  then come ``?`` and a query variable exactly k hops from its digit (drawn uniformly among all
+  such variables; at least two chains are long enough, so no chain stands out).
+  E.g. ``"c=a;a=7;d=c;b=2;?d"`` -> ``"7"``, thoughts ("c", "a", "7").
+
+``hops_min`` (1..hops; None means hops) draws k uniformly from hops_min..hops for each
+example (mixed difficulty); with hidden k (``hops`` task, ``show_hops=False``) the answer
+would be ambiguous, so mixing there needs ``show_hops=True``.
 
 Splits: a problem belongs to "eval" iff a hash of its canonical form (operands; or sorted
-edges + root + sorted options) is 0 mod 10, else to "train". The split is thus a fixed
+edges + root + sorted options; table + k + query; sorted statements + query) is 0 mod 10,
+else to "train". The split is thus a fixed
 property of the problem, independent of the seed, so train and eval never share a prompt.
 """
 from __future__ import annotations
@@ -41,8 +65,9 @@ MAX_STALL = 20_000   # consecutive draws without a new example before the space 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    prompt: str   # everything before the answer, ends with "="
+    prompt: str   # everything before the answer ("=" ends the multiply/add/prosqa prompts)
     answer: str   # the answer text alone
+    thoughts: tuple[str, ...] = ()   # one character per hop for the first answer token; last = answer
 
 
 # A sampler draws one random problem: (canonical key that identifies the problem, its Example).
@@ -130,7 +155,81 @@ def _prosqa(rng: np.random.Generator, *, n_nodes: int = 12) -> tuple[str, Exampl
     return key, Example(" ".join(shown) + f"|{name[root]}?{first}/{second}=", name[target])
 
 
-TASKS: dict[str, Sampler] = {"multiply": _multiply, "add": _add, "prosqa": _prosqa}
+def _hop_count(rng: np.random.Generator, hops: int, hops_min: int | None) -> int:
+    """k for one example: uniform in hops_min..hops (just hops when hops_min is None)."""
+    if not 1 <= hops <= 9:
+        raise ValueError(f"hops must be in 1..9 (one digit), got {hops}")
+    lo = hops if hops_min is None else hops_min
+    if not 1 <= lo <= hops:
+        raise ValueError(f"hops_min must be in 1..hops={hops}, got {hops_min}")
+    return int(rng.integers(lo, hops + 1))
+
+
+def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_min: int | None = None,
+          show_hops: bool = False) -> tuple[str, Example]:
+    """f^k(q) for a permutation f given as a table in context: k serial look-ups."""
+    if not 2 <= n_symbols <= 26:
+        raise ValueError(f"n_symbols must be in 2..26 (one letter per symbol), got {n_symbols}")
+    if hops_min is not None and hops_min != hops and not show_hops:
+        raise ValueError(f"hops_min={hops_min} with hops={hops} mixes hop counts, which a prompt that hides "
+                         "k (show_hops=False) makes ambiguous; set show_hops=True")
+    perm = rng.permutation(n_symbols).tolist()
+    k = _hop_count(rng, hops, hops_min)
+    q = int(rng.integers(n_symbols))
+    letters = string.ascii_lowercase
+    table = "".join(letters[v] for v in perm)
+    thoughts, x = [], q
+    for _ in range(k):
+        x = perm[x]
+        thoughts.append(letters[x])
+    prompt = f"{table}|{k if show_hops else ''}{letters[q]}"
+    return f"{table}{k}{letters[q]}", Example(prompt, thoughts[-1], tuple(thoughts))
+
+
+def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2,
+             hops_min: int | None = None) -> tuple[str, Example]:
+    """The digit a query variable is bound to through a chain of k variable-to-variable bindings."""
+    k = _hop_count(rng, hops, hops_min)
+    if not 2 * hops <= n_vars <= 26:
+        raise ValueError(f"n_vars must be in 2*hops..26 = {2 * hops}..26 (two chains of hops variables, "
+                         f"one letter per variable), got {n_vars}")
+    while True:   # chain lengths: a random composition of n_vars, at least two chains of >= k variables
+        n_chains = int(rng.integers(2, min(10, n_vars) + 1))   # one distinct digit per chain
+        cuts = sorted((rng.choice(n_vars - 1, n_chains - 1, replace=False) + 1).tolist())
+        lengths = [b - a for a, b in zip([0, *cuts], [*cuts, n_vars])]
+        if sum(length >= k for length in lengths) >= 2:
+            break
+    names = [string.ascii_lowercase[i] for i in rng.permutation(26)[:n_vars]]
+    digits = [str(d) for d in rng.permutation(10)[:n_chains]]
+    chains, statements, start = [], [], 0
+    for length, digit in zip(lengths, digits):
+        chain = names[start:start + length]
+        start += length
+        chains.append((chain, digit))
+        statements += [f"{chain[0]}={digit}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, length)]
+    long_enough = [c for c in chains if len(c[0]) >= k]
+    chain, digit = long_enough[int(rng.integers(len(long_enough)))]
+    query = chain[k - 1]   # chain[i] is i + 1 hops from the digit
+    thoughts = tuple(reversed(chain[:k - 1])) + (digit,)
+    key = ";".join(sorted(statements)) + f"?{query}"
+    shown = [statements[i] for i in rng.permutation(len(statements))]
+    return key, Example("".join(f"{st};" for st in shown) + f"?{query}", digit, thoughts)
+
+
+TASKS: dict[str, Sampler] = {"multiply": _multiply, "add": _add, "prosqa": _prosqa, "hops": _hops,
+                             "binding": _binding}
+
+
+def n_thoughts(task: str, **task_kwargs) -> int:
+    """How many thoughts each example of `task` has at most (0: none): `hops` for hops/binding.
+
+    Train and eval rows size their thought targets by this, so both have the same width.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    if task in ("hops", "binding"):
+        return int(task_kwargs.get("hops", inspect.signature(TASKS[task]).parameters["hops"].default))
+    return 0
 
 
 def split_of(task: str, key: str) -> str:
@@ -165,8 +264,9 @@ def make_examples(task: str, n: int, *, seed: int, split: str, **task_kwargs) ->
         if key in seen or split_of(task, key) != split:
             stall += 1
             if stall >= MAX_STALL:
-                raise ValueError(f"task {task!r} {task_kwargs} has fewer than {n} distinct {split!r} problems "
-                                 f"(found {len(examples)}); ask for fewer or make the problems larger")
+                raise ValueError(f"task {task!r} {task_kwargs} has fewer than {n} distinct {split!r} "
+                                 f"problems (found {len(examples)}); ask for fewer or make the problems "
+                                 "larger")
             continue
         seen.add(key)
         examples.append(ex)

@@ -1,4 +1,4 @@
-"""The thinking parameters and the thought chain (DESIGN.md 1.1).
+"""The thinking parameters and the thought chain (docs/design.md §3 Chain layout, §4 Chain attention).
 
 A chain at base position t runs S steps: start, n continuous thoughts, end, then A-1 teacher-forced
 talk tokens. Step i (0-based) gets position id t + i + 1. The same `run_chain` serves training
@@ -7,14 +7,16 @@ base keys = the KV cache): only the base-key mask differs.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from silentstar_jax.attention import chain_attention
-from silentstar_jax.config import ModelConfig, ThinkingConfig
+from silentstar_jax.config import ChainLayout, ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
 
 LOG_2PI = math.log(2 * math.pi)
@@ -76,14 +78,116 @@ class ThoughtHeads(nnx.Module):
         return _mlp(h0, self.value_w1[...], self.value_b1[...], self.value_w2[...], self.value_b2[...])[..., 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+    """What every step of one run_chain call reads (trace-time constants and arrays)."""
+    gpt2: GPT2
+    heads: ThoughtHeads
+    layout: ChainLayout
+    pos_BL: jax.Array
+    base_k: jax.Array            # [NL, B, K, H, Dh]
+    base_v: jax.Array
+    base_mask: jax.Array         # [L, K] or [B, 1, L, K]
+    talk_ABLD: jax.Array         # [A-1, B, L, D]
+    key: Optional[jax.Array]     # None: deterministic thoughts
+    h0_BLD: Optional[jax.Array]  # thinking.seed: base
+    noise_len: Optional[int]
+
+    @property
+    def sampled(self) -> bool:
+        return self.key is not None and self.heads.cfg.feedback == "latent"
+
+
+def _noise(c: _Chain, i, shape):
+    """N(0, 1) noise of thought i; drawn for whole rows of noise_len and taken at pos_BL if given."""
+    k = jax.random.fold_in(c.key, i)
+    if c.noise_len is None:
+        return jax.random.normal(k, shape)
+    eps = jax.random.normal(k, (shape[0], c.noise_len, shape[-1]))
+    return jnp.take_along_axis(eps, c.pos_BL[..., None], axis=1)
+
+
+def _thought(c: _Chain, i, y_prev_BLD):
+    """Input z [B, L, D] of thought step i and its policy log-prob [B, L] (0 when not sampled)."""
+    heads, cfg = c.heads, c.heads.cfg
+    if cfg.feedback == "pause":
+        return jnp.broadcast_to(heads.embedding("pause"), y_prev_BLD.shape), jnp.zeros(y_prev_BLD.shape[:-1])
+    if cfg.seed == "base":   # i is a Python int (written-out steps) or traced (inside the scan)
+        first = i == 1
+        y_prev_BLD = (c.h0_BLD if first else y_prev_BLD) if isinstance(i, int) else \
+            jnp.where(first, c.h0_BLD, y_prev_BLD)
+    mu = heads.project(y_prev_BLD)
+    if not c.sampled:
+        return mu, jnp.zeros(mu.shape[:-1])
+    log_sigma = heads.sigma_log()
+    z_raw = mu + jnp.exp(log_sigma) * _noise(c, i, mu.shape)
+    z = z_raw if cfg.estimator in ("pathwise", "both") else jax.lax.stop_gradient(z_raw)
+    return z, gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
+
+
+def _step_input(c: _Chain, i, y_prev_BLD):
+    """(input [B, L, D], log-prob [B, L]) of step i: a Python int (branches resolved while tracing)
+    or traced (inside the scan: every branch computed, one selected)."""
+    lay, heads = c.layout, c.heads
+    start, end = heads.embedding("start"), heads.embedding("end")
+    zero_lp = jnp.zeros(y_prev_BLD.shape[:-1])
+    if isinstance(i, int):
+        kind = lay.kind(i)
+        if kind == "thought":
+            return _thought(c, i, y_prev_BLD)
+        inp = {"start": start, "end": end}[kind] if kind != "talk" else c.talk_ABLD[i - lay.talk.start]
+        return jnp.broadcast_to(inp, y_prev_BLD.shape), zero_lp
+    z, lp = _thought(c, i, y_prev_BLD)
+    is_thought = (i >= 1) & (i <= lay.n_thoughts)
+    n_talk = len(lay.talk)
+    talk = c.talk_ABLD[jnp.clip(i - lay.talk.start, 0, max(n_talk - 1, 0))] if n_talk else z
+    inp = jnp.where(i == lay.start, start, jnp.where(is_thought, z, jnp.where(i == lay.end, end, talk)))
+    return inp, jnp.where(is_thought, lp, 0.0)
+
+
+def _one_step(c: _Chain, i, y_prev_BLD, buf, n_buf, prev_k, prev_v):
+    """Step i at every position: (output y [B, L, D], input, log-prob, its keys and values
+    [NL, B, L, H, Dh]). Earlier steps' keys: buf (first n_buf entries) and prev_k/prev_v."""
+    inp_BLD, lp_BL = _step_input(c, i, y_prev_BLD)
+    buf_k, buf_v = buf if buf is not None else (None, None)
+
+    def attend(q, k, v, layer_kv):
+        base_k, base_v, bk, bv, pk, pv = layer_kv
+        return chain_attention(q, k, v, base_k, base_v, c.base_mask, bk, bv, n_buf, pk, pv), (k, v)
+
+    x = inp_BLD + c.gpt2.wpe[...][c.pos_BL + i + 1]
+    x, (k_i, v_i) = c.gpt2.run_layers(x, attend, (c.base_k, c.base_v, buf_k, buf_v, prev_k, prev_v))
+    return c.gpt2.final_norm(x), inp_BLD, lp_BL, k_i.astype(c.base_k.dtype), v_i.astype(c.base_v.dtype)
+
+
+def _chunk(c: _Chain, first, count: int, y_prev_BLD, buf, logp_BL):
+    """Steps first .. first+count-1 written out (first: int or traced); keys of steps < first are in buf.
+    Returns the last output, the chunk's keys/values (tuples), y and z [count, B, L, D], logp."""
+    step = lambda i, *args: _one_step(c, i, *args)
+    if c.heads.cfg.remat:
+        step = jax.checkpoint(step, static_argnums=(0,) if isinstance(first, int) else ())
+    ks, vs, ys, zs = (), (), [], []
+    for r in range(count):
+        y_prev_BLD, inp, lp, k_i, v_i = step(first + r, y_prev_BLD, buf, first, ks, vs)
+        ks, vs = ks + (k_i,), vs + (v_i,)
+        ys.append(y_prev_BLD)
+        zs.append(inp)
+        logp_BL = logp_BL + lp
+    return y_prev_BLD, ks, vs, jnp.stack(ys), jnp.stack(zs), logp_BL
+
+
 def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, base_v, base_mask,
-              talk_ABLD, key=None):
+              talk_ABLD, key=None, h0_BLD=None, noise_len=None):
     """Run start, n thoughts, end, talk tokens at every query position in [B, L] at once.
 
     base_k/base_v: [NL, B, K, H, Dh]; base_mask: [L, K] or [B, 1, L, K]; talk_ABLD: [A-1, B, L, D]
     teacher-forced talk embeddings (A-1 may be 0). key None -> deterministic thoughts z = mu.
-    Returns y [S, B, L, D] (ln_f output of every step), z [S, B, L, D] (step inputs) and
-    logp [B, L] = sum over thought steps of mean_d log N(stop_grad(z); mu, sigma^2).
+    h0_BLD: the base hidden state at each position; with thinking.seed: base the first thought's
+    mean is P(h0) instead of P(start-step output), so thought 1 starts with the token in hand.
+    noise_len: the queries are positions pos_BL of rows of this length; the noise is drawn for whole
+    rows and taken at pos_BL, so chains at a subset of positions sample what all positions would.
+    Returns y_SBLD (ln_f output of every step), z_SBLD (step inputs) and logp_BL = sum over thought
+    steps of mean_d log N(stop_grad(z); mu, sigma^2).
 
     The S steps run in chunks of c = thinking.unroll (all S with thinking.chain: unrolled): the full
     chunks under lax.scan, the rest after it. Inside a chunk the steps are written out and read each
@@ -92,83 +196,31 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     numbers and the sampled noise do not depend on c.
     """
     cfg, mcfg = heads.cfg, gpt2.cfg
-    n, A1 = n_thoughts, talk_ABLD.shape[0]
-    S = n + 2 + A1
-    NL, B, L = mcfg.n_layer, pos_BL.shape[0], pos_BL.shape[1]
-    log_sigma = heads.sigma_log()
-    start, end = heads.embedding("start"), heads.embedding("end")
-    pause = heads.embedding("pause")
-    wpe = gpt2.wpe[...]
-    latent = cfg.feedback == "latent"
-    pathwise = cfg.estimator in ("pathwise", "both")
-    sampled = key is not None and latent
-    c = S if cfg.chain == "unrolled" else min(cfg.unroll, S)
-    n_scan = S // c if c < S else 0            # full chunks under lax.scan; the rest written out
-
-    def thought(i, y_prev):
-        """Input z of a thought step and its policy log-prob [B, L] (0 when not sampled)."""
-        if not latent:
-            return jnp.broadcast_to(pause, y_prev.shape), jnp.zeros(y_prev.shape[:-1])
-        mu = heads.project(y_prev)
-        if not sampled:
-            return mu, jnp.zeros(mu.shape[:-1])
-        z_raw = mu + jnp.exp(log_sigma) * jax.random.normal(jax.random.fold_in(key, i), mu.shape)
-        z = z_raw if pathwise else jax.lax.stop_gradient(z_raw)
-        return z, gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
-
-    def step_input(i, y_prev):
-        """(input [B, L, D], log-prob [B, L]) of step i: a Python int (branches resolved while tracing)
-        or traced (inside the scan: every branch computed, one selected)."""
-        if isinstance(i, int):
-            if 1 <= i <= n:
-                return thought(i, y_prev)
-            inp = start if i == 0 else end if i == n + 1 else talk_ABLD[i - n - 2]
-            return jnp.broadcast_to(inp, y_prev.shape), jnp.zeros(y_prev.shape[:-1])
-        z, lp = thought(i, y_prev)
-        is_thought = (i >= 1) & (i <= n)
-        tk = talk_ABLD[jnp.clip(i - n - 2, 0, max(A1 - 1, 0))] if A1 else z
-        inp = jnp.where(i == 0, start, jnp.where(is_thought, z, jnp.where(i == n + 1, end, tk)))
-        return inp, jnp.where(is_thought, lp, 0.0)
-
-    def one_step(i, y_prev, buf, n_buf, prev_k, prev_v):
-        inp, lp = step_input(i, y_prev)
-
-        def attend(q, k, v, xs):
-            bk, bv, fk, fv, pk, pv = xs
-            return chain_attention(q, k, v, bk, bv, base_mask, fk, fv, n_buf, pk, pv), (k, v)
-
-        fk, fv = buf if buf is not None else (None, None)
-        x, (k_i, v_i) = gpt2.run_layers(inp + wpe[pos_BL + i + 1], attend, (base_k, base_v, fk, fv, prev_k, prev_v))
-        return gpt2.final_norm(x), inp, lp, k_i.astype(base_k.dtype), v_i.astype(base_v.dtype)
-
-    def chunk(first, count, y_prev, buf, logp):
-        """Steps first .. first+count-1 (first: int or traced); keys of steps < first are in buf."""
-        step = jax.checkpoint(one_step, static_argnums=(0,) if isinstance(first, int) else ()) \
-            if cfg.remat else one_step
-        ks, vs, ys, zs = (), (), [], []
-        for r in range(count):
-            y_prev, inp, lp, k_i, v_i = step(first + r, y_prev, buf, first, ks, vs)
-            ks, vs = ks + (k_i,), vs + (v_i,)
-            ys.append(y_prev), zs.append(inp)
-            logp = logp + lp
-        return y_prev, ks, vs, jnp.stack(ys), jnp.stack(zs), logp
-
+    if cfg.seed == "base" and cfg.feedback == "latent" and n_thoughts and h0_BLD is None:
+        raise ValueError("thinking.seed=base needs the base hidden state h0_BLD")
+    lay = ChainLayout(n_thoughts, talk_ABLD.shape[0] + 1)
+    c = _Chain(gpt2, heads, lay, pos_BL, base_k, base_v, base_mask, talk_ABLD, key, h0_BLD, noise_len)
+    S, B, L = lay.n_steps, pos_BL.shape[0], pos_BL.shape[1]
+    size = S if cfg.chain == "unrolled" else min(cfg.unroll, S)
+    n_scan = S // size if size < S else 0            # full chunks under lax.scan; the rest written out
     y_prev, logp = jnp.zeros((B, L, mcfg.n_embd)), jnp.zeros((B, L))
     ys, zs, buf = [], [], None
     if n_scan:
-        shape = (NL, S, B, L, mcfg.n_head, mcfg.head_dim)
+        shape = (mcfg.n_layer, S, B, L, mcfg.n_head, mcfg.head_dim)
         buf = (jnp.zeros(shape, base_k.dtype), jnp.zeros(shape, base_v.dtype))
 
         def body(carry, ci):
             y_prev, buf, logp = carry
-            first = ci * c
-            y_prev, ks, vs, y, z, logp = chunk(first, c, y_prev, buf, logp)
+            first = ci * size
+            y_prev, ks, vs, y, z, logp = _chunk(c, first, size, y_prev, buf, logp)
             write = lambda b, new: jax.lax.dynamic_update_slice_in_dim(b, jnp.stack(new, 1), first, 1)
             return (y_prev, (write(buf[0], ks), write(buf[1], vs)), logp), (y, z)
 
         (y_prev, buf, logp), (y, z) = jax.lax.scan(body, (y_prev, buf, logp), jnp.arange(n_scan))
-        ys.append(y.reshape((n_scan * c,) + y.shape[2:])), zs.append(z.reshape((n_scan * c,) + z.shape[2:]))
-    if S - n_scan * c:
-        _, _, _, y, z, logp = chunk(n_scan * c, S - n_scan * c, y_prev, buf, logp)
-        ys.append(y), zs.append(z)
+        ys.append(y.reshape((n_scan * size,) + y.shape[2:]))
+        zs.append(z.reshape((n_scan * size,) + z.shape[2:]))
+    if S - n_scan * size:
+        _, _, _, y, z, logp = _chunk(c, n_scan * size, S - n_scan * size, y_prev, buf, logp)
+        ys.append(y)
+        zs.append(z)
     return jnp.concatenate(ys), jnp.concatenate(zs), logp

@@ -47,7 +47,8 @@ class HFTokenizer:
         try:
             self._tok = AutoTokenizer.from_pretrained(name_or_path)
         except Exception as e:  # noqa: BLE001 - HF raises many types; the user needs one line
-            raise UserError(f"could not load a tokenizer from {name_or_path!r}: {str(e).splitlines()[0]}") from None
+            reason = str(e).splitlines()[0]
+            raise UserError(f"could not load a tokenizer from {name_or_path!r}: {reason}") from None
         self.name = name_or_path
         self.vocab_size = len(self._tok)
         eos = self._tok.eos_token_id

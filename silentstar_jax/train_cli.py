@@ -11,6 +11,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="train.py", description=__doc__)
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the latest checkpoint of the run")
+    p.add_argument("--thoughts", default=None, metavar="N[,N...]",
+                   help="with --eval-only: evaluate with N thoughts (test-time scaling), each written to "
+                        "eval_thoughts_N.json")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 mesh.data=4")
     args = p.parse_args(argv)
     from silentstar_jax.config import load_config
@@ -23,11 +26,36 @@ def main(argv=None) -> None:
     from silentstar_jax.errors import UserError
     from silentstar_jax.trainer import Run
     console = Console(stderr=True)
+    counts = _thought_counts(args.thoughts, args.eval_only, cfg) if args.thoughts is not None else [None]
     run = Run(cfg)
     if args.eval_only:
         if not run.restore_latest():
             raise UserError(f"{cfg.run.out_dir}: no checkpoint to evaluate")
-        run.finish_eval(console)
+        from silentstar_jax.evaluate import make_eval_fn
+        for n in counts:      # one process, one restore; one compiled evaluation per count
+            run.eval_fn = make_eval_fn(run.graphdef, n)
+            run.finish_eval(console, name="eval.json" if n is None else f"eval_thoughts_{n}.json")
         run.ckpt.close()
         return
     run.train(console)
+
+
+def _thought_counts(text: str, eval_only: bool, cfg) -> list[int]:
+    """--thoughts 0,2,6 -> [0, 2, 6], each checked to fit the model's context."""
+    import dataclasses
+    from silentstar_jax.config import validate
+    from silentstar_jax.errors import UserError
+    if not eval_only:
+        raise UserError("--thoughts N is for --eval-only (training uses thinking.n_thoughts)")
+    if not cfg.thinking.enabled:
+        raise UserError("--thoughts: this run has thinking disabled")
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--thoughts: expected counts like 0,2,4, got {text!r}") from None
+    for n in counts:
+        if n < 0:
+            raise UserError(f"--thoughts must be >= 0, got {n}")
+        validate(dataclasses.replace(cfg, thinking=dataclasses.replace(
+            cfg.thinking, n_thoughts=n, n_thoughts_train=[])))    # does the chain fit the context?
+    return counts

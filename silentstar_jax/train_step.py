@@ -11,7 +11,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from silentstar_jax.config import Config, MeshConfig
 from silentstar_jax.errors import UserError
-from silentstar_jax.objective import compute_loss
+from silentstar_jax.objective import compute_loss, supervision_weight, target_weights
 
 BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
 
@@ -62,35 +62,73 @@ def make_optimizer(cfg: Config, params) -> tuple[optax.GradientTransformation, o
     return tx, sched
 
 
-def make_loss_fn(graphdef, cfg: Config):
+def think_positions(attn_mask_BL, loss_mask_BL, A: int, Q: int):
+    """[B, Q] indices of the positions whose chain predicts a scored target (padding index L)."""
+    scored = target_weights(attn_mask_BL, loss_mask_BL, A).sum(-1) > 0
+    L = scored.shape[1]
+    return jax.vmap(lambda m: jnp.nonzero(m, size=Q, fill_value=L)[0])(scored)
+
+
+def n_think_positions(rows: dict, A: int) -> int:
+    """The most positions of one row whose chain predicts a scored target (static Q of think_at: targets)."""
+    m = (np.asarray(rows["attn_mask"]) * np.asarray(rows["loss_mask"])).astype(bool)
+    scored = np.zeros_like(m)
+    for s in range(A):
+        scored[:, :m.shape[1] - 1 - s] |= m[:, 1 + s:]
+    return max(int(scored.sum(1).max()), 1)
+
+
+def n_thoughts_at(cfg: Config, step: int) -> int:
+    """Thoughts at a training step: thinking.n_thoughts, or drawn from n_thoughts_train = [lo, hi]
+    by (seed, step), so a resumed run draws the same counts."""
+    t = cfg.thinking
+    if not t.n_thoughts_train:
+        return t.n_thoughts
+    lo, hi = t.n_thoughts_train
+    return int(np.random.default_rng([cfg.run.seed, step]).integers(lo, hi + 1))
+
+
+def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
+    """loss_fn(params, batch, key, n_thoughts, step). n_think_pos > 0: chains only at that many
+    positions per row (thinking.think_at: targets)."""
     t = cfg.thinking
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, batch, key, n_thoughts=None, step_idx=0):
         model = nnx.merge(graphdef, params)
-        kw = dict(key=key, n_samples=t.n_samples, thought_logits=cfg.loss.thought > 0) if t.enabled else {}
+        kw = {}
+        targets = batch.get("thought_targets")
+        if t.enabled:
+            kw = dict(key=key, n_samples=t.n_samples, thought_logits=cfg.loss.thought > 0, n_thoughts=n_thoughts)
+            if n_think_pos:
+                kw["think_idx_BQ"] = think_positions(batch["attn_mask"], batch["loss_mask"], t.n_ahead, n_think_pos)
+            if cfg.loss.thought_supervision > 0 and targets is not None:
+                kw["n_supervised"] = targets.shape[-1]
         out = model(batch["tokens"], batch["attn_mask"], **kw)
-        return compute_loss(out, batch["tokens"], batch["attn_mask"], batch["loss_mask"], t, cfg.loss)
+        return compute_loss(out, batch["tokens"], batch["attn_mask"], batch["loss_mask"], t, cfg.loss,
+                            targets, supervision_weight(cfg.loss, step_idx, cfg.train.steps))
 
     return loss_fn
 
 
-def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard):
-    """jit(step)(params, opt_state, batch [accum*B, T], step) -> (params, opt_state, metrics)."""
-    loss_fn = make_loss_fn(graphdef, cfg)
+def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard, batch_keys=None,
+                    n_think_pos: int = 0):
+    """jit(step)(params, opt_state, batch [accum*B, T], step, n_thoughts) -> (params, opt_state, metrics).
+    n_thoughts is static: one compiled program per count (thinking.n_thoughts_train draws a few)."""
+    loss_fn = make_loss_fn(graphdef, cfg, n_think_pos)
     accum = cfg.train.grad_accum
     base_key = jax.random.key(cfg.run.seed)
 
-    def step(params, opt_state, batch, step_idx):
+    def step(params, opt_state, batch, step_idx, n_thoughts=None):
         key = jax.random.fold_in(base_key, step_idx)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if accum == 1:
-            (_, metrics), grads = grad_fn(params, batch, key)
+            (_, metrics), grads = grad_fn(params, batch, key, n_thoughts, step_idx)
         else:
             micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
 
             def body(acc, xs):
                 mb, i = xs
-                (_, m), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+                (_, m), g = grad_fn(params, mb, jax.random.fold_in(key, i), n_thoughts, step_idx)
                 return jax.tree.map(jnp.add, acc, g), m
 
             zeros = jax.tree.map(jnp.zeros_like, params)
@@ -102,6 +140,6 @@ def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_sha
         metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=sched(step_idx))
         return params, opt_state, metrics
 
-    b_shard = {k: batch_sharding(mesh) for k in ("tokens", "attn_mask", "loss_mask")}
+    b_shard = {k: batch_sharding(mesh) for k in (batch_keys or ("tokens", "attn_mask", "loss_mask"))}
     return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None), out_shardings=(p_shard, o_shard, None),
-                   donate_argnums=(0, 1))
+                   donate_argnums=(0, 1), static_argnums=(4,))

@@ -2,6 +2,7 @@
 resume exactly where the run stopped (params, optimizer, step, data position; RNG = f(seed, step))."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,11 +24,9 @@ from silentstar_jax.evaluate import evaluate, make_eval_fn
 from silentstar_jax.model import SilentStar
 from silentstar_jax.tokenizer import load_tokenizer
 from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
-                                       state_shardings)
+                                       n_think_positions, n_thoughts_at, state_shardings)
 
-LOG_KEYS = ("loss", "loss_base", "loss_think", "loss_policy", "loss_value", "loss_thought", "reward", "advantage",
-            "value_error", "mix_weight", "thought_norm", "sigma", "acc_base", "acc_think", "thinking_gain",
-            "grad_norm", "lr")
+BATCH_KEYS = ("tokens", "attn_mask", "loss_mask", "thought_targets")
 
 
 def create_model(cfg: C.Config, tok=None) -> SilentStar:
@@ -126,6 +125,7 @@ class Run:
                                  cfg.checkpoint.async_save)
         self._bshard = batch_sharding(self.mesh)
         self.eval_fn = make_eval_fn(self.graphdef)
+        self.wall_s = 0.0   # training wall time over every session of this run (saved in checkpoints)
 
     # ---------------------------------------------------------------- checkpoints
     def restore_latest(self) -> bool:
@@ -135,18 +135,19 @@ class Run:
         params, opt, meta = self.ckpt.restore(step, abstract_like(self.params, self.p_shard),
                                               abstract_like(self.opt_state, self.o_shard))
         self.params, self.opt_state, self.step = params, opt, int(meta["step"])
+        self.wall_s = float(meta.get("wall_s", 0.0))
         self.data.restore(meta["data"])
         return True
 
     def save(self) -> None:
-        meta = {"step": self.step, "seed": self.cfg.run.seed, "data": self.data.state,
+        meta = {"step": self.step, "seed": self.cfg.run.seed, "data": self.data.state, "wall_s": self.wall_s,
                 "config": C.to_dict(self.cfg)}
         self.ckpt.save(self.step, self.params, self.opt_state, meta)
 
     def put_batch(self, rows: dict):
         """Global batch -> arrays sharded over the mesh. Every process builds the same global batch
         (deterministic iterators); with several processes each contributes its own rows."""
-        keys = ("tokens", "attn_mask", "loss_mask")
+        keys = [k for k in BATCH_KEYS if k in rows]
         if jax.process_count() == 1:
             return {k: jax.device_put(np.asarray(rows[k]), self._bshard) for k in keys}
         n, i = jax.process_count(), jax.process_index()
@@ -158,84 +159,100 @@ class Run:
     def evaluate(self) -> dict:
         return evaluate(self.eval_fn, self.params, self.eval_rows, self.cfg.train.batch_size, self.put_batch)
 
+    def _step_fn(self):
+        """The jitted train step for this run's batches (chains only at scored positions if asked)."""
+        t, rows = self.cfg.thinking, getattr(self.data, "rows", None)
+        n_pos = n_think_positions(rows, t.n_ahead) if t.enabled and t.think_at == "targets" and rows else 0
+        keys = [k for k in BATCH_KEYS if k in rows] if rows else list(BATCH_KEYS[:3])
+        return make_train_step(self.graphdef, self.cfg, self.tx, self.sched, self.mesh, self.p_shard,
+                               self.o_shard, keys, n_pos)
+
+    def _log_step(self, metrics, tps: float, metrics_f, writer) -> str:
+        """One line of metrics.jsonl (every metric the objective returns) and TensorBoard; the progress text."""
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        rec = {"step": self.step, **m, "tokens_per_second": tps}
+        metrics_f.write(json.dumps(rec) + "\n")
+        metrics_f.flush()
+        for k, v in rec.items():
+            if k != "step":
+                writer.add_scalar(f"train/{k}", v, self.step)
+        info = f"{tps:,.0f} tok/s  loss {m['loss']:.4f}"
+        if "reward" in m:
+            info += f"  reward {m['reward']:+.4f}  gain {m['thinking_gain']:+.4f}"
+        return info
+
     def train(self, console=None, stop_after: Optional[int] = None) -> dict:
         """Train to train.steps (or stop, with a checkpoint, after `stop_after` steps of this session)."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from tensorboardX import SummaryWriter
         console = console or Console(stderr=True)
-        cfg = self.cfg
+        cfg, tc = self.cfg, self.cfg.train
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
             f.write(C.dump_yaml(cfg))
         if self.restore_latest():
             console.print(f"resuming {self.out_dir} from step {self.step}")
-        step_fn = make_train_step(self.graphdef, cfg, self.tx, self.sched, self.mesh, self.p_shard, self.o_shard)
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
-        metrics_f = open(os.path.join(self.out_dir, "metrics.jsonl"), "a")
-        tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * (cfg.train.seq_len + 1)
+        step_fn = self._step_fn()
+        tokens_per_step = tc.batch_size * tc.grad_accum * (tc.seq_len + 1)
         live = console.is_terminal
         progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                             console=console, disable=not live)
-        task = progress.add_task("train", total=cfg.train.steps, completed=self.step, info="compiling...")
-        t_last, steps_since = time.perf_counter(), 0
-        first_step = self.step
-        with _Stopper() as stopper, progress:
-            while self.step < cfg.train.steps and not stopper.stop:
+        task = progress.add_task("train", total=tc.steps, completed=self.step, info="compiling...")
+        t_session, wall_before = time.perf_counter(), self.wall_s
+        t_last, steps_since, first_step = t_session, 0, self.step
+        with contextlib.ExitStack() as stack:
+            writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
+            stack.callback(writer.close)
+            stack.callback(self.ckpt.close)
+            metrics_f = stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a"))
+            stopper = stack.enter_context(_Stopper())
+            stack.enter_context(progress)
+            while self.step < tc.steps and not stopper.stop:
                 if stop_after is not None and self.step - first_step >= stop_after:
                     stopper.stop = True
                     break
                 batch = self.put_batch(next(self.data))
-                self.params, self.opt_state, metrics = step_fn(self.params, self.opt_state, batch, self.step)
+                n = n_thoughts_at(cfg, self.step) if cfg.thinking.enabled else None
+                self.params, self.opt_state, metrics = step_fn(self.params, self.opt_state, batch, self.step, n)
                 self.step += 1
+                self.wall_s = wall_before + time.perf_counter() - t_session
                 steps_since += 1
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
                     now = time.perf_counter()
-                    tps = steps_since * tokens_per_step / (now - t_last)
+                    info = self._log_step(metrics, steps_since * tokens_per_step / (now - t_last), metrics_f, writer)
                     t_last, steps_since = now, 0
-                    rec = {"step": self.step, **{k: m[k] for k in LOG_KEYS if k in m}, "tokens_per_second": tps}
-                    metrics_f.write(json.dumps(rec) + "\n")
-                    metrics_f.flush()
-                    for k, v in rec.items():
-                        if k != "step":
-                            writer.add_scalar(f"train/{k}", v, self.step)
-                    info = f"{tps:,.0f} tok/s  loss {m['loss']:.4f}"
-                    if "reward" in m:
-                        info += f"  reward {m['reward']:+.4f}  gain {m['thinking_gain']:+.4f}"
                     progress.update(task, completed=self.step, info=info)
                     if not live:
-                        console.print(f"step {self.step}/{cfg.train.steps}  {info}")
-                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
-                    res = self.evaluate()
-                    for path, vals in res.items():
-                        for k, v in vals.items():
-                            writer.add_scalar(f"eval/{path}/{k}", v, self.step)
-                if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+                        console.print(f"step {self.step}/{tc.steps}  {info}")
+                if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
+                    self._log_eval(self.evaluate(), writer)
+                if tc.save_every and self.step % tc.save_every == 0:
                     self.save()
-        if self.ckpt.latest_step() != self.step:
-            self.save()
-        self.ckpt.wait()
-        metrics_f.close()
-        if stopper.stop:
-            console.print(f"stopped at step {self.step}; checkpoint saved in {self.out_dir}/checkpoints")
-            writer.close()
-            self.ckpt.close()
-            return {}
-        result = self.finish_eval(console, writer)
-        writer.close()
-        self.ckpt.close()
-        return result
+            if self.ckpt.latest_step() != self.step:
+                self.save()
+            self.ckpt.wait()
+            if stopper.stop:
+                console.print(f"stopped at step {self.step}; checkpoint saved in {self.out_dir}/checkpoints")
+                return {}
+            return self.finish_eval(console, writer)
 
-    def finish_eval(self, console, writer=None) -> dict:
-        result = self.evaluate()
-        with open(os.path.join(self.out_dir, "eval.json"), "w") as f:
-            json.dump({"step": self.step, **result}, f, indent=2)
+    def _log_eval(self, result: dict, writer=None) -> None:
+        """One line of evals.jsonl (held-out metrics vs step) and the TensorBoard scalars."""
+        with open(os.path.join(self.out_dir, "evals.jsonl"), "a") as f:
+            f.write(json.dumps({"step": self.step, **result}) + "\n")
         if writer is not None:
             for path, vals in result.items():
                 for k, v in vals.items():
                     writer.add_scalar(f"eval/{path}/{k}", v, self.step)
+
+    def finish_eval(self, console, writer=None, name: str = "eval.json") -> dict:
+        result = self.evaluate()
+        with open(os.path.join(self.out_dir, name), "w") as f:
+            json.dump({"step": self.step, "wall_s": self.wall_s, **result}, f, indent=2)
+        if writer is not None:   # the end of training: the last point of the eval history
+            self._log_eval(result, writer)
         from rich.console import Console
         _print_eval_table(result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}",
                           Console(file=sys.stdout))

@@ -1,4 +1,5 @@
-"""Test setup: 4 simulated CPU devices (for sharding tests), shared tiny fixtures."""
+"""Test setup: 4 simulated CPU devices (for sharding tests), shared tiny fixtures.
+`silentstar_jax` is imported as installed (`pip install -r requirements-dev.txt` installs it editable)."""
 import os
 import sys
 
@@ -11,7 +12,6 @@ import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "tiny-gpt2")
-sys.path.insert(0, ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from silentstar_jax import config as C
-from silentstar_jax.data import StreamIterator, build_data
+from silentstar_jax.data import StreamIterator, build_data, task_kwargs
 from silentstar_jax.errors import UserError
 from silentstar_jax.tokenizer import ByteTokenizer
 
@@ -319,3 +319,116 @@ def test_shuffle_seed(tmp_path, streaming):
     a = batches(0)
     np.testing.assert_array_equal(batches(0), a)
     assert not np.array_equal(batches(1), a)
+
+
+# ---------------------------------------------------------------- task rows: thought targets
+
+SEQ_LEN_TASK = 39   # a binding example at defaults is 35 tokens + end-of-text
+
+
+def task_cfg(**data):
+    return C.from_dict({"data": {"source": "task", "n_train": 64, "n_eval": 16, **data},
+                        "train": {"seq_len": SEQ_LEN_TASK, "batch_size": B}})
+
+
+def solve_from_text(task, prompt, hops):
+    """The hop-by-hop results for the first answer token, recomputed from the prompt text alone."""
+    if task == "hops":
+        table, rest = prompt.split("|")
+        k, x = (int(rest[0]) if len(rest) == 2 else hops), rest[-1]
+        path = []
+        for _ in range(k):
+            x = table[ord(x) - ord("a")]
+            path.append(x)
+        return path
+    statements, q = prompt.split("?")
+    bound = dict(st.split("=") for st in statements.rstrip(";").split(";"))
+    path = [bound[q]]
+    while not path[-1].isdigit():
+        path.append(bound[path[-1]])
+    return path
+
+
+@pytest.mark.parametrize("task,kw", [("hops", {}), ("hops", {"hops": 3, "hops_min": 1, "show_hops": True}),
+                                     ("binding", {}), ("binding", {"hops": 3, "hops_min": 2})])
+def test_thought_targets_align_with_the_first_answer_token(task, kw):
+    hops = kw.get("hops", 2)
+    train, evals = build_data(task_cfg(task=task, **kw), TOK)
+    ks = set()
+    for rows in (train.rows, evals):
+        tt, tokens, lmask = rows["thought_targets"], rows["tokens"], rows["loss_mask"]
+        assert tt.dtype == np.int32 and tt.shape == (len(tokens), SEQ_LEN_TASK + 1, hops)
+        plen = rows["prompt_len"] if rows is evals else None
+        for i in range(len(tokens)):
+            p = int(np.argmax(lmask[i]))   # the first answer token, as a target
+            assert plen is None or p == plen[i]
+            assert lmask[i, p] == 1 and lmask[i, :p].sum() == 0
+            prompt = TOK.decode(tokens[i, :p])
+            want = solve_from_text(task, prompt, hops)
+            k = len(want)
+            ks.add(k)
+            assert [TOK.decode([t]) for t in tt[i, p, :k]] == want
+            assert tt[i, p, k - 1] == tokens[i, p]              # the last hop is the answer token
+            assert (tt[i, p, k:] == -1).all()                    # fewer hops: padded with -1
+            others = np.delete(tt[i], p, axis=0)
+            assert (others == -1).all()                          # every other position: -1
+            assert (tt[i] >= 0).sum() == k
+    assert ks == set(range(kw.get("hops_min", hops), hops + 1))
+
+
+def test_thought_targets_width_is_hops_even_for_few_examples():
+    """J comes from the config, not from the examples drawn: a tiny eval set of easy problems
+    still gets the width of the training rows."""
+    hardest = []
+    for seed in range(4):
+        train, evals = build_data(task_cfg(task="hops", hops=3, hops_min=1, show_hops=True, n_eval=2,
+                                           shuffle_seed=seed), TOK)
+        assert evals["thought_targets"].shape[2] == train.rows["thought_targets"].shape[2] == 3
+        hardest.append(max(int((evals["thought_targets"][i] >= 0).sum()) for i in range(2)))
+    assert min(hardest) < 3   # some eval set has no 3-hop problem: the case this test is about
+
+
+def test_thought_targets_only_for_tasks_with_thoughts():
+    train, evals = build_data(task_cfg(task="multiply"), TOK)
+    assert "thought_targets" not in evals and "thought_targets" not in train.rows
+    assert "thought_targets" not in next(train)
+
+
+def test_row_iterator_batches_thought_targets():
+    train, _ = build_data(task_cfg(task="binding", hops=3, hops_min=1, n_vars=6), TOK)
+    assert set(train.rows) == {"tokens", "attn_mask", "loss_mask", "thought_targets"}   # not prompt_len
+    seen = 0
+    for _ in range(40):   # a few epochs of 64 rows
+        batch = next(train)
+        assert batch["thought_targets"].shape == (B, SEQ_LEN_TASK + 1, 3)
+        for b in range(B):   # the targets travel with their own row
+            p = int(np.argmax(batch["loss_mask"][b]))
+            prompt = TOK.decode(batch["tokens"][b, :p])
+            want = solve_from_text("binding", prompt, 3)
+            assert [TOK.decode([t]) for t in batch["thought_targets"][b, p, :len(want)]] == want
+            assert (batch["thought_targets"][b] >= 0).sum() == len(want)
+            seen += 1
+    assert seen == 40 * B
+
+
+@pytest.mark.parametrize("data,want", [
+    ({"task": "multiply", "digits_a": 3}, {"digits_a": 3, "digits_b": 2}),
+    ({"task": "prosqa", "n_nodes": 8}, {"n_nodes": 8}),
+    ({"task": "hops", "n_symbols": 5, "hops": 3, "hops_min": 1, "show_hops": True},
+     {"n_symbols": 5, "hops": 3, "hops_min": 1, "show_hops": True}),
+    ({"task": "binding", "n_vars": 10, "hops": 4}, {"n_vars": 10, "hops": 4, "hops_min": None}),
+])
+def test_task_kwargs(data, want):
+    assert task_kwargs(task_cfg(**data).data) == want
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"task": "hops", "hops": 3, "hops_min": 1}, "show_hops"),
+    ({"task": "binding", "hops": 5}, "n_vars"),
+    ({"task": "hops", "n_symbols": 30}, "n_symbols"),
+])
+def test_bad_task_knobs_are_one_line(data, needle):
+    with pytest.raises(UserError) as e:
+        build_data(task_cfg(**data), TOK)
+    msg = one_line_error(e)
+    assert msg.startswith("data: ") and needle in msg

@@ -44,6 +44,18 @@ def test_generation_logprobs_equal_scoring(n):
     assert np.abs(got[:, 0] - got[:, 1]).max() > 1e-3       # thinking really changed the distribution
 
 
+def test_score_follows_parameter_changes():
+    """score compiles once per model structure and takes the parameters as an argument: a changed
+    parameter changes the scores (a function closing over the first call's parameters would not)."""
+    model = make_model(n_thoughts=1)
+    ids = [3, 17, 5, 9, 11]
+    before = score(model, ids, think=True)
+    model.gpt2.ln_f_scale.set_value(2.0 * model.gpt2.ln_f_scale[...])
+    after = score(model, ids, think=True)
+    assert np.abs(after["logprob_base"] - before["logprob_base"]).max() > 1e-3
+    assert np.abs(after["logprob"] - before["logprob"]).max() > 1e-3
+
+
 def test_thoughts_override_and_trace_shapes():
     model = make_model(n_thoughts=2)
     gen = Generator(model, SamplingConfig(greedy=True), think=True, n_thoughts=5, trace_top_k=4)

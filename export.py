@@ -1,0 +1,5 @@
+"""Export a trained run's base GPT-2 for `transformers` (see `python export.py --help`)."""
+from silentstar_jax.export_cli import main
+
+if __name__ == "__main__":
+    main()

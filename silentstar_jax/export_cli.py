@@ -1,0 +1,64 @@
+"""`python export.py --checkpoint runs/NAME [--out DIR] [--force]`: a trained run's GPT-2 for `transformers`.
+
+Writes config.json + model.safetensors (+ the tokenizer's files when it is a Hugging Face tokenizer)
+that `transformers.GPT2LMHeadModel.from_pretrained(DIR)` loads: the base model, whose logits are the
+run's plain GPT-2 path. The thinking heads (start/end/pause embeddings, thought projection, mixing
+and value heads) have no counterpart in GPT-2 and are not exported.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from silentstar_jax.errors import UserError, cli_main
+
+TRAIN_HINT = "python train.py --config configs/tiny.yaml"
+EXPORT_SUBDIR = "hf"      # default --out: RUN/hf
+NOT_EXPORTED = "start/end/pause embeddings, thought projection, mixing and value heads"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint",
+                   help="run directory or one checkpoint (default: latest run under --runs)")
+    p.add_argument("--runs", default="runs", help="where to look for runs (default: runs)")
+    p.add_argument("--out", help=f"output directory (default: RUN/{EXPORT_SUBDIR})")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    return p
+
+
+def run_dir_of(path: str) -> str:
+    """The run directory of a run directory or of one of its checkpoints (RUN/checkpoints/STEP)."""
+    norm = os.path.normpath(path)
+    if os.path.basename(norm).isdigit():
+        return os.path.dirname(os.path.dirname(norm))
+    return norm
+
+
+def check_out_dir(out: str, force: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise UserError(f"--out {out}: directory exists and is not empty (--force writes into it)")
+
+
+@cli_main
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    from silentstar_jax.trainer import latest_run, load_run
+    run = args.checkpoint or latest_run(args.runs)
+    if run is None:
+        raise UserError(f"no trained run found under {args.runs}/; train one with: {TRAIN_HINT}")
+    if not os.path.exists(run):
+        raise UserError(f"{run}: no such run directory or checkpoint")
+    out = args.out or os.path.join(run_dir_of(run), EXPORT_SUBDIR)
+    check_out_dir(out, args.force)
+    model, tok, _, step = load_run(run)
+    from silentstar_jax.hf import export_gpt2
+    export_gpt2(model.gpt2, out, tok)
+    saved_tok = os.path.isfile(os.path.join(out, "tokenizer_config.json"))
+    tok_note = "with its tokenizer" if saved_tok else f"without tokenizer files ({tok.name} tokenizer)"
+    print(f"wrote {out}: the base GPT-2 of {run} (step {step}) for transformers' "
+          f"GPT2LMHeadModel.from_pretrained, {tok_note}; the thinking heads ({NOT_EXPORTED}) "
+          "are not part of the exported model")

@@ -1,0 +1,229 @@
+"""The training levers for latent thoughts (docs/design.md §10): wiring options against a sequential
+reference and against generation, chains only at scored positions, thought supervision and its
+anneal, a variable number of thoughts, the gradient throttle, learning rates written 1e-3."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from silentstar_jax import model as model_lib
+from silentstar_jax.config import Config, LossConfig, ThinkingConfig, TrainConfig, load_config
+from silentstar_jax.generation import Generator, score
+from silentstar_jax.objective import compute_loss, supervision_loss, supervision_weight
+from silentstar_jax.sampling import SamplingConfig
+from silentstar_jax.train_step import n_think_positions, n_thoughts_at, think_positions
+from test_thinking import MC, hidden_from_embeddings, make_model, tokens
+
+
+def _reference_logits(model, toks_L, t, n):
+    """One position t, written out: x_0..x_t, start, z_1..z_n, end through ordinary causal attention;
+    z_1 = P(h0_t) under seed=base; the gate mixes the end step's or the last thought's output."""
+    g, h, cfg = model.gpt2, model.heads, model.think_cfg
+    wte, wpe = g.wte[...], g.wpe[...]
+    seq = [wte[toks_L[i]] + wpe[i] for i in range(t + 1)]
+    run = lambda: hidden_from_embeddings(g, jnp.stack(seq)[None])[0, -1]
+    h0 = g.forward_hidden(toks_L[None])[0][0, t]
+    seq.append(h.embedding("start") + wpe[t + 1])
+    outs = [run()]
+    for j in range(1, n + 1):
+        src = h0 if (cfg.seed == "base" and j == 1) else outs[-1]
+        seq.append(h.project(src) + wpe[t + 1 + j])
+        outs.append(run())
+    seq.append(h.embedding("end") + wpe[t + n + 2])
+    outs.append(run())
+    y = outs[n] if cfg.mix_from == "last_thought" else outs[n + 1]
+    w = h.mix_weight(h0, y)
+    return g.logits((1 - w) * h0 + w * y), outs
+
+
+@pytest.mark.parametrize("seed,mix_from", [("base", "end"), ("start", "last_thought"), ("base", "last_thought")])
+def test_wiring_options_equal_sequential_reference(seed, mix_from):
+    model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, chain="unrolled")
+    toks = tokens(B=1, L=8)
+    out = model(toks, n_supervised=2)
+    default = make_model(n_thoughts=2, chain="unrolled")(toks)["mixed_logits"]
+    assert np.abs(np.asarray(out["mixed_logits"] - default)).max() > 1e-3    # the option changes the result
+    for t in range(8):
+        ref, outs = _reference_logits(model, toks[0], t, 2)
+        np.testing.assert_allclose(out["mixed_logits"][0, t, 0], ref, atol=1e-5)
+        # sup_logits: thought j's logit lens = the tied head on step j's output
+        np.testing.assert_allclose(out["sup_logits"][0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed,mix_from", [("base", "end"), ("base", "last_thought")])
+def test_generation_equals_scoring_with_wiring_options(seed, mix_from):
+    model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from)
+    prompt = [3, 17, 5, 9]
+    events, _ = Generator(model, SamplingConfig(greedy=True), think=True).generate(prompt, 6)
+    s = score(model, prompt + [e.token_id for e in events], think=True)
+    np.testing.assert_allclose([e.logprob for e in events], s["logprob"][len(prompt) - 1:], atol=1e-4)
+
+
+def _task_batch(B=4, L=10, seed=0):
+    """Rows with a scored answer of 1-3 tokens somewhere after a prompt, and padding after it."""
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(0, MC.vocab_size, (B, L)).astype(np.int32)
+    attn, loss = np.zeros((B, L), np.int32), np.zeros((B, L), np.int32)
+    for b in range(B):
+        p, a = rng.integers(3, 6), rng.integers(1, 4)
+        attn[b, :p + a] = 1
+        loss[b, p:p + a] = 1
+    return jnp.asarray(toks), jnp.asarray(attn), jnp.asarray(loss)
+
+
+@pytest.mark.parametrize("A", [1, 2])
+def test_think_at_targets_same_loss_and_gradients(A):
+    """Chains only where a scored token is predicted: the losses and gradients of thinking everywhere."""
+    tc = ThinkingConfig(n_thoughts=2, n_ahead=A, estimator="both", chain="unrolled")
+    toks, attn, lmask = _task_batch()
+    Q = n_think_positions({"attn_mask": attn, "loss_mask": lmask}, A)
+    assert Q == int(lmask.sum(1).max()) + A - 1        # an answer of a tokens: a + A - 1 chains see it
+    idx = think_positions(attn, lmask, A, Q)
+    assert idx.shape == (4, Q) and int((idx < toks.shape[1]).sum()) < toks.size   # fewer chains than positions
+
+    def loss(model, think_idx):
+        out = model(toks, attn, key=jax.random.key(3), thought_logits=True, think_idx_BQ=think_idx)
+        return compute_loss(out, toks, attn, lmask, tc, LossConfig(thought=1.0))[0]
+
+    model = make_model(**dataclasses.asdict(tc))
+    l_all, g_all = nnx.value_and_grad(loss)(model, None)
+    l_tgt, g_tgt = nnx.value_and_grad(loss)(model, idx)
+    np.testing.assert_allclose(l_all, l_tgt, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+                 nnx.state(g_all, nnx.Param), nnx.state(g_tgt, nnx.Param))
+
+
+def test_think_positions_are_the_scored_ones():
+    attn = jnp.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    lmask = jnp.array([[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]])
+    idx = think_positions(attn, lmask, 1, 2)
+    np.testing.assert_array_equal(idx, [[2, 3], [4, 6]])      # 6 = padding (L)
+
+
+def test_supervision_loss_against_numpy():
+    rng = np.random.default_rng(0)
+    B, L, J, V = 2, 5, 2, 7
+    logits = rng.normal(size=(B, L, J, V)).astype(np.float32)
+    tt = np.full((B, L, J), -1, np.int32)
+    tt[0, 3] = [1, 4]            # targets of the token at 3: the chain at position 2 is supervised
+    tt[1, 2, 0] = 6              # only j = 1 at the chain at 1
+    total, per_j = supervision_loss(jnp.asarray(logits), jnp.asarray(tt))
+    lsm = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ces = [-lsm[0, 2, 0, 1], -lsm[0, 2, 1, 4], -lsm[1, 1, 0, 6]]
+    np.testing.assert_allclose(total, np.mean(ces), rtol=1e-5)
+    np.testing.assert_allclose(per_j[0], (ces[0] + ces[2]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(per_j[1], ces[1], rtol=1e-5)
+
+
+def test_supervision_anneal_schedule():
+    lc = LossConfig(thought_supervision=2.0, supervision_anneal=[0.5, 0.75])
+    got = [float(supervision_weight(lc, s, 100)) for s in (0, 49, 50, 60, 70, 75, 99)]
+    np.testing.assert_allclose(got, [2.0, 2.0, 2.0, 2 * 0.6, 2 * 0.2, 0.0, 0.0], atol=1e-6)
+    never = LossConfig(thought_supervision=1.0)
+    assert float(supervision_weight(never, 99, 100)) == 1.0
+
+
+def test_supervised_thoughts_get_the_supervision_gradient():
+    """The supervision term reaches the thinking heads through the chain, and is 0 at weight 0."""
+    tc = ThinkingConfig(n_thoughts=2, chain="unrolled", seed="base", estimator="pathwise")
+    toks, attn, lmask = _task_batch()
+    tt = np.full(toks.shape + (2,), -1, np.int32)
+    tt[:, 4] = [[1, 2]] * 4
+    lc = LossConfig(base=0.0, think=0.0, policy=0.0, value=0.0, thought_supervision=1.0)
+
+    def loss(model, w):
+        out = model(toks, attn, n_supervised=2)
+        return compute_loss(out, toks, attn, lmask, tc, lc, jnp.asarray(tt), w)[0]
+
+    model = make_model(**dataclasses.asdict(tc))
+    g1 = nnx.grad(loss)(model, 1.0)
+    g0 = nnx.grad(loss)(model, 0.0)
+    assert float(jnp.abs(nnx.state(g1, nnx.Param)["heads"]["proj_kernel"][...]).sum()) > 0
+    assert all(float(jnp.abs(x).sum()) == 0 for x in jax.tree.leaves(nnx.state(g0, nnx.Param)))
+
+
+def test_n_thoughts_override_equals_configured_count():
+    toks = tokens(B=1, L=8)
+    m3 = make_model(n_thoughts=3)
+    m1 = make_model(n_thoughts=1)                 # the same parameters (they do not depend on n)
+    np.testing.assert_allclose(m3(toks, n_thoughts=1)["mixed_logits"], m1(toks)["mixed_logits"], atol=1e-6)
+    assert m3(toks, n_thoughts=1)["thoughts"].shape[2] == 1
+
+
+def test_n_thoughts_train_draws_are_deterministic_and_in_range():
+    cfg = Config(thinking=ThinkingConfig(n_thoughts=3, n_thoughts_train=[1, 4]))
+    draws = [n_thoughts_at(cfg, s) for s in range(200)]
+    assert set(draws) == {1, 2, 3, 4}
+    assert draws == [n_thoughts_at(cfg, s) for s in range(200)]
+    assert n_thoughts_at(Config(thinking=ThinkingConfig(n_thoughts=3)), 5) == 3
+
+
+def test_throttle_divides_only_the_chain_gradient_on_shared_weights(monkeypatch):
+    """grad(throttle) = grad_without_chain + (grad_full - grad_without_chain) / S on GPT-2 weights;
+    the thinking heads' gradients are unchanged; the loss value is unchanged."""
+    toks = tokens(B=2, L=8)
+    tc = dict(n_thoughts=2, chain="unrolled", estimator="pathwise")
+
+    def run(throttle, scale=None):
+        if scale is not None:
+            orig = model_lib._grad_scaled
+            monkeypatch.setattr(model_lib, "_grad_scaled", lambda g, s: orig(g, scale))
+        m = make_model(throttle=throttle, **tc)
+        ones = jnp.ones_like(toks)
+        f = lambda mm: compute_loss(mm(toks), toks, ones, ones, mm.think_cfg, LossConfig())[0]
+        l, g = nnx.value_and_grad(f)(m)
+        monkeypatch.undo()
+        return l, nnx.state(g, nnx.Param)
+
+    l1, g1 = run(False)
+    lt, gt = run(True)
+    l0, g0 = run(True, scale=0.0)
+    S = 2 + 2
+    np.testing.assert_allclose(l1, lt, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g1["heads"], gt["heads"])
+    want = jax.tree.map(lambda a, b: b + (a - b) / S, g1["gpt2"], g0["gpt2"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), want, gt["gpt2"])
+    assert float(jnp.abs(g1["gpt2"]["wpe"][...] - gt["gpt2"]["wpe"][...]).max()) > 1e-6
+
+
+def test_learning_rates_written_like_1e_3(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 3e-4}\n")
+    assert load_config(str(path)).optim.lr == pytest.approx(3e-4)
+    assert load_config(None, ["optim.lr=1e-3"]).optim.lr == pytest.approx(1e-3)
+
+
+def test_hops_recipe_trains_end_to_end(tmp_path):
+    """configs/hops.yaml at micro size: supervision + anneal, seeded thoughts, chains at the answer only,
+    a random thought count; every metric logged, the eval history written, supervision annealed."""
+    import json
+    import os
+
+    from conftest import ROOT
+    from silentstar_jax.trainer import Run
+    micro = ["model.n_embd=32", "model.n_head=2", "data.n_symbols=6", "data.n_train=64", "data.n_eval=16",
+             "train.steps=6", "train.batch_size=8", "train.seq_len=9", "train.log_every=1", "train.eval_every=3",
+             "train.save_every=0", "mesh.data=1", "checkpoint.async_save=false", "thinking.n_thoughts_train=[2,3]",
+             "loss.supervision_anneal=[0.3,0.6]", f"run.out_dir={tmp_path}"]
+    run = Run(load_config(os.path.join(ROOT, "configs", "hops.yaml"), micro))
+    assert "thought_targets" in run.eval_rows
+    res = run.train()
+    logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert {"loss_sup", "sup_ce_1", "sup_ce_2", "sup_weight", "ce_think", "mix_weight"} <= set(logs[0])
+    np.testing.assert_allclose([r["sup_weight"] for r in logs], [1, 1, 8 / 9, 1 / 3, 0, 0], atol=1e-6)  # steps 0..5 of 6
+    assert [json.loads(line)["step"] for line in open(tmp_path / "evals.jsonl")] == [3, 6]
+    assert 0.0 <= res["thinking"]["exact_match"] <= 1.0
+
+
+def test_chain_layout():
+    from silentstar_jax.config import ChainLayout
+    lay = ChainLayout(3, 2)                          # start, 3 thoughts, end, 1 talk token
+    assert lay.n_steps == 6 and list(lay.thoughts) == [1, 2, 3] and lay.end == 4 and list(lay.talk) == [5]
+    assert [lay.kind(i) for i in range(6)] == ["start", "thought", "thought", "thought", "end", "talk"]
+    assert lay.mixed() == [4, 5] and lay.mixed("last_thought") == [3, 5]
+    with pytest.raises(IndexError):
+        lay.kind(6)
+    assert ThinkingConfig(n_thoughts=2, n_ahead=3).n_steps == ChainLayout(2, 3).n_steps == 6
