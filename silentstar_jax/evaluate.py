@@ -17,6 +17,9 @@ from silentstar_jax.objective import target_weights, token_logprob
 from silentstar_jax.model import shift_left
 
 
+MAX_LOG_PERPLEXITY = 50.0   # perplexity reported as at most e^50 (a diverged model stays JSON-finite)
+
+
 def make_eval_fn(graphdef, n_thoughts=None):
     """n_thoughts: think with this many thoughts (test-time scaling); None: thinking.n_thoughts."""
     def eval_fn(params, batch):
@@ -65,7 +68,8 @@ def evaluate(eval_fn, params, rows: dict, batch_size: int, put_batch, max_batche
         if f"{name}/nll" not in totals:
             continue
         ce = totals[f"{name}/nll"] / max(totals["n_tok"], 1)
-        r = {"ce": ce, "perplexity": math.exp(min(ce, 50.0)), "accuracy": totals[f"{name}/hit"] / max(totals["n_tok"], 1)}
+        r = {"ce": ce, "perplexity": math.exp(min(ce, MAX_LOG_PERPLEXITY)),
+             "accuracy": totals[f"{name}/hit"] / max(totals["n_tok"], 1)}
         if totals["n_ans"] and totals["n_ans"] != totals["n_tok"]:
             r["answer_ce"] = totals[f"{name}/nll_ans"] / totals["n_ans"]
             r["answer_accuracy"] = totals[f"{name}/hit_ans"] / totals["n_ans"]

@@ -14,6 +14,7 @@ from flax import nnx
 
 from silentstar_jax.config import ChainLayout
 from silentstar_jax.errors import UserError
+from silentstar_jax.objective import token_logprob
 from silentstar_jax.sampling import SamplingConfig, sample
 
 PREFILL_BUCKET = 64
@@ -28,8 +29,6 @@ class TokenEvent:
     extra: dict           # thinking trace (empty without thinking)
 
 
-def _logprob(logits_BV, token_B):
-    return jnp.take_along_axis(jax.nn.log_softmax(logits_BV, -1), token_B[:, None], -1)[:, 0]
 
 
 def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None) -> dict:
@@ -66,7 +65,7 @@ def _score_fn(graphdef, think: bool, n_thoughts: Optional[int]):
         target = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
 
         def lp(logits):
-            return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), target[..., None], -1)[..., 0]
+            return token_logprob(logits, target)
 
         res = {"logprob_base": lp(out["base_logits"])}
         if think and "mixed_logits" in out:
@@ -105,7 +104,7 @@ class Generator:
             if think:
                 logits, extra = m.think_at(h0_BD, cache, start + last, n_thoughts, trace_top_k)
             token = sample(logits, key, sampling)
-            return cache, token, _logprob(logits, token), _logprob(logits_base, token), extra
+            return cache, token, token_logprob(logits, token), token_logprob(logits_base, token), extra
 
         self._decode = jax.jit(decode, donate_argnums=(1,))
 

@@ -13,7 +13,8 @@ from silentstar_jax.config import Config, MeshConfig
 from silentstar_jax.errors import UserError
 from silentstar_jax.objective import compute_loss, supervision_weight, target_weights
 
-BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
+BATCH_AXES = ("data", "fsdp")
+MIN_SHARDED_SIZE = 1024         # smaller parameters are replicated: sharding them saves nothing   # the batch is split over every device; parameters over fsdp only
 
 
 def make_mesh(m: MeshConfig) -> Mesh:
@@ -27,7 +28,7 @@ def make_mesh(m: MeshConfig) -> Mesh:
 
 def param_spec(shape, fsdp: int) -> P:
     """Shard the largest dimension divisible by the fsdp size; small or indivisible arrays replicate."""
-    if fsdp <= 1 or int(np.prod(shape)) < 1024:
+    if fsdp <= 1 or int(np.prod(shape)) < MIN_SHARDED_SIZE:
         return P()
     dims = [i for i, s in enumerate(shape) if s % fsdp == 0]
     if not dims:
