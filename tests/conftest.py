@@ -37,3 +37,12 @@ def run_cli(script: str, *args: str, timeout: int = 300, cwd: str = ROOT, stdin=
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop compiled programs after each test module: one long pytest process otherwise keeps every
+    executable of the suite (a full-suite run once died with a segfault inside an XLA compile)."""
+    yield
+    import jax
+    jax.clear_caches()
