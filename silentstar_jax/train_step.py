@@ -13,8 +13,8 @@ from silentstar_jax.config import Config, MeshConfig
 from silentstar_jax.errors import UserError
 from silentstar_jax.objective import compute_loss, supervision_weight, target_weights
 
-BATCH_AXES = ("data", "fsdp")
-MIN_SHARDED_SIZE = 1024         # smaller parameters are replicated: sharding them saves nothing   # the batch is split over every device; parameters over fsdp only
+BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
+MIN_SHARDED_SIZE = 1024         # smaller parameters are replicated: sharding them saves nothing
 
 
 def make_mesh(m: MeshConfig) -> Mesh:
@@ -72,10 +72,7 @@ def think_positions(attn_mask_BL, loss_mask_BL, A: int, Q: int):
 
 def n_think_positions(rows: dict, A: int) -> int:
     """The most positions of one row whose chain predicts a scored target (static Q of think_at: targets)."""
-    m = (np.asarray(rows["attn_mask"]) * np.asarray(rows["loss_mask"])).astype(bool)
-    scored = np.zeros_like(m)
-    for s in range(A):
-        scored[:, :m.shape[1] - 1 - s] |= m[:, 1 + s:]
+    scored = target_weights(jnp.asarray(rows["attn_mask"]), jnp.asarray(rows["loss_mask"]), A).sum(-1) > 0
     return max(int(scored.sum(1).max()), 1)
 
 
