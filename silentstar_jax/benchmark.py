@@ -154,7 +154,7 @@ def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> dict:
 
     @jax.jit
     def full(tokens, mask, pos):
-        logits = nnx.merge(graphdef, state)(tokens, mask)["mixed_logits"][0, :, 0]
+        logits = nnx.merge(graphdef, state)(tokens, mask).mixed_logits[0, :, 0]
         return jnp.argmax(logits[pos])
 
     def recompute(n_tok: int):

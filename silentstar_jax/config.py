@@ -180,6 +180,9 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     save_every: int = 500
+    # a non-finite loss or gradient: the update is never applied; "stop" ends the run (exit code 3),
+    # "skip" goes on with the next batch
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass(frozen=True)
@@ -319,10 +322,17 @@ def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:
         if not os.path.isfile(path):
             raise UserError(f"config file not found: {path}")
         try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}     # safe: YAML tags that build Python objects are refused
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a text file (expected a YAML config)") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: a config must be a YAML mapping (sections like train: ...), "
+                            f"got a {type(raw).__name__}")
     return from_dict(apply_overrides(raw, list(overrides)))
 
 
@@ -377,6 +387,14 @@ def validate(cfg: Config) -> None:
     for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
         if getattr(cfg.train, name) < 1:
             raise UserError(f"train.{name} must be >= 1, got {getattr(cfg.train, name)}")
+    for name in ("save_every", "eval_every"):
+        if getattr(cfg.train, name) < 0:
+            raise UserError(f"train.{name} must be >= 0 (0 = never), got {getattr(cfg.train, name)}")
+    if cfg.data.n_eval < 1:
+        raise UserError(f"data.n_eval must be >= 1 (the final evaluation needs examples), got {cfg.data.n_eval}")
+    if not cfg.model.init_from and cfg.train.seq_len + 1 > cfg.model.n_positions:
+        raise UserError(f"train.seq_len + 1 = {cfg.train.seq_len + 1} tokens per block exceeds "
+                        f"model.n_positions = {cfg.model.n_positions}")
     if cfg.optim.lr <= 0:
         raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.mesh.fsdp < 1 or cfg.mesh.data == 0 or cfg.mesh.data < -1:

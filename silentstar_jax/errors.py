@@ -7,10 +7,18 @@ import sys
 
 class UserError(Exception):
     """A problem the user can fix (bad path, bad config, bad prompt): shown as one line, no traceback."""
+    exit_code = 2
+
+
+class NonFiniteError(UserError):
+    """Training produced a non-finite loss or gradient (train.on_nonfinite=stop): exit code 3."""
+    exit_code = 3
 
 
 def cli_main(fn):
-    """Wrap an entry point: UserError -> one line on stderr + exit 2; Ctrl-C -> exit 130 quietly."""
+    """Wrap an entry point: UserError -> one line on stderr + its exit code (2); an OSError the
+    program did not expect (disk full, read-only file system) -> one line + exit 2;
+    Ctrl-C -> exit 130 quietly."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -18,6 +26,10 @@ def cli_main(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except OSError as e:
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            print(f"error: {where}{e.strerror or e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

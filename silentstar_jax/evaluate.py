@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from silentstar_jax.align import shift_left
 from silentstar_jax.objective import target_weights, token_logprob
-from silentstar_jax.model import shift_left
 
 
 MAX_LOG_PERPLEXITY = 50.0   # perplexity reported as at most e^50 (a diverged model stays JSON-finite)
@@ -30,9 +30,9 @@ def make_eval_fn(graphdef, n_thoughts=None):
         target = shift_left(tokens, 1)
         w_tok = target_weights(attn, jnp.ones_like(attn), 1)[..., 0]
         w_ans = target_weights(attn, lmask, 1)[..., 0]
-        paths = {"base": out["base_logits"]}
-        if "mixed_logits" in out:
-            paths["thinking"] = out["mixed_logits"][:, :, 0]
+        paths = {"base": out.base_logits}
+        if out.thinking:
+            paths["thinking"] = out.mixed_logits[:, :, 0]
         res = {"n_tok": w_tok.sum(), "n_ans": w_ans.sum(), "n_rows_ans": (w_ans.sum(-1) > 0).sum()}
         for name, logits in paths.items():
             hit = (jnp.argmax(logits, -1) == target).astype(jnp.float32)

@@ -1,21 +1,26 @@
 """`python generate.py`: watch a latent-thinking model think, token by token.
 
 With no arguments it loads the latest checkpoint of the most recent run under runs/ and opens a
-prompt loop (Ctrl-C stops a generation, Ctrl-D / quit / exit leave). --prompt for one shot,
---json for machines, --score TEXT to see where thinking helped on a given text.
+prompt loop (Ctrl-C stops a generation once the token being computed is done, Ctrl-D / quit / exit
+leave). --prompt for one shot, --json for machines, --score TEXT to see where thinking helped on a
+given text. Mistakes (a flag out of range, a broken checkpoint) end in one line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
+import math
+import signal
 import sys
+import threading
 import time
 
 from silentstar_jax.errors import UserError, cli_main
 from silentstar_jax.sampling import SamplingConfig
 
 TRAIN_HINT = "python train.py --config configs/tiny.yaml"
+MAX_SEED = 2 ** 63 - 1     # jax.random.key takes an int64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,26 +35,37 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow loading pytorch_model.bin (runs pickle)")
     p.add_argument("--prompt", help="generate once for this prompt (no prompt loop)")
     p.add_argument("--score", metavar="TEXT", help="teacher-forced scoring of TEXT: where did thinking help?")
-    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate, >= 1 (default: 50)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="> 0 (default: 1); for argmax use --greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens; 0: off (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1: off (default)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, 0 .. 2**63 - 1 (default: 0)")
     p.add_argument("--no-think", action="store_true", help="plain GPT-2 path, no thought chain")
-    p.add_argument("--thoughts", type=int, help="thought steps per token (default: as trained)")
+    p.add_argument("--thoughts", type=int,
+                   help="thought steps per token, >= 0 and within the model's context (default: as trained)")
     p.add_argument("--show-thoughts", type=int, default=3, metavar="K",
-                   help="top-K tokens shown per thought")
+                   help="top-K tokens shown per thought (at most the vocabulary)")
     p.add_argument("--quiet", action="store_true", help="text only")
     p.add_argument("--json", action="store_true", help="one JSON object per token, then a summary line")
     return p
 
 
+def _check_text(text: str, what: str) -> str:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (argv) and no tokenizer can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} is not valid UTF-8 text; pass it as UTF-8") from None
+    return text
+
+
 def _check_args(args) -> SamplingConfig:
+    """Every flag checked before the model loads: a mistake costs no loading time and prints one line."""
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be >= 1")
-    if not args.greedy and args.temperature <= 0:
-        raise UserError("--temperature must be > 0 (use --greedy for argmax decoding)")
+    if not args.greedy and not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise UserError("--temperature must be a finite number > 0 (use --greedy for argmax decoding)")
     if args.top_k < 0:
         raise UserError("--top-k must be >= 0")
     if not 0 < args.top_p <= 1:
@@ -58,12 +74,17 @@ def _check_args(args) -> SamplingConfig:
         raise UserError("--thoughts must be >= 0")
     if args.show_thoughts < 1:
         raise UserError("--show-thoughts must be >= 1")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError("--seed must be in 0 .. 2**63 - 1")
+    for flag, text in (("--prompt", args.prompt), ("--score", args.score)):
+        if text is not None:
+            _check_text(text, flag)
     return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p)
 
 
-def load_model(args, err):
-    """SilentStar (or plain GPT2 wrapped), tokenizer, description."""
+def load_model(args):
+    """SilentStar (or plain GPT2 wrapped), tokenizer, description, whether thinking is untrained."""
     from flax import nnx
     from silentstar_jax.config import ThinkingConfig
     from silentstar_jax.model import SilentStar
@@ -74,15 +95,16 @@ def load_model(args, err):
         gpt2, path = load_gpt2(args.init_from, allow_pickle=args.allow_pickle)
         model = SilentStar(gpt2.cfg, ThinkingConfig(enabled=not args.no_think), rngs=nnx.Rngs(args.seed),
                            gpt2=gpt2)
-        if not args.no_think:
-            err.print("[yellow]warning:[/] thinking parameters are freshly initialised (untrained): "
-                      "thinking starts at the plain model")
-        return model, load_tokenizer(path), args.init_from
+        tok = load_tokenizer(path)
+        if tok.vocab_size > gpt2.cfg.vocab_size:      # ids past the embedding would be clamped silently
+            raise UserError(f"{path}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
+                            f"vocab_size {gpt2.cfg.vocab_size}: its tokenizer files belong to another model")
+        return model, tok, args.init_from, not args.no_think
     run = args.checkpoint or latest_run(args.runs)
     if run is None:
         raise UserError(f"no trained run found under {args.runs}/; train one with: {TRAIN_HINT}")
     model, tok, _, step = load_run(run)
-    return model, tok, f"{run} (step {step})"
+    return model, tok, f"{run} (step {step})", False
 
 
 def _thinking(model, args) -> tuple[bool, int]:
@@ -95,7 +117,7 @@ def _thinking(model, args) -> tuple[bool, int]:
 
 
 def _fit_prompt(ids, gen, err, quiet_json: bool):
-    room = gen.n_positions - gen.chain_len - 1
+    room = gen.room - 1   # at least one token to generate
     if len(ids) > room:
         if not quiet_json:
             err.print(f"[yellow]note:[/] prompt has {len(ids)} tokens; keeping the newest {room} (context "
@@ -104,16 +126,23 @@ def _fit_prompt(ids, gen, err, quiet_json: bool):
     return ids
 
 
-def run_score(model, tok, args, think, n_thoughts, out):
-    from silentstar_jax.display import coloured_text, legend
-    from silentstar_jax.generation import score
+def score_ids(model, tok, args, think, n_thoughts) -> list[int]:
+    """--score's tokens, checked against the context (before anything else is printed)."""
+    from silentstar_jax.generation import token_room
     ids = tok.encode(args.score)
     if len(ids) < 2:
         raise UserError("--score needs a text of at least two tokens")
-    chain = dataclasses.replace(model.think_cfg, n_thoughts=n_thoughts).n_steps if think else 0
-    n_pos = model.gpt2.cfg.n_positions - chain
+    n_pos = model.gpt2.cfg.n_positions
+    if think:
+        n_pos = token_room(n_pos, model.think_cfg.layout(n_thoughts).n_steps, n_thoughts)
     if len(ids) > n_pos:
         raise UserError(f"--score text has {len(ids)} tokens; at most {n_pos} fit the context")
+    return ids
+
+
+def run_score(model, tok, ids, args, think, n_thoughts, out):
+    from silentstar_jax.display import coloured_text, legend
+    from silentstar_jax.generation import score
     s = score(model, ids, think, n_thoughts if think else None)
     if args.json:
         for i in range(len(ids) - 1):
@@ -132,10 +161,33 @@ def run_score(model, tok, args, think, n_thoughts, out):
               f"{s['mix_weight'].mean():.3f}")
 
 
+@contextlib.contextmanager
+def ctrl_c_sets_flag():
+    """While generating, Ctrl-C only sets the yielded flag, which the token loop reads between tokens.
+    A KeyboardInterrupt raised wherever the main thread happens to be can land inside JAX's lazy
+    imports or first compilation and leave them half done: the next generation then dies ("Dialect
+    namespace 'mhlo' is already registered"). So a long compile finishes, then the loop stops.
+    The previous handler (KeyboardInterrupt, for the prompt) is back on exit."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():   # only there can handlers change
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def generate_once(gen, tok, prompt: str, args, think, out, err) -> None:
+    with ctrl_c_sets_flag() as stop:
+        _generate_once(gen, tok, prompt, args, think, out, err, stop)
+
+
+def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> None:
     from rich.text import Text
-    from silentstar_jax.display import coloured_text, event_json, legend, render_event
-    ids = _fit_prompt(tok.encode(prompt), gen, err, args.json)
+    from silentstar_jax.display import coloured_text, event_json, legend, printable, render_event
+    ids = _fit_prompt(tok.encode(_check_text(prompt, "the prompt")), gen, err, args.json)
     if not ids:
         raise UserError("the prompt encodes to no tokens")
     events = []
@@ -152,18 +204,18 @@ def generate_once(gen, tok, prompt: str, args, think, out, err) -> None:
             if args.json:
                 print(json.dumps(event_json(e, tok, think)), flush=True)
             elif args.quiet:
-                out.print(tok.token_str(e.token_id), end="", markup=False, highlight=False)
+                out.print(printable(tok.token_str(e.token_id)), end="", markup=False, highlight=False)
             else:
                 status.stop()
                 render_event(out, e, tok, think, args.show_thoughts)
                 status.start()
-    except KeyboardInterrupt:
-        if status is not None:
-            status.stop()
-        out.print("\n[dim](stopped)[/]")
+            if stop.is_set():
+                break
     finally:
         if status is not None:
             status.stop()
+    if stop.is_set():
+        (err if args.json else out).print("\n[dim](stopped)[/]")
     tps = (len(events) - 2) / max(time.perf_counter() - t_mark[-1], 1e-9) if len(events) > 2 else 0.0
     text = tok.decode([e.token_id for e in events])
     if args.json:
@@ -172,7 +224,7 @@ def generate_once(gen, tok, prompt: str, args, think, out, err) -> None:
         out.print()
     else:
         pieces = [(tok.token_str(e.token_id), e.logprob - e.logprob_base) for e in events]
-        out.print(Text.assemble(Text(prompt, style="dim"), coloured_text(pieces)))
+        out.print(Text.assemble(Text(printable(prompt), style="dim"), coloured_text(pieces)))
         if think:
             out.print(legend())
         out.print(f"[dim]{len(events)} tokens, {tps:.1f} tokens/s[/]")
@@ -194,6 +246,9 @@ def prompt_loop(gen, tok, args, think, out, err) -> None:
         except KeyboardInterrupt:
             out.print()
             continue
+        except UnicodeDecodeError:
+            err.print("error: the prompt is not valid UTF-8 text")
+            continue
         if prompt.strip() in ("quit", "exit"):
             return
         if not prompt.strip():
@@ -201,8 +256,8 @@ def prompt_loop(gen, tok, args, think, out, err) -> None:
         try:
             generate_once(gen, tok, prompt, args, think, out, err)
         except UserError as e:
-            err.print(f"error: {e}")
-        except KeyboardInterrupt:
+            err.print(f"error: {e}", markup=False, highlight=False)
+        except KeyboardInterrupt:     # in the instants around the generation, where JAX is not running
             out.print("\n[dim](stopped)[/]")
 
 
@@ -213,15 +268,23 @@ def main(argv=None) -> None:
     from rich.console import Console
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     from silentstar_jax.generation import Generator
-    model, tok, desc = load_model(args, err)
+    model, tok, desc, fresh_heads = load_model(args)
     think, n_thoughts = _thinking(model, args)
+    args.show_thoughts = min(args.show_thoughts, model.gpt2.cfg.vocab_size)
+    # what does not fit the context fails here, before any other line is printed
+    if args.score is not None:
+        ids = score_ids(model, tok, args, think, n_thoughts)
+    else:
+        gen = Generator(model, sampling, think=think, n_thoughts=n_thoughts if think else None,
+                        trace_top_k=args.show_thoughts if think else 0)
+    if fresh_heads:
+        err.print("[yellow]warning:[/] thinking parameters are freshly initialised (untrained): "
+                  "thinking starts at the plain model")
     if not (args.json or args.quiet):
         thinking = f"{n_thoughts} thought(s) per token" if think else "off"
         err.print(f"[dim]model: {desc}; thinking: {thinking}[/]")
     if args.score is not None:
-        return run_score(model, tok, args, think, n_thoughts, out)
-    gen = Generator(model, sampling, think=think, n_thoughts=n_thoughts if think else None,
-                    trace_top_k=args.show_thoughts if think else 0)
+        return run_score(model, tok, ids, args, think, n_thoughts, out)
     if args.prompt is not None:
         return generate_once(gen, tok, args.prompt, args, think, out, err)
     if not sys.stdin.isatty() and args.json:

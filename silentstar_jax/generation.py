@@ -31,12 +31,29 @@ class TokenEvent:
 
 
 
+def prompt_bucket(n_tokens: int, cap: Optional[int] = None) -> int:
+    """Prompts are padded to a multiple of PREFILL_BUCKET (at most `cap`): one compilation per bucket."""
+    bucket = -(-n_tokens // PREFILL_BUCKET) * PREFILL_BUCKET
+    return bucket if cap is None else min(bucket, cap)
+
+
+def token_room(n_positions: int, chain_steps: int, n_thoughts: int) -> int:
+    """The most tokens a sequence may hold when each of its positions runs a chain of `chain_steps`
+    steps: the chain at position t uses position ids up to t + chain_steps < n_positions."""
+    room = n_positions - chain_steps
+    if room < 2:
+        most = n_positions - 2 - (chain_steps - n_thoughts)      # the largest count with room == 2
+        raise UserError(f"{n_thoughts} thoughts per token do not fit the model's context of "
+                        f"{n_positions} positions (n_positions); use at most {max(most, 0)}")
+    return room
+
+
 def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None) -> dict:
     """Teacher-forced log-probs of ids[1:] (each given the tokens before it), base and mixed,
     from the parallel forward with deterministic thoughts. Arrays of length len(ids) - 1.
     n_thoughts: thought steps per position (None: as configured)."""
     L = len(ids)
-    bucket = -(-L // PREFILL_BUCKET) * PREFILL_BUCKET
+    bucket = prompt_bucket(L)
     toks = np.zeros((1, bucket), np.int32)
     toks[0, :L] = ids
     mask = np.zeros((1, bucket), np.int32)
@@ -67,9 +84,9 @@ def _score_fn(graphdef, think: bool, n_thoughts: Optional[int]):
         def lp(logits):
             return token_logprob(logits, target)
 
-        res = {"logprob_base": lp(out["base_logits"])}
-        if think and "mixed_logits" in out:
-            res.update(logprob=lp(out["mixed_logits"][:, :, 0]), mix_weight=out["mix_weight"][:, :, 0])
+        res = {"logprob_base": lp(out.base_logits)}
+        if think and out.thinking:
+            res.update(logprob=lp(out.mixed_logits[:, :, 0]), mix_weight=out.mix_weight[:, :, 0])
         else:
             res.update(logprob=res["logprob_base"], mix_weight=jnp.zeros_like(res["logprob_base"]))
         return res
@@ -88,8 +105,8 @@ class Generator:
         n = model.think_cfg.n_thoughts if (think and n_thoughts is None) else (n_thoughts or 0)
         self.n_thoughts = n
         # chain positions run past the token's own (generation has no talk steps)
-        self.chain_len = ChainLayout(n).n_steps if think else 0
         self.n_positions = self.gpt2.cfg.n_positions
+        self.room = token_room(self.n_positions, ChainLayout(n).n_steps, n) if think else self.n_positions
         self.sampling = sampling
         graphdef, self.state = nnx.split(model)
 
@@ -114,12 +131,11 @@ class Generator:
         Lp = len(prompt_ids)
         if Lp == 0:
             raise UserError("the prompt is empty")
-        room = self.n_positions - self.chain_len
-        if Lp >= room:
-            raise UserError(f"the prompt has {Lp} tokens; the model's context is {self.n_positions} "
-                            f"(n_positions), which leaves no room to generate")
-        max_new_tokens = min(max_new_tokens, room - Lp)
-        bucket = min(-(-Lp // PREFILL_BUCKET) * PREFILL_BUCKET, self.n_positions)
+        if Lp >= self.room:
+            raise UserError(f"the prompt has {Lp} tokens; with {self.n_thoughts} thoughts per token the "
+                            f"context ({self.n_positions} positions) holds {self.room}: no room to generate")
+        max_new_tokens = min(max_new_tokens, self.room - Lp)
+        bucket = prompt_bucket(Lp, self.n_positions)
         tokens = np.zeros((1, bucket), np.int32)
         tokens[0, :Lp] = prompt_ids
         cache = self.gpt2.init_cache(1, self.n_positions)

@@ -19,11 +19,8 @@ from jax.ad_checkpoint import checkpoint_name
 from silentstar_jax.attention import cached_attention, causal_attention
 from silentstar_jax.config import ModelConfig
 from silentstar_jax.kernels import attention_impl, matmul
+from silentstar_jax.sharding import param
 
-# Per-layer parameters, each stacked on a leading [n_layer] axis.
-_LAYER_PARAMS = ("ln_1_scale", "ln_1_bias", "c_attn_kernel", "c_attn_bias", "attn_proj_kernel",
-                 "attn_proj_bias", "ln_2_scale", "ln_2_bias", "c_fc_kernel", "c_fc_bias",
-                 "mlp_proj_kernel", "mlp_proj_bias")
 INIT_STD = 0.02   # HF's initializer_range: weights ~ N(0, 0.02^2)
 
 # An attention callback:
@@ -48,17 +45,22 @@ class GPT2(nnx.Module):
         D, NL, F = cfg.n_embd, cfg.n_layer, 4 * cfg.n_embd
         std = INIT_STD
         proj_std = INIT_STD / (2 * NL) ** 0.5   # HF init: residual projections scaled by depth
-        normal = lambda s, shape: nnx.Param(s * jax.random.normal(rngs.params(), shape, jnp.float32))
-        const = lambda c, shape: nnx.Param(jnp.full(shape, c, jnp.float32))
-        self.wte = normal(std, (cfg.vocab_size, D))
-        self.wpe = normal(std, (cfg.n_positions, D))
-        self.ln_1_scale, self.ln_1_bias = const(1.0, (NL, D)), const(0.0, (NL, D))
-        self.c_attn_kernel, self.c_attn_bias = normal(std, (NL, D, 3 * D)), const(0.0, (NL, 3 * D))
-        self.attn_proj_kernel, self.attn_proj_bias = normal(proj_std, (NL, D, D)), const(0.0, (NL, D))
-        self.ln_2_scale, self.ln_2_bias = const(1.0, (NL, D)), const(0.0, (NL, D))
-        self.c_fc_kernel, self.c_fc_bias = normal(std, (NL, D, F)), const(0.0, (NL, F))
-        self.mlp_proj_kernel, self.mlp_proj_bias = normal(proj_std, (NL, F, D)), const(0.0, (NL, D))
-        self.ln_f_scale, self.ln_f_bias = const(1.0, (D,)), const(0.0, (D,))
+        normal = lambda s, axes, *shape: param(s * jax.random.normal(rngs.params(), shape, jnp.float32), axes)
+        const = lambda c, axes, *shape: param(jnp.full(shape, c, jnp.float32), axes)
+        # logical axes (sharding.py): parameters on a leading "layers" axis are the scanned block stack
+        self.wte = normal(std, ("vocab", "embed"), cfg.vocab_size, D)
+        self.wpe = normal(std, ("positions", "embed"), cfg.n_positions, D)
+        self.ln_1_scale, self.ln_1_bias = (const(c, ("layers", "embed"), NL, D) for c in (1.0, 0.0))
+        self.c_attn_kernel = normal(std, ("layers", "embed", "qkv"), NL, D, 3 * D)
+        self.c_attn_bias = const(0.0, ("layers", "qkv"), NL, 3 * D)
+        self.attn_proj_kernel = normal(proj_std, ("layers", "attn", "embed"), NL, D, D)
+        self.attn_proj_bias = const(0.0, ("layers", "embed"), NL, D)
+        self.ln_2_scale, self.ln_2_bias = (const(c, ("layers", "embed"), NL, D) for c in (1.0, 0.0))
+        self.c_fc_kernel = normal(std, ("layers", "embed", "mlp"), NL, D, F)
+        self.c_fc_bias = const(0.0, ("layers", "mlp"), NL, F)
+        self.mlp_proj_kernel = normal(proj_std, ("layers", "mlp", "embed"), NL, F, D)
+        self.mlp_proj_bias = const(0.0, ("layers", "embed"), NL, D)
+        self.ln_f_scale, self.ln_f_bias = (const(c, ("embed",), D) for c in (1.0, 0.0))
 
     # ------------------------------------------------------------------ pieces
     def embed(self, tokens_BL, pos_BL):
@@ -68,7 +70,9 @@ class GPT2(nnx.Module):
         return self.wte[...][tokens]
 
     def layer_params(self) -> dict:
-        return {name: getattr(self, name)[...] for name in _LAYER_PARAMS}
+        """The block stack: every parameter whose first logical axis is "layers"."""
+        return {name: v[...] for name, v in vars(self).items()
+                if isinstance(v, nnx.Param) and v.get_metadata("out_sharding")[0] == "layers"}
 
     def final_norm(self, x_BLD):
         return layer_norm(x_BLD, self.ln_f_scale[...], self.ln_f_bias[...], self.cfg.layer_norm_epsilon)

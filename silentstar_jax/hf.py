@@ -26,6 +26,12 @@ _LAYER = {"ln_1_scale": "ln_1.weight", "ln_1_bias": "ln_1.bias",
           "c_fc_kernel": "mlp.c_fc.weight", "c_fc_bias": "mlp.c_fc.bias",
           "mlp_proj_kernel": "mlp.c_proj.weight", "mlp_proj_bias": "mlp.c_proj.bias"}
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+_MAX_CONFIG_BYTES = 1 << 20   # a GPT-2 config.json is ~1 KB; a bigger one is not a config
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -57,23 +63,43 @@ def resolve(spec: str) -> str:
                         f"(offline or unknown name?): {reason[:200]}") from None
 
 
+_SIZES = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+
+
 def config_from_hf(path: str) -> ModelConfig:
+    """The model's shape from config.json, checked before anything is built from it: a hostile or
+    broken file ends in one line naming the field, not in a crash deep inside JAX."""
+    where = os.path.join(path, "config.json")
     try:
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}/config.json: cannot read ({e})") from None
+        with open(where, "rb") as f:
+            data = f.read(_MAX_CONFIG_BYTES + 1)
+        if len(data) > _MAX_CONFIG_BYTES:
+            raise UserError(f"{where}: larger than {_MAX_CONFIG_BYTES >> 20} MiB, not a model config")
+        hf = json.loads(data.decode("utf-8"))
+    except OSError as e:
+        raise UserError(f"{where}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:                  # bad JSON and bad UTF-8 alike
+        raise UserError(f"{where}: not valid JSON ({_first_line(e)}); re-download or re-export the "
+                        "checkpoint") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{where}: expected a JSON object, got a {type(hf).__name__}")
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{path}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"{path}: activation_function {act!r} is not supported (GPT-2 uses gelu_new)")
-    try:
-        return ModelConfig(vocab_size=int(hf["vocab_size"]), n_positions=int(hf["n_positions"]),
-                           n_embd=int(hf["n_embd"]), n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]),
-                           layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)))
-    except KeyError as e:
-        raise UserError(f"{path}/config.json: missing field {e}") from None
+    for name in _SIZES:
+        if name not in hf:
+            raise UserError(f"{where}: missing field '{name}'")
+        v = hf[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{where}: {name} must be a positive integer, got {json.dumps(v)[:40]}")
+    if hf["n_embd"] % hf["n_head"]:
+        raise UserError(f"{where}: n_embd ({hf['n_embd']}) must be divisible by n_head ({hf['n_head']})")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise UserError(f"{where}: layer_norm_epsilon must be a number in (0, 1), got {json.dumps(eps)[:40]}")
+    return ModelConfig(**{name: hf[name] for name in _SIZES}, layer_norm_epsilon=float(eps))
 
 
 def read_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -85,7 +111,8 @@ def read_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]
         try:
             raw = load_file(st)
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"{st}: cannot read safetensors file ({e})") from None
+            raise UserError(f"{st}: cannot read safetensors file ({_first_line(e)}); re-download or "
+                            "re-export the checkpoint") from None
     elif os.path.isfile(binf):
         if not allow_pickle:
             raise UserError(f"{path} has only pytorch_model.bin, a pickle that can run code when loaded; "
@@ -94,8 +121,11 @@ def read_tensors(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]
             import torch
         except ImportError:
             raise UserError("reading pytorch_model.bin needs torch installed (pip install torch)") from None
-        state = torch.load(binf, map_location="cpu", weights_only=False)
-        raw = {k: v.float().numpy() for k, v in state.items()}
+        try:
+            state = torch.load(binf, map_location="cpu", weights_only=False)
+            raw = {k: v.float().numpy() for k, v in state.items()}
+        except Exception as e:  # noqa: BLE001 - a broken pickle raises anything
+            raise UserError(f"{binf}: cannot read ({_first_line(e)})") from None
     else:
         raise UserError(f"{path}: no model.safetensors (or pytorch_model.bin) found")
     out = {}
@@ -113,9 +143,13 @@ def params_from_tensors(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dic
 
     def take(key):
         if key not in tensors:
-            raise UserError(f"checkpoint is missing tensor '{key}'")
+            raise UserError(f"checkpoint is missing tensor '{key}': config.json does not match the weights")
         return tensors[key]
 
+    layers = {int(k.split(".")[1]) for k in tensors if k.startswith("h.") and k.split(".")[1].isdigit()}
+    if layers and max(layers) >= cfg.n_layer:   # extra layers would be dropped silently
+        raise UserError(f"checkpoint has {max(layers) + 1} layers, config.json says n_layer={cfg.n_layer}: "
+                        "config.json does not match the weights")
     for ours, theirs in _GLOBAL.items():
         out[ours] = take(theirs)
     for ours, theirs in _LAYER.items():

@@ -6,20 +6,33 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
-from silentstar_jax.attention import causal_mask
+from silentstar_jax.align import shift_left
 from silentstar_jax.config import ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
 from silentstar_jax.thought import ThoughtHeads, run_chain
 
 
-def shift_left(x_BL, s: int, fill=0):
-    """x[:, t + s] at t (the tail filled): aligns look-ahead targets/inputs with their chain."""
-    if s == 0:
-        return x_BL
-    pad = jnp.full((x_BL.shape[0], s) + x_BL.shape[2:], fill, x_BL.dtype)
-    return jnp.concatenate([x_BL[:, s:], pad], axis=1)
+@struct.dataclass
+class Forward:
+    """SilentStar's parallel forward. BK = B * n_samples (each sequence's chains sampled n_samples
+    times: rows b*K .. b*K+K-1); A = thinking.n_ahead, n = thoughts, J = supervised thoughts.
+    The thinking fields are None when thinking is off; thought_logits / sup_logits when asked for."""
+    base_logits: jax.Array                      # [B, L, V] plain GPT-2: position t predicts x_{t+1}
+    mixed_logits: Optional[jax.Array] = None    # [BK, L, A, V] chain at t, talk step s predicts x_{t+1+s}
+    mix_weight: Optional[jax.Array] = None      # [BK, L, A] weight of the thought path
+    value: Optional[jax.Array] = None           # [BK, L] value-head baseline
+    logp: Optional[jax.Array] = None            # [BK, L] policy log-prob of the sampled thoughts
+    thoughts: Optional[jax.Array] = None        # [BK, L, n, D] thought inputs z
+    think_mask: Optional[jax.Array] = None      # [BK, L] positions that ran a chain
+    sigma: Optional[jax.Array] = None           # [] mean policy scale
+    thought_logits: Optional[jax.Array] = None  # [BK, L, A, V] the thought path alone (unmixed)
+    sup_logits: Optional[jax.Array] = None      # [BK, L, J, V] logit lens of thought steps 1..J
+
+    @property
+    def thinking(self) -> bool:
+        return self.mixed_logits is not None
 
 
 class SilentStar(nnx.Module):
@@ -31,71 +44,64 @@ class SilentStar(nnx.Module):
 
     def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False,
                  n_thoughts: Optional[int] = None, think_idx_BQ=None, n_supervised: int = 0):
-        """Parallel forward over a batch of sequences (docs/design.md §3-§5).
+        """Parallel forward over a batch of sequences (docs/design.md §3-§5) -> Forward.
 
-        Returns a dict:
-          base_logits [B, L, V]      the plain GPT-2 logits (position t predicts x_{t+1})
-          mixed_logits [BK, L, A, V] thinking logits: chain at t, talk step s predicts x_{t+1+s}
-          mix_weight [BK, L, A], value [BK, L], logp [BK, L] (policy log-prob of the thoughts),
-          thoughts [BK, L, n, D] (thought inputs z), think_mask [BK, L] (positions that thought), sigma []
-        BK = B * n_samples: each sequence's chains are sampled n_samples times (rows b*K .. b*K+K-1).
         key None -> deterministic thoughts (z = mu), as in evaluation and generation.
-        thought_logits: also return thought_logits [BK, L, A, V], the thought path alone (unmixed).
+        thought_logits: also return the thought path alone (unmixed).
         n_thoughts: overrides thinking.n_thoughts (the parameters do not depend on it).
         think_idx_BQ: run chains only at these Q positions per row (index L = padding); elsewhere the
           outputs are the base model's (w = 0): the same losses when every scored target is covered.
-        n_supervised: also return sup_logits [BK, L, J, V], the logit lens of thought steps 1..J.
+        n_supervised: also return sup_logits, the logit lens of thought steps 1..J.
         """
         g = self.gpt2
         B, L = tokens_BL.shape
-        h0, (k0, v0) = g.forward_hidden(tokens_BL, attn_mask_BL)
-        out = {"base_logits": g.logits(h0)}
+        h0_BLD, (k0, v0) = g.forward_hidden(tokens_BL, attn_mask_BL)
+        base_logits = g.logits(h0_BLD)
         if self.heads is None:
-            return out
+            return Forward(base_logits=base_logits)
         cfg = self.think_cfg
         K, A = n_samples, cfg.n_ahead
+        BK = B * K
         n = cfg.n_thoughts if n_thoughts is None else n_thoughts
         rep = (lambda x, axis=0: jnp.repeat(x, K, axis=axis)) if K > 1 else (lambda x, axis=0: x)
-        tokens, h0 = rep(tokens_BL), rep(h0)
+        tokens_BL, h0_BLD = rep(tokens_BL), rep(h0_BLD)
         k0, v0 = rep(k0, 1), rep(v0, 1)
-        key_mask = jnp.ones((B * K, L), bool) if attn_mask_BL is None else rep(attn_mask_BL).astype(bool)
+        key_mask_BL = jnp.ones((BK, L), bool) if attn_mask_BL is None else rep(attn_mask_BL).astype(bool)
         if think_idx_BQ is None:                                            # every position thinks
-            idx = pos = jnp.broadcast_to(jnp.arange(L), (B * K, L))
+            idx_BQ = pos_BQ = jnp.broadcast_to(jnp.arange(L), (BK, L))
             take, put = (lambda x: x), (lambda full, part: part)
         else:                                                               # [BK, Q], L = padding
-            idx = rep(think_idx_BQ)
-            pos = jnp.minimum(idx, L - 1)
-            take = lambda x: jnp.take_along_axis(x, pos.reshape(pos.shape + (1,) * (x.ndim - 2)), axis=1)
-            put = lambda full, part: full.at[jnp.arange(B * K)[:, None], idx].set(part, mode="drop")
-        mask = (jnp.arange(L)[None, None, :] <= pos[:, :, None]) & key_mask[:, None, :]   # [BK, Q, L]
-        talk = jnp.stack([take(g.embed_tokens(shift_left(tokens, s))) for s in range(1, A)]) if A > 1 \
-            else jnp.zeros((0,) + pos.shape + (g.cfg.n_embd,))
+            idx_BQ = rep(think_idx_BQ)
+            pos_BQ = jnp.minimum(idx_BQ, L - 1)
+            take = lambda x: jnp.take_along_axis(x, pos_BQ.reshape(pos_BQ.shape + (1,) * (x.ndim - 2)), axis=1)
+            put = lambda full, part: full.at[jnp.arange(BK)[:, None], idx_BQ].set(part, mode="drop")
+        mask_BQL = (jnp.arange(L)[None, None, :] <= pos_BQ[:, :, None]) & key_mask_BL[:, None, :]
+        talk_ABQD = jnp.stack([take(g.embed_tokens(shift_left(tokens_BL, s))) for s in range(1, A)]) if A > 1 \
+            else jnp.zeros((0,) + pos_BQ.shape + (g.cfg.n_embd,))
         lay = cfg.layout(n)
         gc = g if not cfg.throttle else _grad_scaled(g, 1.0 / lay.n_steps)
-        h0_q = take(h0)
-        y, z, logp = run_chain(gc, self.heads, n, pos, k0, v0, mask[:, None], talk, key, h0_q,
-                               None if think_idx_BQ is None else L)
-        h0_s = jnp.stack([shift_left(h0, s) for s in range(A)], axis=2)     # [BK, L, A, D]
-        y_s = jnp.stack([y[i] for i in lay.mixed(cfg.mix_from)], axis=2)     # [BK, Q, A, D]
-        w = self.heads.mix_weight(take(h0_s), y_s)
+        y_SBQD, z_SBQD, logp_BQ = run_chain(gc, self.heads, n, pos_BQ, k0, v0, mask_BQL[:, None], talk_ABQD, key,
+                                            take(h0_BLD), None if think_idx_BQ is None else L)
+        h0_BLAD = jnp.stack([shift_left(h0_BLD, s) for s in range(A)], axis=2)
+        y_BQAD = jnp.stack([y_SBQD[i] for i in lay.mixed(cfg.mix_from)], axis=2)
+        w_BQA = self.heads.mix_weight(take(h0_BLAD), y_BQAD)
         # back to [BK, L, ...]: positions without a chain keep the base model (w = 0, no thoughts)
-        w = put(jnp.zeros((B * K, L, A), w.dtype), w)
-        y_s = put(h0_s, y_s)
-        mixed = (1 - w[..., None]) * h0_s + w[..., None] * y_s
-        z_thoughts = z[lay.thoughts.start:lay.thoughts.stop]
-        thoughts = put(jnp.zeros((B * K, L, n, g.cfg.n_embd), z.dtype), jnp.moveaxis(z_thoughts, 0, 2))
-        out.update(mixed_logits=g.logits(mixed), mix_weight=w, value=self.heads.value(h0),
-                   logp=put(jnp.zeros((B * K, L), logp.dtype), logp), thoughts=thoughts,
-                   think_mask=put(jnp.zeros((B * K, L), bool), jnp.ones(pos.shape, bool)),
-                   sigma=jnp.exp(self.heads.sigma_log()).mean())
-        if thought_logits:
-            out["thought_logits"] = g.logits(y_s)
+        w_BLA = put(jnp.zeros((BK, L, A), w_BQA.dtype), w_BQA)
+        y_BLAD = put(h0_BLAD, y_BQAD)
+        mixed_BLAD = (1 - w_BLA[..., None]) * h0_BLAD + w_BLA[..., None] * y_BLAD
+        z_BQnD = jnp.moveaxis(z_SBQD[lay.thoughts.start:lay.thoughts.stop], 0, 2)
         J = min(n_supervised, n)
+        sup_logits = None
         if J:
-            y_sup = jnp.moveaxis(y[lay.thoughts.start:lay.thoughts.start + J], 0, 2)     # thought steps 1..J
-            y_sup = put(jnp.zeros((B * K, L, J, g.cfg.n_embd), y.dtype), y_sup)
-            out["sup_logits"] = g.logits(y_sup)                                # [BK, L, J, V]
-        return out
+            y_sup_BQJD = jnp.moveaxis(y_SBQD[lay.thoughts.start:lay.thoughts.start + J], 0, 2)
+            sup_logits = g.logits(put(jnp.zeros((BK, L, J, g.cfg.n_embd), y_SBQD.dtype), y_sup_BQJD))
+        return Forward(
+            base_logits=base_logits, mixed_logits=g.logits(mixed_BLAD), mix_weight=w_BLA,
+            value=self.heads.value(h0_BLD), logp=put(jnp.zeros((BK, L), logp_BQ.dtype), logp_BQ),
+            thoughts=put(jnp.zeros((BK, L, n, g.cfg.n_embd), z_SBQD.dtype), z_BQnD),
+            think_mask=put(jnp.zeros((BK, L), bool), jnp.ones(pos_BQ.shape, bool)),
+            sigma=jnp.exp(self.heads.sigma_log()).mean(),
+            thought_logits=g.logits(y_BLAD) if thought_logits else None, sup_logits=sup_logits)
 
     def think_at(self, h0_BD, cache, pos, n_thoughts: Optional[int] = None, trace_top_k: int = 0):
         """Generation: the chain (start, n thoughts, end) for one position `pos` per row, against the

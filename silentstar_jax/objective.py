@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
+from silentstar_jax.align import lookahead, shift_left
 from silentstar_jax.config import LossConfig, ThinkingConfig
-from silentstar_jax.model import shift_left
+from silentstar_jax.model import Forward
 
 sg = jax.lax.stop_gradient
 
@@ -18,11 +20,6 @@ sg = jax.lax.stop_gradient
 def token_logprob(logits, targets):
     """log p(target) under logits [..., V]; targets [...]."""
     return jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
-
-
-def lookahead(x_BL, A: int, fill=0):
-    """[B, L, A]: x_{t+1+s} at (t, s)."""
-    return jnp.stack([shift_left(x_BL, 1 + s, fill) for s in range(A)], axis=-1)
 
 
 def masked_mean(x, w):
@@ -66,26 +63,38 @@ def advantages(r_BL, v_BL, pos_mask, cfg: ThinkingConfig, K: int):
     return sg(a)
 
 
-def per_position(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig) -> dict:
-    """Per-(position, look-ahead) quantities [BK, L(, A)] behind the losses; rows repeated K times."""
+@struct.dataclass
+class PerPosition:
+    """Per-(position, look-ahead) quantities behind the losses; rows repeated K times (BK = B*K)."""
+    targets_BLA: jax.Array      # [BK, L, A] x_{t+1+s}
+    weights_BLA: jax.Array      # [BK, L, A] each target's weight
+    lp_mix_BLA: jax.Array       # [BK, L, A] log p(target) under the mixed logits
+    hit_mix_BLA: jax.Array      # [BK, L, A] argmax == target
+    lp_base_BLA: jax.Array      # [BK, L, A] the base model's log p of the same target (no gradient)
+    r_BL: jax.Array             # [BK, L] reward
+    pos_mask_BL: jax.Array      # [BK, L] positions with every look-ahead target (policy/value terms)
+    K: int = struct.field(pytree_node=False, default=1)
+
+
+def per_position(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig) -> PerPosition:
     A = tcfg.n_ahead
-    K = out["mixed_logits"].shape[0] // tokens.shape[0]
+    K = out.mixed_logits.shape[0] // tokens.shape[0]
     rep = (lambda x: jnp.repeat(x, K, axis=0)) if K > 1 else (lambda x: x)
     targets = rep(lookahead(tokens, A))                                     # [BK, L, A]
     weights = rep(target_weights(attn_mask, loss_mask, A))
-    base_logits = out["base_logits"]
-    lp_base = rep(token_logprob(base_logits, targets[::K, :, 0]))
-    hit_base = rep((jnp.argmax(base_logits, -1) == targets[::K, :, 0]).astype(jnp.float32))
+    next_BL = targets[::K, :, 0]
+    lp_base = rep(token_logprob(out.base_logits, next_BL))
+    hit_base = rep((jnp.argmax(out.base_logits, -1) == next_BL).astype(jnp.float32))
     # base log-prob / hit of x_{t+1+s} is the base model's prediction at position t+s
     lp_base_s = sg(jnp.stack([shift_left(lp_base, s) for s in range(A)], -1))
     hit_base_s = jnp.stack([shift_left(hit_base, s) for s in range(A)], -1)
-    lp_mix = token_logprob(out["mixed_logits"], targets)
-    hit_mix = (jnp.argmax(out["mixed_logits"], -1) == targets).astype(jnp.float32)
+    lp_mix = token_logprob(out.mixed_logits, targets)
+    hit_mix = (jnp.argmax(out.mixed_logits, -1) == targets).astype(jnp.float32)
     r = rewards(lp_mix, lp_base_s, hit_mix, hit_base_s, weights, tcfg.reward)
     complete = lookahead(attn_mask.astype(jnp.float32), A)[..., -1]         # all A targets exist
     pos_mask = rep(attn_mask.astype(jnp.float32) * complete) * (weights.sum(-1) > 0)
-    return dict(K=K, targets=targets, lp_mix=lp_mix, hit_mix=hit_mix, lp_base_s=lp_base_s, weights=weights,
-                w0=weights[..., 0], r=r, pos_mask=pos_mask)
+    return PerPosition(targets_BLA=targets, weights_BLA=weights, lp_mix_BLA=lp_mix, hit_mix_BLA=hit_mix,
+                       lp_base_BLA=lp_base_s, r_BL=r, pos_mask_BL=pos_mask, K=K)
 
 
 def supervision_loss(sup_logits_BLJV, thought_targets_BLJ):
@@ -112,49 +121,47 @@ def supervision_weight(lcfg: LossConfig, step, total_steps: int):
     return lcfg.thought_supervision * jnp.clip((end - frac) / (end - start), 0.0, 1.0)
 
 
-def compute_loss(out: dict, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, lcfg: LossConfig,
+def compute_loss(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, lcfg: LossConfig,
                  thought_targets=None, sup_weight=0.0):
-    """Total loss and metrics from the forward outputs `out` (see SilentStar.__call__).
+    """Total loss and a dict of every metric, from the forward outputs (model.Forward).
     thought_targets [B, L, J] and sup_weight (a traced scalar): the thought supervision term."""
-    base_logits = out["base_logits"]
     next_token = shift_left(tokens, 1)
     w0 = target_weights(attn_mask, loss_mask, 1)[..., 0]
-    lp_base = token_logprob(base_logits, next_token)                        # [B, L]
-    hit_base = (jnp.argmax(base_logits, -1) == next_token).astype(jnp.float32)
+    lp_base = token_logprob(out.base_logits, next_token)                    # [B, L]
+    hit_base = (jnp.argmax(out.base_logits, -1) == next_token).astype(jnp.float32)
     loss_base = -masked_mean(lp_base, w0)
     metrics = {"loss_base": loss_base, "acc_base": masked_mean(hit_base, w0)}
-    if "mixed_logits" not in out:
+    if not out.thinking:
         metrics["loss"] = lcfg.base * loss_base
         return metrics["loss"], metrics
 
     p = per_position(out, tokens, attn_mask, loss_mask, tcfg)
-    lp_mix, hit_mix, weights, w0, r, pos_mask = (p[k] for k in ("lp_mix", "hit_mix", "weights", "w0", "r", "pos_mask"))
-    K = p["K"]
-    loss_think = -masked_mean(lp_mix, weights)
-    v = out["value"]
-    loss_value = masked_mean(jnp.square(v - r), pos_mask)
-    a = advantages(r, v, pos_mask, tcfg, K)
+    weights, r, pos_mask = p.weights_BLA, p.r_BL, p.pos_mask_BL
+    w0 = weights[..., 0]
+    loss_think = -masked_mean(p.lp_mix_BLA, weights)
+    loss_value = masked_mean(jnp.square(out.value - r), pos_mask)
+    a = advantages(r, out.value, pos_mask, tcfg, p.K)
     use_policy = tcfg.feedback == "latent" and tcfg.estimator in ("reinforce", "both")
-    loss_policy = -masked_mean(a * out["logp"], pos_mask) if use_policy else jnp.zeros(())
+    loss_policy = -masked_mean(a * out.logp, pos_mask) if use_policy else jnp.zeros(())
 
     total = lcfg.base * loss_base + lcfg.think * loss_think + lcfg.policy * loss_policy + lcfg.value * loss_value
-    if "thought_logits" in out:
-        loss_thought = -masked_mean(token_logprob(out["thought_logits"], p["targets"]), weights)
+    if out.thought_logits is not None:
+        loss_thought = -masked_mean(token_logprob(out.thought_logits, p.targets_BLA), weights)
         total = total + lcfg.thought * loss_thought
         metrics["loss_thought"] = loss_thought
-    if "sup_logits" in out and thought_targets is not None and thought_targets.shape[-1]:
-        loss_sup, per_j = supervision_loss(out["sup_logits"], thought_targets)
+    if out.sup_logits is not None and thought_targets is not None and thought_targets.shape[-1]:
+        loss_sup, per_j = supervision_loss(out.sup_logits, thought_targets)
         total = total + sup_weight * loss_sup
         metrics.update(loss_sup=loss_sup, sup_weight=jnp.asarray(sup_weight, jnp.float32),
                        **{f"sup_ce_{j + 1}": v for j, v in enumerate(per_j)})
-    acc_think = masked_mean(hit_mix[..., 0], w0)
-    n = out["thoughts"].shape[2]
+    acc_think = masked_mean(p.hit_mix_BLA[..., 0], w0)
+    n = out.thoughts.shape[2]
     metrics.update(
         loss=total, loss_think=loss_think, loss_policy=loss_policy, loss_value=loss_value,
-        ce_think=-masked_mean(lp_mix[..., 0], w0), reward=masked_mean(r, pos_mask),
+        ce_think=-masked_mean(p.lp_mix_BLA[..., 0], w0), reward=masked_mean(r, pos_mask),
         advantage=masked_mean(a, pos_mask), value_error=jnp.sqrt(loss_value),
-        mix_weight=masked_mean(out["mix_weight"][..., 0], w0), sigma=out["sigma"],
-        thought_norm=masked_mean(jnp.linalg.norm(out["thoughts"], axis=-1).mean(-1), out["think_mask"])
+        mix_weight=masked_mean(out.mix_weight[..., 0], w0), sigma=out.sigma,
+        thought_norm=masked_mean(jnp.linalg.norm(out.thoughts, axis=-1).mean(-1), out.think_mask)
         if n else jnp.zeros(()),
         acc_think=acc_think, thinking_gain=acc_think - metrics["acc_base"])
     return total, metrics

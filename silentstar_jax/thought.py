@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from silentstar_jax.attention import chain_attention
-from silentstar_jax.config import ChainLayout, ModelConfig, ThinkingConfig
+from silentstar_jax.config import ChainLayout, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
+from silentstar_jax.sharding import ThinkParam, param
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -43,21 +44,24 @@ class ThoughtHeads(nnx.Module):
         rows = jax.random.choice(rngs.params(), wte.shape[0], (3,), replace=False)
         scale = cfg.emb_grad_scale
         # start/end/pause begin as real token embeddings: in-distribution inputs for a pretrained model
-        self.start = nnx.Param(wte[rows[0]] / scale)
-        self.end = nnx.Param(wte[rows[1]] / scale)
-        self.pause = nnx.Param(wte[rows[2]] / scale)
+        tp = lambda value, *axes: param(value, axes, ThinkParam)
+        self.start = tp(wte[rows[0]] / scale, "embed")
+        self.end = tp(wte[rows[1]] / scale, "embed")
+        self.pause = tp(wte[rows[2]] / scale, "embed")
         # P maps an ln_f output (RMS ~ |ln_f scale|) to the RMS of token embeddings, near identity
         ln_rms = jnp.sqrt(jnp.mean(jnp.square(gpt2.ln_f_scale[...])))
-        self.proj_kernel = nnx.Param(jnp.eye(D) * (emb_rms / ln_rms))
-        self.proj_bias = nnx.Param(jnp.zeros((D,)))
-        self.log_sigma = nnx.Param(jnp.full((D,) if cfg.sigma_per_dim else (), jnp.log(cfg.sigma_init * emb_rms)))
+        self.proj_kernel = tp(jnp.eye(D) * (emb_rms / ln_rms), "think_in", "embed")
+        self.proj_bias = tp(jnp.zeros((D,)), "embed")
+        sigma_axes = ("embed",) if cfg.sigma_per_dim else ()
+        self.log_sigma = tp(jnp.full((D,) if cfg.sigma_per_dim else (), jnp.log(cfg.sigma_init * emb_rms)), *sigma_axes)
         normal = lambda shape, std: std * jax.random.normal(rngs.params(), shape)
         H = max(D // 4, 1)
-        self.mix_w1, self.mix_b1 = nnx.Param(normal((2 * D, D), 0.02)), nnx.Param(jnp.zeros((D,)))
+        self.mix_w1, self.mix_b1 = tp(normal((2 * D, D), 0.02), "think_in", "embed"), tp(jnp.zeros((D,)), "embed")
         # zero last layer + negative bias: w = sigmoid(bias) ~ 0 whatever the input, i.e. the base model
-        self.mix_w2, self.mix_b2 = nnx.Param(jnp.zeros((D, 1))), nnx.Param(jnp.full((1,), cfg.mix_init_bias, jnp.float32))
-        self.value_w1, self.value_b1 = nnx.Param(normal((D, H), 0.02)), nnx.Param(jnp.zeros((H,)))
-        self.value_w2, self.value_b2 = nnx.Param(jnp.zeros((H, 1))), nnx.Param(jnp.zeros((1,)))
+        self.mix_w2 = tp(jnp.zeros((D, 1)), "embed", "think_out")
+        self.mix_b2 = tp(jnp.full((1,), cfg.mix_init_bias, jnp.float32), "think_out")
+        self.value_w1, self.value_b1 = tp(normal((D, H), 0.02), "embed", "think_hidden"), tp(jnp.zeros((H,)), "think_hidden")
+        self.value_w2, self.value_b2 = tp(jnp.zeros((H, 1)), "think_hidden", "think_out"), tp(jnp.zeros((1,)), "think_out")
 
     def embedding(self, name: str):
         return self.cfg.emb_grad_scale * getattr(self, name)[...]

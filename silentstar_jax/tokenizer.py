@@ -39,15 +39,24 @@ class ByteTokenizer:
         return self._special.get(token_id, f"<|{token_id}|>")
 
 
+# Any one of these lets AutoTokenizer build a real vocabulary; without them it quietly returns a
+# tokenizer that knows only its special tokens and encodes every prompt to nothing.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model")
+
+
 class HFTokenizer:
     """transformers.AutoTokenizer from a local directory or a hub name."""
 
     def __init__(self, name_or_path: str):
+        if os.path.isdir(name_or_path) and not any(
+                os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
+            raise UserError(f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt); "
+                            "copy them from the model's original directory")
         from transformers import AutoTokenizer
         try:
             self._tok = AutoTokenizer.from_pretrained(name_or_path)
         except Exception as e:  # noqa: BLE001 - HF raises many types; the user needs one line
-            reason = str(e).splitlines()[0]
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UserError(f"could not load a tokenizer from {name_or_path!r}: {reason}") from None
         self.name = name_or_path
         self.vocab_size = len(self._tok)

@@ -14,7 +14,6 @@ from silentstar_jax.errors import UserError
 from silentstar_jax.objective import compute_loss, supervision_weight, target_weights
 
 BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
-MIN_SHARDED_SIZE = 1024         # smaller parameters are replicated: sharding them saves nothing
 
 
 def make_mesh(m: MeshConfig) -> Mesh:
@@ -26,37 +25,18 @@ def make_mesh(m: MeshConfig) -> Mesh:
     return Mesh(devices, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
-def param_spec(shape, fsdp: int) -> P:
-    """Shard the largest dimension divisible by the fsdp size; small or indivisible arrays replicate."""
-    if fsdp <= 1 or int(np.prod(shape)) < MIN_SHARDED_SIZE:
-        return P()
-    dims = [i for i, s in enumerate(shape) if s % fsdp == 0]
-    if not dims:
-        return P()
-    best = max(dims, key=lambda i: (shape[i], i))
-    return P(*[("fsdp" if i == best else None) for i in range(len(shape))])
-
-
-def state_shardings(tree, mesh: Mesh):
-    fsdp = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x.shape, fsdp)), tree)
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def is_thinking_path(path) -> bool:
-    return any(getattr(k, "key", None) == "heads" for k in path)
-
-
-def make_optimizer(cfg: Config, params) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(cfg: Config, params, labels) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with warmup + cosine; `labels` (sharding.param_labels) puts ThinkParams in their own
+    learning-rate group (optim.thinking_lr_mult)."""
     o = cfg.optim
     sched = optax.warmup_cosine_decay_schedule(
         0.0, o.lr, min(o.warmup_steps, max(cfg.train.steps - 1, 0)), max(cfg.train.steps, 1), o.lr * o.min_lr_ratio)
     think_sched = lambda step: sched(step) * o.thinking_lr_mult
     decay_mask = jax.tree.map(lambda x: x.ndim >= 2, params)          # no decay on biases, norms, vectors
-    labels = jax.tree_util.tree_map_with_path(lambda p, _: "think" if is_thinking_path(p) else "base", params)
     adamw = lambda lr: optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                      optax.multi_transform({"base": adamw(sched), "think": adamw(think_sched)}, labels))
@@ -111,7 +91,8 @@ def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
 def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard, batch_keys=None,
                     n_think_pos: int = 0):
     """jit(step)(params, opt_state, batch [accum*B, T], step, n_thoughts) -> (params, opt_state, metrics).
-    n_thoughts is static: one compiled program per count (thinking.n_thoughts_train draws a few)."""
+    n_thoughts is static: one compiled program per count (thinking.n_thoughts_train draws a few).
+    metrics["nonfinite"] = 1: this step's update was not applied (non-finite loss/gradient/parameters)."""
     loss_fn = make_loss_fn(graphdef, cfg, n_think_pos)
     accum = cfg.train.grad_accum
     base_key = jax.random.key(cfg.run.seed)
@@ -133,10 +114,16 @@ def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_sha
             grads, metrics = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
             grads = jax.tree.map(lambda g: g / accum, grads)
             metrics = jax.tree.map(jnp.mean, metrics)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=sched(step_idx))
-        return params, opt_state, metrics
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        # a non-finite loss, gradient or updated parameter: the update is not applied (the trainer
+        # stops or skips, train.on_nonfinite), so non-finite parameters never exist, nor get saved
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.global_norm(grads)) & \
+            jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_params)]))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=sched(step_idx),
+                       nonfinite=1.0 - finite.astype(jnp.float32))
+        return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
     b_shard = {k: batch_sharding(mesh) for k in (batch_keys or ("tokens", "attn_mask", "loss_mask"))}
     return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None), out_shardings=(p_shard, o_shard, None),

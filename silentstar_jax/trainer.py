@@ -19,12 +19,14 @@ from flax import nnx
 from silentstar_jax import config as C
 from silentstar_jax.checkpoint import Checkpointer, abstract_like
 from silentstar_jax.data import build_data
-from silentstar_jax.errors import UserError
+from silentstar_jax.errors import NonFiniteError, UserError
 from silentstar_jax.evaluate import evaluate, make_eval_fn
 from silentstar_jax.model import SilentStar
+from silentstar_jax.run_dir import RunLock, config_changes, make_run_dir, read_saved_config, truncate_log
+from silentstar_jax.sharding import opt_state_specs, param_labels, param_specs, shardings
 from silentstar_jax.tokenizer import load_tokenizer
 from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
-                                       n_think_positions, n_thoughts_at, state_shardings)
+                                       n_think_positions, n_thoughts_at)
 
 BATCH_KEYS = ("tokens", "attn_mask", "loss_mask", "thought_targets")
 
@@ -114,13 +116,15 @@ class Run:
         model = create_model(cfg, self.tok)
         self.graphdef, state = nnx.split(model)
         params = state.to_pure_dict()
-        self.tx, self.sched = make_optimizer(cfg, params)
-        self.p_shard = state_shardings(params, self.mesh)
-        self.o_shard = state_shardings(jax.eval_shape(self.tx.init, params), self.mesh)
+        self.tx, self.sched = make_optimizer(cfg, params, param_labels(state))
+        p_specs = param_specs(state, dict(self.mesh.shape))
+        self.p_shard = shardings(p_specs, self.mesh)
+        self.o_shard = shardings(opt_state_specs(self.tx, params, p_specs), self.mesh)
         self.params = jax.device_put(params, self.p_shard)
         self.opt_state = jax.jit(self.tx.init, out_shardings=self.o_shard)(self.params)
         self.data, self.eval_rows = build_data(cfg, self.tok)
         self.step = 0
+        make_run_dir(self.out_dir)
         self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep,
                                  cfg.checkpoint.async_save)
         self._bshard = batch_sharding(self.mesh)
@@ -128,12 +132,16 @@ class Run:
         self.wall_s = 0.0   # training wall time over every session of this run (saved in checkpoints)
 
     # ---------------------------------------------------------------- checkpoints
-    def restore_latest(self) -> bool:
-        step = self.ckpt.latest_step()
-        if step is None:
+    def restore_latest(self, warn=None, set_aside: bool = False) -> bool:
+        """The newest checkpoint that restores and verifies (damaged newer ones are skipped with a
+        warning, and moved aside if set_aside); False if the run has none."""
+        warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        p_target = abstract_like(self.params, self.p_shard)
+        o_target = abstract_like(self.opt_state, self.o_shard)
+        found = self.ckpt.restore_newest_valid(lambda s: self.ckpt.restore(s, p_target, o_target), warn, set_aside)
+        if found is None:
             return False
-        params, opt, meta = self.ckpt.restore(step, abstract_like(self.params, self.p_shard),
-                                              abstract_like(self.opt_state, self.o_shard))
+        params, opt, meta = found[1]
         self.params, self.opt_state, self.step = params, opt, int(meta["step"])
         self.wall_s = float(meta.get("wall_s", 0.0))
         self.data.restore(meta["data"])
@@ -142,7 +150,46 @@ class Run:
     def save(self) -> None:
         meta = {"step": self.step, "seed": self.cfg.run.seed, "data": self.data.state, "wall_s": self.wall_s,
                 "config": C.to_dict(self.cfg)}
-        self.ckpt.save(self.step, self.params, self.opt_state, meta)
+        try:
+            self.ckpt.save(self.step, self.params, self.opt_state, meta)
+        except OSError as e:
+            older = [s for s in self.ckpt.all_steps() if s < self.step]
+            kept = f"the newest earlier checkpoint (step {older[0]}) is intact" if older else "no earlier checkpoint"
+            raise UserError(f"saving checkpoint step {self.step} in {self.ckpt.directory} failed "
+                            f"({e.strerror or e}); {kept}") from None
+
+    def _check_config(self, say) -> None:
+        """Before anything is written: a resumed run may change only RESUMABLE settings."""
+        saved = read_saved_config(self.out_dir)
+        if saved is None or not self.ckpt.all_steps():
+            return
+        current = yaml.safe_load(C.dump_yaml(self.cfg))
+        allowed, refused = config_changes(saved, current)
+        if refused:
+            raise UserError(f"{self.out_dir} holds checkpoints of another setup ({'; '.join(refused)}): "
+                            "resuming would change what they mean; set these back, or train in a new run.out_dir")
+        if allowed:
+            say(f"resuming with changed settings: {'; '.join(allowed)}")
+
+    def _check_finite(self, pending: list) -> None:
+        """pending: (step, nonfinite flag) since the last check; one device read for all of them."""
+        if not pending:
+            return
+        flags = jax.device_get([f for _, f in pending])
+        bad = [s for (s, _), f in zip(pending, flags) if f > 0]
+        pending.clear()
+        if not bad:
+            return
+        if self.cfg.train.on_nonfinite == "skip":
+            self.skipped += len(bad)
+            print(f"warning: non-finite loss or gradients at step(s) {', '.join(map(str, bad))}: "
+                  f"update(s) skipped ({self.skipped} so far)", file=sys.stderr)
+            return
+        newest = self.ckpt.latest_step()
+        raise NonFiniteError(
+            f"non-finite loss or gradients at step {bad[0]}: the update was not applied and training stopped "
+            f"({'newest checkpoint: step ' + str(newest) if newest is not None else 'no checkpoint written'}); "
+            "lower optim.lr, or set train.on_nonfinite=skip to skip such batches")
 
     def put_batch(self, rows: dict):
         """Global batch -> arrays sharded over the mesh. Every process builds the same global batch
@@ -184,15 +231,28 @@ class Run:
     def train(self, console=None, stop_after: Optional[int] = None) -> dict:
         """Train to train.steps (or stop, with a checkpoint, after `stop_after` steps of this session)."""
         from rich.console import Console
+        console = console or Console(stderr=True)
+        say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)   # one line each
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.ckpt.close)
+            if jax.process_index() == 0:
+                lock = stack.enter_context(RunLock(self.out_dir))
+                if lock.previous_owner:
+                    say(f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
+                        "which ended without releasing it")
+            self._check_config(say)
+            if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=True):
+                say(f"resuming {self.out_dir} from step {self.step}")
+            for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what comes after the restore
+                truncate_log(os.path.join(self.out_dir, log), self.step)
+            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+                f.write(C.dump_yaml(self.cfg))
+            return self._train_loop(console, stack, stop_after)
+
+    def _train_loop(self, console, stack: contextlib.ExitStack, stop_after: Optional[int]) -> dict:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         from tensorboardX import SummaryWriter
-        console = console or Console(stderr=True)
         cfg, tc = self.cfg, self.cfg.train
-        os.makedirs(self.out_dir, exist_ok=True)
-        with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
-            f.write(C.dump_yaml(cfg))
-        if self.restore_latest():
-            console.print(f"resuming {self.out_dir} from step {self.step}")
         step_fn = self._step_fn()
         tokens_per_step = tc.batch_size * tc.grad_accum * (tc.seq_len + 1)
         live = console.is_terminal
@@ -202,46 +262,49 @@ class Run:
         task = progress.add_task("train", total=tc.steps, completed=self.step, info="compiling...")
         t_session, wall_before = time.perf_counter(), self.wall_s
         t_last, steps_since, first_step = t_session, 0, self.step
-        with contextlib.ExitStack() as stack:
-            writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
-            stack.callback(writer.close)
-            stack.callback(self.ckpt.close)
-            metrics_f = stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a"))
-            stopper = stack.enter_context(_Stopper())
-            stack.enter_context(progress)
-            while self.step < tc.steps and not stopper.stop:
-                if stop_after is not None and self.step - first_step >= stop_after:
-                    stopper.stop = True
-                    break
-                batch = self.put_batch(next(self.data))
-                n = n_thoughts_at(cfg, self.step) if cfg.thinking.enabled else None
-                self.params, self.opt_state, metrics = step_fn(self.params, self.opt_state, batch, self.step, n)
-                self.step += 1
-                self.wall_s = wall_before + time.perf_counter() - t_session
-                steps_since += 1
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
-                    now = time.perf_counter()
-                    info = self._log_step(metrics, steps_since * tokens_per_step / (now - t_last), metrics_f, writer)
-                    t_last, steps_since = now, 0
-                    progress.update(task, completed=self.step, info=info)
-                    if not live:
-                        console.print(f"step {self.step}/{tc.steps}  {info}")
-                if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
-                    self._log_eval(self.evaluate(), writer)
-                if tc.save_every and self.step % tc.save_every == 0:
-                    self.save()
-            if self.ckpt.latest_step() != self.step:
+        pending, self.skipped = [], 0         # (step, non-finite flag) not yet read back
+        writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
+        stack.callback(writer.close)
+        metrics_f = stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a"))
+        stopper = stack.enter_context(_Stopper())
+        stack.enter_context(progress)
+        while self.step < tc.steps and not stopper.stop:
+            if stop_after is not None and self.step - first_step >= stop_after:
+                stopper.stop = True
+                break
+            batch = self.put_batch(next(self.data))
+            n = n_thoughts_at(cfg, self.step) if cfg.thinking.enabled else None
+            self.params, self.opt_state, metrics = step_fn(self.params, self.opt_state, batch, self.step, n)
+            self.step += 1
+            pending.append((self.step, metrics["nonfinite"]))
+            self.wall_s = wall_before + time.perf_counter() - t_session
+            steps_since += 1
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                self._check_finite(pending)
+                now = time.perf_counter()
+                info = self._log_step(metrics, steps_since * tokens_per_step / (now - t_last), metrics_f, writer)
+                t_last, steps_since = now, 0
+                progress.update(task, completed=self.step, info=info)
+                if not live:
+                    console.print(f"step {self.step}/{tc.steps}  {info}")
+            if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
+                self._log_eval(self.evaluate(), writer)
+            if tc.save_every and self.step % tc.save_every == 0:
+                self._check_finite(pending)
                 self.save()
-            self.ckpt.wait()
-            if stopper.stop:
-                console.print(f"stopped at step {self.step}; checkpoint saved in {self.out_dir}/checkpoints")
-                return {}
-            return self.finish_eval(console, writer)
+        self._check_finite(pending)
+        if self.ckpt.latest_step() != self.step:
+            self.save()
+        self.ckpt.wait()
+        if stopper.stop:
+            console.print(f"stopped at step {self.step}; checkpoint saved in {self.out_dir}/checkpoints")
+            return {}
+        return self.finish_eval(console, writer)
 
     def _log_eval(self, result: dict, writer=None) -> None:
         """One line of evals.jsonl (held-out metrics vs step) and the TensorBoard scalars."""
         with open(os.path.join(self.out_dir, "evals.jsonl"), "a") as f:
-            f.write(json.dumps({"step": self.step, **result}) + "\n")
+            f.write(json.dumps(_json_safe({"step": self.step, **result}), allow_nan=False) + "\n")
         if writer is not None:
             for path, vals in result.items():
                 for k, v in vals.items():
@@ -249,14 +312,28 @@ class Run:
 
     def finish_eval(self, console, writer=None, name: str = "eval.json") -> dict:
         result = self.evaluate()
-        with open(os.path.join(self.out_dir, name), "w") as f:
-            json.dump({"step": self.step, "wall_s": self.wall_s, **result}, f, indent=2)
-        if writer is not None:   # the end of training: the last point of the eval history
-            self._log_eval(result, writer)
         from rich.console import Console
         _print_eval_table(result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}",
                           Console(file=sys.stdout))
+        path = os.path.join(self.out_dir, name)
+        try:
+            with open(path, "w") as f:
+                json.dump(_json_safe({"step": self.step, "wall_s": self.wall_s, **result}), f, indent=2,
+                          allow_nan=False)
+        except OSError as e:
+            raise UserError(f"{path}: cannot write the evaluation ({e.strerror}); it is printed above") from None
+        if writer is not None:   # the end of training: the last point of the eval history
+            self._log_eval(result, writer)
         return result
+
+
+def _json_safe(x):
+    """Non-finite floats -> null (JSON has no NaN; a diverged evaluation stays readable)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
 
 
 def latest_run(root: str = "runs") -> Optional[str]:
@@ -274,22 +351,32 @@ def load_run(path: str):
     run_dir = path
     if os.path.basename(os.path.normpath(path)).isdigit():          # .../checkpoints/<step>
         run_dir = os.path.dirname(os.path.dirname(os.path.normpath(path)))
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(cfg_path):
+    raw = read_saved_config(run_dir)
+    if raw is None:
         raise UserError(f"{path}: not a training run (no config.yaml)")
-    with open(cfg_path) as f:
-        cfg = C.from_dict(yaml.safe_load(f))
+    cfg = C.from_dict(raw)
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.keep)
-    step = int(os.path.basename(os.path.normpath(path))) if run_dir != path else ckpt.latest_step()
-    if step is None:
+    steps = ckpt.all_steps()
+    if not steps:
         raise UserError(f"{run_dir}: no checkpoint yet")
+    wanted = int(os.path.basename(os.path.normpath(path))) if run_dir != path else None
+    if wanted is not None and wanted not in steps:
+        raise UserError(f"{path}: no checkpoint at step {wanted} (this run has steps {sorted(steps)})")
     tok = tokenizer_for(cfg)
     cfg_nohub = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
     model = nnx.eval_shape(lambda: create_model(cfg_nohub))
     graphdef, state = nnx.split(model)
     pure = state.to_pure_dict()
     mesh = make_mesh(C.MeshConfig(data=1, fsdp=1))
-    target = abstract_like(pure, state_shardings(pure, mesh))
-    params, _ = ckpt.restore_params(step, target)
+    target = abstract_like(pure, shardings(param_specs(state, dict(mesh.shape)), mesh))
+    if wanted is not None:
+        try:
+            params, _ = ckpt.restore_params(wanted, target)
+        except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged data
+            raise UserError(f"{path}: checkpoint is damaged ({str(e).strip().splitlines()[0][:160]})") from None
+        step = wanted
+    else:
+        warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)
+        step, (params, _) = ckpt.restore_newest_valid(lambda s: ckpt.restore_params(s, target), warn)
     ckpt.close()
     return nnx.merge(graphdef, params), tok, cfg, step

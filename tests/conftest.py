@@ -39,6 +39,23 @@ def run_cli(script: str, *args: str, timeout: int = 300, cwd: str = ROOT, stdin=
                           timeout=timeout, cwd=cwd, env=env, stdin=stdin if stdin is not None else subprocess.DEVNULL)
 
 
+# A micro thinking run (3 steps) for the generation tests; its context is the caller's n_positions.
+MICRO_RUN = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+             "data.digits_a=2", "data.digits_b=1", "data.n_train=256", "data.n_eval=16",
+             "train.batch_size=8", "train.seq_len=8", "train.steps=3", "train.log_every=1",
+             "thinking.n_thoughts=2", "mesh.data=1", "checkpoint.async_save=false"]
+
+
+def train_micro_run(tmp_path_factory, n_positions: int) -> str:
+    from silentstar_jax import config as C
+    from silentstar_jax.trainer import Run
+    out = tmp_path_factory.mktemp("runs") / "micro"
+    cfg = C.load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
+                        MICRO_RUN + [f"model.n_positions={n_positions}", f"run.out_dir={out}"])
+    Run(cfg).train()
+    return str(out)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _fresh_jax_caches():
     """Drop compiled programs after each test module: one long pytest process otherwise keeps every

@@ -31,7 +31,7 @@ def test_export_loads_in_transformers_with_base_logits(run_dir, tmp_path):
     assert "thinking heads" in lines[0] and "not part of the exported model" in lines[0]
     model, tok, _, _ = load_run(run_dir)
     ids = tok.encode("47*6=282")
-    ours = np.asarray(model(jnp.asarray([ids]))["base_logits"])
+    ours = np.asarray(model(jnp.asarray([ids])).base_logits)
     hf = GPT2LMHeadModel.from_pretrained(str(out)).eval()
     with torch.no_grad():
         theirs = hf(torch.tensor([ids])).logits.numpy()

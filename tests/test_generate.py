@@ -4,30 +4,17 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from conftest import ROOT, run_cli
-from silentstar_jax import config as C
+from conftest import ROOT, run_cli, train_micro_run
 from silentstar_jax.generation import Generator, score
 from silentstar_jax.sampling import SamplingConfig
 from test_thinking import make_model
 
-GEN_RUN = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=160",
-           "data.digits_a=2", "data.digits_b=1", "data.n_train=256", "data.n_eval=16",
-           "train.batch_size=8", "train.seq_len=8", "train.steps=3", "train.log_every=1",
-           "thinking.n_thoughts=2", "mesh.data=1", "checkpoint.async_save=false"]
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from silentstar_jax.trainer import Run
-    out = tmp_path_factory.mktemp("runs") / "micro"
-    Run(C.load_config(os.path.join(ROOT, "configs", "tiny.yaml"), GEN_RUN + [f"run.out_dir={out}"])).train()
-    return str(out)
+    return train_micro_run(tmp_path_factory, n_positions=160)
 
 
 @pytest.mark.parametrize("n", [2, 0])
@@ -155,3 +142,41 @@ def test_prompt_loop_in_a_terminal(run_dir):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_ctrl_c_while_the_first_token_compiles(run_dir):
+    """Fault: Ctrl-C during the first generation, while "Thinking…" shows (the first token still
+    importing and compiling JAX's lowering machinery), then another prompt. A KeyboardInterrupt raised
+    in there left JAX half initialised and the second generation died with "Dialect namespace 'mhlo' is
+    already registered". Promise: the first generation stops once that token is done, the second
+    generates text, Ctrl-C at the prompt asks again, bytes that are not UTF-8 get one error line, and
+    Ctrl-D leaves with status 0 and no traceback anywhere."""
+    import io
+    import re
+    pexpect = pytest.importorskip("pexpect")
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", COLUMNS="120")
+    child = pexpect.spawn(sys.executable, [os.path.join(ROOT, "generate.py"), "--checkpoint", run_dir,
+                                           "--max-new-tokens", "4"], env=env, cwd=ROOT, encoding="utf-8",
+                          codec_errors="replace", timeout=300)
+    seen = io.StringIO()
+    child.logfile_read = seen
+    child.expect("prompt> ")
+    child.sendline("12*34=")
+    child.expect("Thinking")                         # first prompt, first token not out yet
+    child.sendintr()
+    child.expect(r"\(stopped\)")
+    child.expect("prompt> ")
+    child.sendline("5*6=")
+    child.expect(r"(\d+) tokens, [\d.]+ tokens/s")
+    assert int(child.match.group(1)) >= 1
+    child.expect("prompt> ")
+    child.sendintr()                                 # Ctrl-C at the prompt: asked again
+    child.expect("prompt> ")
+    os.write(child.child_fd, b"\xff\xfe1*2=\r")      # not UTF-8
+    child.expect("not valid UTF-8")
+    child.expect("prompt> ")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, seen.getvalue()[-2000:]
+    assert "Traceback" not in seen.getvalue() and not re.search(r"\w+Error:", seen.getvalue())

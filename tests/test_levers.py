@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from silentstar_jax import model as model_lib
-from silentstar_jax.config import Config, LossConfig, ThinkingConfig, TrainConfig, load_config
+from silentstar_jax.config import Config, LossConfig, ThinkingConfig, load_config
 from silentstar_jax.generation import Generator, score
 from silentstar_jax.objective import compute_loss, supervision_loss, supervision_weight
 from silentstar_jax.sampling import SamplingConfig
@@ -44,13 +44,13 @@ def test_wiring_options_equal_sequential_reference(seed, mix_from):
     model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, chain="unrolled")
     toks = tokens(B=1, L=8)
     out = model(toks, n_supervised=2)
-    default = make_model(n_thoughts=2, chain="unrolled")(toks)["mixed_logits"]
-    assert np.abs(np.asarray(out["mixed_logits"] - default)).max() > 1e-3    # the option changes the result
+    default = make_model(n_thoughts=2, chain="unrolled")(toks).mixed_logits
+    assert np.abs(np.asarray(out.mixed_logits - default)).max() > 1e-3    # the option changes the result
     for t in range(8):
         ref, outs = _reference_logits(model, toks[0], t, 2)
-        np.testing.assert_allclose(out["mixed_logits"][0, t, 0], ref, atol=1e-5)
+        np.testing.assert_allclose(out.mixed_logits[0, t, 0], ref, atol=1e-5)
         # sup_logits: thought j's logit lens = the tied head on step j's output
-        np.testing.assert_allclose(out["sup_logits"][0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
+        np.testing.assert_allclose(out.sup_logits[0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
 
 
 @pytest.mark.parametrize("seed,mix_from", [("base", "end"), ("base", "last_thought")])
@@ -149,8 +149,8 @@ def test_n_thoughts_override_equals_configured_count():
     toks = tokens(B=1, L=8)
     m3 = make_model(n_thoughts=3)
     m1 = make_model(n_thoughts=1)                 # the same parameters (they do not depend on n)
-    np.testing.assert_allclose(m3(toks, n_thoughts=1)["mixed_logits"], m1(toks)["mixed_logits"], atol=1e-6)
-    assert m3(toks, n_thoughts=1)["thoughts"].shape[2] == 1
+    np.testing.assert_allclose(m3(toks, n_thoughts=1).mixed_logits, m1(toks).mixed_logits, atol=1e-6)
+    assert m3(toks, n_thoughts=1).thoughts.shape[2] == 1
 
 
 def test_n_thoughts_train_draws_are_deterministic_and_in_range():

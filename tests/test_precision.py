@@ -23,7 +23,7 @@ def test_bf16_loss_matches_fp32():
         model = SilentStar(dataclasses.replace(mc, dtype=dtype), tc, rngs=nnx.Rngs(0))
         assert model.gpt2.wte[...].dtype == jnp.float32          # parameters stay float32
         out = model(toks, key=jax.random.key(1))
-        assert out["mixed_logits"].dtype == jnp.float32          # logits / softmax / loss in float32
+        assert out.mixed_logits.dtype == jnp.float32          # logits / softmax / loss in float32
         losses[dtype] = compute_loss(out, toks, ones, ones, tc, LossConfig())[1]
     for k in ("loss_base", "loss_think"):
         assert abs(float(losses["float32"][k]) - float(losses["bfloat16"][k])) < TOLERANCE, k

@@ -57,9 +57,9 @@ def test_thinking_off_is_exactly_gpt2():
     plain = SilentStar(MC, ThinkingConfig(enabled=False), rngs=nnx.Rngs(1), gpt2=gpt2)
     out = plain(toks)
     assert set(out) == {"base_logits"}
-    np.testing.assert_array_equal(out["base_logits"], gpt2(toks))
+    np.testing.assert_array_equal(out.base_logits, gpt2(toks))
     thinking = SilentStar(MC, ThinkingConfig(), rngs=nnx.Rngs(1), gpt2=gpt2)
-    np.testing.assert_array_equal(thinking(toks)["base_logits"], gpt2(toks))
+    np.testing.assert_array_equal(thinking(toks).base_logits, gpt2(toks))
 
 
 def _reference_mixed_logits(model, toks_L, t, n, A):
@@ -95,11 +95,11 @@ def test_parallel_forward_equals_sequential_reference(n, A, chain, unroll):
     model = make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll)
     toks = tokens(B=1, L=10)
     out = model(toks)                                           # key None: deterministic thoughts
-    w = out["mix_weight"]
+    w = out.mix_weight
     assert float(w.min()) > 0.05, "mixing must be active for the comparison to mean anything"
     for t in range(10 - A + 1):
         ref = _reference_mixed_logits(model, toks[0], t, n, A)
-        np.testing.assert_allclose(out["mixed_logits"][0, t], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(out.mixed_logits[0, t], ref, atol=1e-5, rtol=0)
 
 
 def test_causality():
@@ -117,8 +117,8 @@ def test_causality():
     for toks in (a, b):
         out = model(toks)
         p = per_position(out, toks, ones, ones, tc)
-        res.append({"base_logits": out["base_logits"], "mixed_logits": out["mixed_logits"],
-                    "value": out["value"], "r": p["r"]})
+        res.append({"base_logits": out.base_logits, "mixed_logits": out.mixed_logits,
+                    "value": out.value, "r": p.r_BL})
     first = {"base_logits": j, "mixed_logits": j - A + 1, "value": j, "r": j - A}
     for name, t in first.items():
         x, y = np.asarray(res[0][name]), np.asarray(res[1][name])
@@ -212,9 +212,9 @@ def test_group_mean_baseline_and_samples():
     model = make_model(n_thoughts=1)
     toks = tokens()
     out = model(toks, key=jax.random.key(0), n_samples=3)
-    assert out["mixed_logits"].shape[0] == 6
+    assert out.mixed_logits.shape[0] == 6
     # different samples of one position differ, the base pass does not repeat
-    assert float(jnp.abs(out["mixed_logits"][0] - out["mixed_logits"][1]).max()) > 0
+    assert float(jnp.abs(out.mixed_logits[0] - out.mixed_logits[1]).max()) > 0
     ones = jnp.ones_like(toks)
     _, m = compute_loss(out, toks, ones, ones, tc, LossConfig())
     assert abs(float(m["advantage"])) < 1e-5       # leave-one-out advantages sum to zero per group
@@ -225,8 +225,8 @@ def test_pause_control_has_no_policy():
     model = make_model(n_thoughts=2, feedback="pause")
     toks = tokens()
     out = model(toks, key=jax.random.key(0))
-    np.testing.assert_array_equal(out["logp"], 0.0)
-    np.testing.assert_allclose(out["thoughts"][:, :, 0], out["thoughts"][:, :, 1])
+    np.testing.assert_array_equal(out.logp, 0.0)
+    np.testing.assert_allclose(out.thoughts[:, :, 0], out.thoughts[:, :, 1])
     ones = jnp.ones_like(toks)
     _, m = compute_loss(out, toks, ones, ones, tc, LossConfig())
     assert float(m["loss_policy"]) == 0.0
@@ -248,8 +248,8 @@ def test_loss_mask_and_padding_respected():
     assert abs(float(metrics(unscored)["loss"]) - float(ref["loss"])) > 1e-5
     # the base CE counts only targets 5..8
     p = per_position(model(toks, attn), toks, attn, lmask, tc)
-    assert float(p["weights"][0, :, 0].sum()) == 4.0       # targets x_5..x_8 (x_9+ are padding)
-    assert float(p["pos_mask"][0, 7:].sum()) == 0.0        # t=7 needs x_8, x_9: x_9 is padding
+    assert float(p.weights_BLA[0, :, 0].sum()) == 4.0       # targets x_5..x_8 (x_9+ are padding)
+    assert float(p.pos_mask_BL[0, 7:].sum()) == 0.0        # t=7 needs x_8, x_9: x_9 is padding
 
 
 def _step_program_size(n, chain):

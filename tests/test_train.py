@@ -9,10 +9,8 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import yaml
 
 from conftest import ROOT, run_cli
 from silentstar_jax import config as C
@@ -203,7 +201,6 @@ def test_gradient_accumulation_equals_full_batch(tmp_path):
 @pytest.mark.parametrize("arm,override", [("nothink", "thinking.enabled=false"), ("pause", "thinking.feedback=pause")])
 def test_hops_controls_differ_only_in_thinking(arm, override):
     """configs/hops-<arm>.yaml is hops.yaml with the experiment runner's arm override: it cannot drift."""
-    import dataclasses
     control = C.load_config(os.path.join(ROOT, "configs", f"hops-{arm}.yaml"))
     derived = C.load_config(os.path.join(ROOT, "configs", "hops.yaml"), [override])
     same_run = dataclasses.replace(derived, run=control.run)
