@@ -28,3 +28,30 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):   # not glibc (musl, ...): nothing to tune
         pass
     return TUNED
+
+
+def init_distributed() -> None:
+    """jax.distributed.initialize for mesh.distributed=true, before anything touches a device.
+
+    Cluster environments (SLURM, Open MPI, TPU pods) are detected by JAX itself. The explicit
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID recipe is read here and passed on:
+    JAX reads only the address from the environment and stops with "Number of processes must be
+    defined". Collectives between CPU processes go through gloo (no effect on GPU/TPU)."""
+    import jax
+    from silentstar_jax.errors import UserError
+    kw: dict = {}
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kw["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+        for arg, var in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+            if var not in env:
+                raise UserError(f"mesh.distributed with JAX_COORDINATOR_ADDRESS also needs {var}")
+            try:
+                kw[arg] = int(env[var])
+            except ValueError:
+                raise UserError(f"{var} must be an integer, got {env[var]!r}") from None
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(**kw)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"mesh.distributed: {str(e).strip().splitlines()[0][:200]}") from None

@@ -20,8 +20,8 @@ def main(argv=None) -> None:
     cfg = load_config(args.config, args.overrides)
 
     if cfg.mesh.distributed:
-        import jax
-        jax.distributed.initialize()
+        from silentstar_jax.runtime import init_distributed
+        init_distributed()
     from rich.console import Console
     from silentstar_jax.errors import UserError
     from silentstar_jax.trainer import Run

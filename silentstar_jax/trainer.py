@@ -124,6 +124,7 @@ class Run:
         self.opt_state = jax.jit(self.tx.init, out_shardings=self.o_shard)(self.params)
         self.data, self.eval_rows = build_data(cfg, self.tok)
         self.step = 0
+        self.primary = jax.process_index() == 0     # the one process that writes logs and config
         make_run_dir(self.out_dir)
         self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep,
                                  cfg.checkpoint.async_save)
@@ -235,18 +236,22 @@ class Run:
         say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)   # one line each
         with contextlib.ExitStack() as stack:
             stack.callback(self.ckpt.close)
-            if jax.process_index() == 0:
+            if self.primary:
                 lock = stack.enter_context(RunLock(self.out_dir))
                 if lock.previous_owner:
                     say(f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
                         "which ended without releasing it")
             self._check_config(say)
-            if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=True):
+            if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=self.primary):
                 say(f"resuming {self.out_dir} from step {self.step}")
-            for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what comes after the restore
-                truncate_log(os.path.join(self.out_dir, log), self.step)
-            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
-                f.write(C.dump_yaml(self.cfg))
+            if jax.process_count() > 1:   # every process has read the run directory before it changes
+                from jax.experimental import multihost_utils
+                multihost_utils.sync_global_devices("run directory checked")
+            if self.primary:
+                for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what follows the restore
+                    truncate_log(os.path.join(self.out_dir, log), self.step)
+                with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+                    f.write(C.dump_yaml(self.cfg))
             return self._train_loop(console, stack, stop_after)
 
     def _train_loop(self, console, stack: contextlib.ExitStack, stop_after: Optional[int]) -> dict:
@@ -263,9 +268,10 @@ class Run:
         t_session, wall_before = time.perf_counter(), self.wall_s
         t_last, steps_since, first_step = t_session, 0, self.step
         pending, self.skipped = [], 0         # (step, non-finite flag) not yet read back
-        writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
+        writer = SummaryWriter(os.path.join(self.out_dir, "tb")) if self.primary else _NoWriter()
         stack.callback(writer.close)
-        metrics_f = stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a"))
+        metrics_f = stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a") if self.primary
+                                        else open(os.devnull, "w"))
         stopper = stack.enter_context(_Stopper())
         stack.enter_context(progress)
         while self.step < tc.steps and not stopper.stop:
@@ -303,6 +309,8 @@ class Run:
 
     def _log_eval(self, result: dict, writer=None) -> None:
         """One line of evals.jsonl (held-out metrics vs step) and the TensorBoard scalars."""
+        if not self.primary:
+            return
         with open(os.path.join(self.out_dir, "evals.jsonl"), "a") as f:
             f.write(json.dumps(_json_safe({"step": self.step, **result}), allow_nan=False) + "\n")
         if writer is not None:
@@ -312,6 +320,8 @@ class Run:
 
     def finish_eval(self, console, writer=None, name: str = "eval.json") -> dict:
         result = self.evaluate()
+        if not self.primary:
+            return result
         from rich.console import Console
         _print_eval_table(result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}",
                           Console(file=sys.stdout))
@@ -325,6 +335,16 @@ class Run:
         if writer is not None:   # the end of training: the last point of the eval history
             self._log_eval(result, writer)
         return result
+
+
+class _NoWriter:
+    """TensorBoard for the processes that do not write (multi-host: process 0 writes)."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
 
 
 def _json_safe(x):

@@ -5,17 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
-from silentstar_jax import config as C
-from test_generate import GEN_RUN
+from conftest import run_cli, train_micro_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from silentstar_jax.trainer import Run
-    out = tmp_path_factory.mktemp("runs") / "micro"
-    Run(C.load_config(os.path.join(ROOT, "configs", "tiny.yaml"), GEN_RUN + [f"run.out_dir={out}"])).train()
-    return str(out)
+    return train_micro_run(tmp_path_factory, n_positions=160)
 
 
 def test_export_loads_in_transformers_with_base_logits(run_dir, tmp_path):
