@@ -23,6 +23,11 @@ def main(argv=None) -> None:
                    help="chain implementations to time: scan, scan:C (thinking.unroll=C), unrolled")
     p.add_argument("--compare-dtype", default="bfloat16",
                    help="also time the plain step in this dtype ('' to skip); compare with the main dtype")
+    p.add_argument("--variable-n", type=int, default=0, metavar="N",
+                   help="also time the variable-count step (counts 0..N in one program) running the "
+                        "smallest positive --thoughts count (0: skip)")
+    p.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="also time K seeds of each thought count in one vmapped step (1: skip)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--gen-tokens", type=int, default=256, help="tokens generated per timing (0: skip)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -53,6 +58,6 @@ def main(argv=None) -> None:
         raise UserError(f"--compare-dtype must be float32, bfloat16 or '', got {a.compare_dtype!r}")
     log = (lambda msg: print(msg, file=sys.stderr)) if a.json else print
     report = run_benchmarks(shape, thoughts, rounds=a.rounds, gen_tokens=a.gen_tokens, chains=chains,
-                            other_dtype=a.compare_dtype or None, log=log)
+                            other_dtype=a.compare_dtype or None, variable_n=a.variable_n, seeds=a.seeds, log=log)
     report["command"] = "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps(report) if a.json else "\n" + format_report(report))

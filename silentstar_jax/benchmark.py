@@ -9,7 +9,6 @@ noisy shared machine slows all alike; medians are reported. The device's own mat
 from __future__ import annotations
 
 import dataclasses
-import functools
 import statistics
 import time
 from typing import Callable, Optional
@@ -24,6 +23,7 @@ from silentstar_jax import runtime
 from silentstar_jax.config import ChainLayout, LossConfig, ModelConfig, ThinkingConfig
 from silentstar_jax.model import SilentStar
 from silentstar_jax.objective import compute_loss
+from silentstar_jax.train_step import switch_over_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,12 @@ def _think_cfg(n: Optional[int], remat: bool, chain: str) -> ThinkingConfig:
     return ThinkingConfig(n_thoughts=n, remat=remat, chain=kind, unroll=int(unroll or 1))
 
 
-def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, chain: str = "scan"):
-    """(jitted step, initial args) for one training step: forward + backward + AdamW, donated."""
+def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, chain: str = "scan",
+                  counts: Optional[list[int]] = None, n_seeds: int = 1):
+    """(jitted step, initial args) for one training step: forward + backward + AdamW, donated.
+    counts: the step holds a branch per thought count (train_step.switch_over_counts) and is told
+    to run n as data, as a variable-count training run does.
+    n_seeds > 1: that many models stacked and trained by one vmapped step (seeds.py)."""
     mc, tc = s.model_config(n_max, remat=remat), _think_cfg(n, remat, chain)
     graphdef, params = nnx.split(SilentStar(mc, tc, rngs=nnx.Rngs(0)))
     params = params.to_pure_dict()
@@ -82,18 +86,34 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, c
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, s.vocab, (s.batch, s.seq), dtype=np.int32))
     ones = jnp.ones_like(tokens)
 
-    def loss_fn(p, key):
-        out = nnx.merge(graphdef, p)(tokens, ones, key=key if tc.enabled else None)
+    def loss_fn(p, key, n_thoughts):
+        out = nnx.merge(graphdef, p)(tokens, ones, key=key if tc.enabled else None, n_thoughts=n_thoughts)
         return compute_loss(out, tokens, ones, ones, tc, LossConfig())[0]
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(p, o, i):
+    def loss_and_grads(p, i, n):
         # an int step, folded in here: passing fresh key arrays made XLA:CPU recompile every call
-        loss, grads = jax.value_and_grad(loss_fn)(p, jax.random.fold_in(jax.random.key(0), i))
-        updates, o = tx.update(grads, o, p)
-        return optax.apply_updates(p, updates), o, loss
+        loss, grads = jax.value_and_grad(loss_fn)(p, jax.random.fold_in(jax.random.key(0), i), n)
+        return {"loss": loss}, grads
 
-    return step, params, tx.init(params)
+    if counts is not None:
+        loss_and_grads = switch_over_counts(loss_and_grads, counts)
+
+    def one_step(p, o, i, n_data):
+        m, grads = loss_and_grads(p, i, n=n_data if counts is not None else n)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, m["loss"]
+
+    opt = tx.init(params)
+    if n_seeds > 1:
+        params, opt = (jax.tree.map(lambda x: jnp.stack([x] * n_seeds), t) for t in (params, opt))
+        seeded = lambda p, o, i, n_data: jax.vmap(lambda p1, o1: one_step(p1, o1, i, n_data))(p, o)
+    step = jax.jit(seeded if n_seeds > 1 else one_step, donate_argnums=(0, 1))
+    n_arr = jnp.int32(n or 0)          # a device array: the count is not a compile-time constant
+
+    def run(p, o, i):
+        return step(p, o, i, n_arr)
+    run.lower = lambda p, o, i: step.lower(p, o, i, n_arr)
+    return run, params, opt
 
 
 def peak_memory_bytes(s: Shape, n: int, remat: bool, chain: str) -> int:
@@ -178,8 +198,11 @@ def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> dict:
 
 def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: int = 256,
                    chains: tuple[str, ...] = ("scan", "unrolled"), other_dtype: Optional[str] = None,
-                   log: Callable[[str], None] = print) -> dict:
-    """other_dtype: also time the plain LM step in this compute dtype (e.g. bf16 against fp32)."""
+                   variable_n: int = 0, seeds: int = 1, log: Callable[[str], None] = print) -> dict:
+    """other_dtype: also time the plain LM step in this compute dtype (e.g. bf16 against fp32).
+    variable_n = N: also time the variable-count step holding counts 0..N, running the smallest
+    positive count of `thoughts` (compare with the fixed step of that count).
+    seeds = K > 1: also time K seeds of each thought count in one vmapped step (first chain)."""
     gpu = jax.default_backend() == "gpu"
     mm_dtype = jnp.bfloat16 if gpu else jnp.float32
     timer, flops, compile_s = Timer(), {}, {}
@@ -188,8 +211,22 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
     if other_dtype and other_dtype != s.dtype:
         configs.append((f"plain LM {other_dtype}", dataclasses.replace(s, dtype=other_dtype), None, "scan"))
     configs += [(f"n={n} {chain}", s, n, chain) for n in thoughts for chain in chains]
+    counts = {}
+    run_n = min([n for n in thoughts if n > 0], default=0)
+    if variable_n and run_n and run_n <= variable_n:
+        name = f"n={run_n} of 0..{variable_n} {chains[0]}"
+        configs.append((name, s, run_n, chains[0]))
+        counts[name] = list(range(variable_n + 1))
+    n_seeds = {}
+    if seeds > 1:
+        for n in thoughts:
+            name = f"n={n} {chains[0]} x{seeds} seeds"
+            configs.append((name, s, n, chains[0]))
+            n_seeds[name] = seeds
+    pos_max = max(n_max, variable_n)           # every step gets the same position table
     for name, shape, n, chain in configs:
-        step, p, o = train_step_fn(shape, n, n_max, chain=chain)
+        step, p, o = train_step_fn(shape, n, pos_max, chain=chain, counts=counts.get(name),
+                                   n_seeds=n_seeds.get(name, 1))
         state = {"p": p, "o": o, "i": 0}
 
         def call(state=state, step=step):
@@ -200,7 +237,7 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
         t0 = time.perf_counter()
         timer.add(name, call)
         compile_s[name] = time.perf_counter() - t0
-        flops[name] = 3 * ideal_flops(s, n)
+        flops[name] = 3 * ideal_flops(s, n) * n_seeds.get(name, 1)
         log(f"{name}: first call (compile + one step) {compile_s[name]:.1f}s")
     size = MATMUL_PROBE_SIZE["gpu" if gpu else "cpu"]
     mm, mm_flops = matmul_probe(mm_dtype, size)

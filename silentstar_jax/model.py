@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from silentstar_jax.align import shift_left
+from silentstar_jax.align import repeat_samples, shift_left
 from silentstar_jax.config import ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
 from silentstar_jax.thought import ThoughtHeads, run_chain
@@ -63,7 +63,7 @@ class SilentStar(nnx.Module):
         K, A = n_samples, cfg.n_ahead
         BK = B * K
         n = cfg.n_thoughts if n_thoughts is None else n_thoughts
-        rep = (lambda x, axis=0: jnp.repeat(x, K, axis=axis)) if K > 1 else (lambda x, axis=0: x)
+        rep = lambda x, axis=0: repeat_samples(x, K, axis)
         tokens_BL, h0_BLD = rep(tokens_BL), rep(h0_BLD)
         k0, v0 = rep(k0, 1), rep(v0, 1)
         key_mask_BL = jnp.ones((BK, L), bool) if attn_mask_BL is None else rep(attn_mask_BL).astype(bool)

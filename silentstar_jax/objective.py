@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from silentstar_jax.align import lookahead, shift_left
+from silentstar_jax.align import lookahead, repeat_samples, shift_left
 from silentstar_jax.config import LossConfig, ThinkingConfig
 from silentstar_jax.model import Forward
 
@@ -79,7 +79,7 @@ class PerPosition:
 def per_position(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig) -> PerPosition:
     A = tcfg.n_ahead
     K = out.mixed_logits.shape[0] // tokens.shape[0]
-    rep = (lambda x: jnp.repeat(x, K, axis=0)) if K > 1 else (lambda x: x)
+    rep = lambda x: repeat_samples(x, K)
     targets = rep(lookahead(tokens, A))                                     # [BK, L, A]
     weights = rep(target_weights(attn_mask, loss_mask, A))
     next_BL = targets[::K, :, 0]
@@ -105,7 +105,7 @@ def supervision_loss(sup_logits_BLJV, thought_targets_BLJ):
     J = sup_logits_BLJV.shape[2]
     K = sup_logits_BLJV.shape[0] // thought_targets_BLJ.shape[0]
     tt = shift_left(thought_targets_BLJ, 1, fill=-1)[:, :, :J]
-    tt = jnp.repeat(tt, K, axis=0) if K > 1 else tt
+    tt = repeat_samples(tt, K)
     valid = (tt >= 0).astype(jnp.float32)
     lp = token_logprob(sup_logits_BLJV[:, :, :tt.shape[2]], jnp.maximum(tt, 0))
     per_j = [-masked_mean(lp[..., j], valid[..., j]) for j in range(tt.shape[2])]

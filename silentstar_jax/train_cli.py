@@ -14,6 +14,9 @@ def main(argv=None) -> None:
     p.add_argument("--thoughts", default=None, metavar="N[,N...]",
                    help="with --eval-only: evaluate with N thoughts (test-time scaling), each written to "
                         "eval_thoughts_N.json")
+    p.add_argument("--seeds", default=None, metavar="S[,S...]",
+                   help="train these run.seed values together in one program (one device), each in "
+                        "run.out_dir/seed<S>")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 mesh.data=4")
     args = p.parse_args(argv)
     from silentstar_jax.config import load_config
@@ -27,6 +30,16 @@ def main(argv=None) -> None:
     from silentstar_jax.trainer import Run
     console = Console(stderr=True)
     counts = _thought_counts(args.thoughts, args.eval_only, cfg) if args.thoughts is not None else [None]
+    if args.seeds is not None:
+        if args.eval_only:
+            raise UserError("--seeds trains; evaluate each run.out_dir/seed<S> with --eval-only on its own")
+        from silentstar_jax.seeds import SeedGroup, seed_configs
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--seeds: expected seeds like 0,1,2, got {args.seeds!r}") from None
+        SeedGroup(seed_configs(cfg, seeds)).train(console)
+        return
     run = Run(cfg)
     if args.eval_only:
         if not run.restore_latest():

@@ -2,6 +2,8 @@
 batch in; new params, opt state and metrics out; params and opt state donated)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,32 +90,60 @@ def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
     return loss_fn
 
 
-def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard, batch_keys=None,
-                    n_think_pos: int = 0):
-    """jit(step)(params, opt_state, batch [accum*B, T], step, n_thoughts) -> (params, opt_state, metrics).
-    n_thoughts is static: one compiled program per count (thinking.n_thoughts_train draws a few).
+def thought_counts(cfg: Config) -> list[int] | None:
+    """The counts a variable-count run draws from (thinking.n_thoughts_train); None: one fixed count."""
+    t = cfg.thinking
+    return list(range(t.n_thoughts_train[0], t.n_thoughts_train[1] + 1)) if t.enabled and t.n_thoughts_train else None
+
+
+def switch_over_counts(fn, counts: list[int]):
+    """fn(*args, n) with n a Python int -> g(*args, n) with n traced: one compiled program holding a
+    branch per count, of which lax.switch runs only the chosen one (the cost of the fixed-count
+    program, not of the largest). Metrics a count does not define (sup_ce_j for j > n) are NaN."""
+    def g(*args, n):
+        shapes = [jax.eval_shape(functools.partial(fn, n=k), *args) for k in counts]
+        keys = sorted(set().union(*(s[0].keys() for s in shapes)))
+
+        def branch(k):
+            def run(*a):
+                metrics, rest = fn(*a, n=k)
+                return {key: metrics.get(key, jnp.float32(jnp.nan)) for key in keys}, rest
+            return run
+        return jax.lax.switch(jnp.asarray(n, jnp.int32) - counts[0], [branch(k) for k in counts], *args)
+    return g
+
+
+def make_step_fn(graphdef, cfg: Config, tx, sched, n_think_pos: int = 0):
+    """The pure step: (params, opt_state, batch [accum*B, T], step, base_key, n_thoughts) ->
+    (params, opt_state, metrics). The randomness is fold_in(base_key, step): base_key = key(run.seed).
+    With thinking.n_thoughts_train = [lo, hi], n_thoughts may be traced (switch_over_counts).
     metrics["nonfinite"] = 1: this step's update was not applied (non-finite loss/gradient/parameters)."""
     loss_fn = make_loss_fn(graphdef, cfg, n_think_pos)
     accum = cfg.train.grad_accum
-    base_key = jax.random.key(cfg.run.seed)
+    counts = thought_counts(cfg)
 
-    def step(params, opt_state, batch, step_idx, n_thoughts=None):
+    def metrics_and_grads(params, batch, step_idx, base_key, n):
         key = jax.random.fold_in(base_key, step_idx)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if accum == 1:
-            (_, metrics), grads = grad_fn(params, batch, key, n_thoughts, step_idx)
-        else:
-            micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
+            (_, metrics), grads = grad_fn(params, batch, key, n, step_idx)
+            return metrics, grads
+        micro = jax.tree.map(lambda x: x.reshape(accum, -1, *x.shape[1:]), batch)
 
-            def body(acc, xs):
-                mb, i = xs
-                (_, m), g = grad_fn(params, mb, jax.random.fold_in(key, i), n_thoughts, step_idx)
-                return jax.tree.map(jnp.add, acc, g), m
+        def body(acc, xs):
+            mb, i = xs
+            (_, m), g = grad_fn(params, mb, jax.random.fold_in(key, i), n, step_idx)
+            return jax.tree.map(jnp.add, acc, g), m
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            grads, metrics = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-            grads = jax.tree.map(lambda g: g / accum, grads)
-            metrics = jax.tree.map(jnp.mean, metrics)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, metrics = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+        return jax.tree.map(jnp.mean, metrics), jax.tree.map(lambda g: g / accum, grads)
+
+    if counts is not None:
+        metrics_and_grads = switch_over_counts(metrics_and_grads, counts)
+
+    def step(params, opt_state, batch, step_idx, base_key, n_thoughts=None):
+        metrics, grads = metrics_and_grads(params, batch, step_idx, base_key, n=n_thoughts)
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         # a non-finite loss, gradient or updated parameter: the update is not applied (the trainer
@@ -125,6 +155,24 @@ def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_sha
                        nonfinite=1.0 - finite.astype(jnp.float32))
         return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
+    return step
+
+
+def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard, batch_keys=None,
+                    n_think_pos: int = 0):
+    """jit(step)(params, opt_state, batch [accum*B, T], step, n_thoughts) -> (params, opt_state, metrics)
+    for run.seed. With thinking.n_thoughts_train = [lo, hi], n_thoughts is data: one compiled program
+    for every count (switch_over_counts); otherwise it is static (one program per count asked for)."""
+    pure = make_step_fn(graphdef, cfg, tx, sched, n_think_pos)
+    base_key = jax.random.key(cfg.run.seed)
+    counts = thought_counts(cfg)
+
+    def step(params, opt_state, batch, step_idx, n_thoughts=None):
+        return pure(params, opt_state, batch, step_idx, base_key, n_thoughts)
+
     b_shard = {k: batch_sharding(mesh) for k in (batch_keys or ("tokens", "attn_mask", "loss_mask"))}
+    if counts is not None:      # the count is data
+        return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None, None),
+                       out_shardings=(p_shard, o_shard, None), donate_argnums=(0, 1))
     return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None), out_shardings=(p_shard, o_shard, None),
                    donate_argnums=(0, 1), static_argnums=(4,))

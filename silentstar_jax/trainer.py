@@ -218,11 +218,11 @@ class Run:
     def _log_step(self, metrics, tps: float, metrics_f, writer) -> str:
         """One line of metrics.jsonl (every metric the objective returns) and TensorBoard; the progress text."""
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        rec = {"step": self.step, **m, "tokens_per_second": tps}
-        metrics_f.write(json.dumps(rec) + "\n")
+        rec = _json_safe({"step": self.step, **m, "tokens_per_second": tps})   # NaN (undefined) -> null
+        metrics_f.write(json.dumps(rec, allow_nan=False) + "\n")
         metrics_f.flush()
         for k, v in rec.items():
-            if k != "step":
+            if k != "step" and v is not None:
                 writer.add_scalar(f"train/{k}", v, self.step)
         info = f"{tps:,.0f} tok/s  loss {m['loss']:.4f}"
         if "reward" in m:
@@ -233,26 +233,31 @@ class Run:
         """Train to train.steps (or stop, with a checkpoint, after `stop_after` steps of this session)."""
         from rich.console import Console
         console = console or Console(stderr=True)
-        say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)   # one line each
         with contextlib.ExitStack() as stack:
-            stack.callback(self.ckpt.close)
-            if self.primary:
-                lock = stack.enter_context(RunLock(self.out_dir))
-                if lock.previous_owner:
-                    say(f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
-                        "which ended without releasing it")
-            self._check_config(say)
-            if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=self.primary):
-                say(f"resuming {self.out_dir} from step {self.step}")
-            if jax.process_count() > 1:   # every process has read the run directory before it changes
-                from jax.experimental import multihost_utils
-                multihost_utils.sync_global_devices("run directory checked")
-            if self.primary:
-                for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what follows the restore
-                    truncate_log(os.path.join(self.out_dir, log), self.step)
-                with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
-                    f.write(C.dump_yaml(self.cfg))
+            self.open_run_dir(stack, console)
             return self._train_loop(console, stack, stop_after)
+
+    def open_run_dir(self, stack: contextlib.ExitStack, console) -> None:
+        """Before training: the lock (held until `stack` closes), the saved config compared, the newest
+        valid checkpoint restored, the logs cut to the restored step, the config written."""
+        say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)   # one line each
+        stack.callback(self.ckpt.close)
+        if self.primary:
+            lock = stack.enter_context(RunLock(self.out_dir))
+            if lock.previous_owner:
+                say(f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
+                    "which ended without releasing it")
+        self._check_config(say)
+        if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=self.primary):
+            say(f"resuming {self.out_dir} from step {self.step}")
+        if jax.process_count() > 1:   # every process has read the run directory before it changes
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("run directory checked")
+        if self.primary:
+            for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what follows the restore
+                truncate_log(os.path.join(self.out_dir, log), self.step)
+            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+                f.write(C.dump_yaml(self.cfg))
 
     def _train_loop(self, console, stack: contextlib.ExitStack, stop_after: Optional[int]) -> dict:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -1,0 +1,64 @@
+"""Several seeds in one program (seeds.py): each seed's logs, checkpoints and evaluation equal a
+single-seed run of that seed."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from silentstar_jax import config as C
+from silentstar_jax.errors import UserError
+
+MICRO = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=24",
+         "data.digits_a=2", "data.digits_b=1", "data.n_train=256", "data.n_eval=32",
+         "train.batch_size=8", "train.seq_len=8", "train.log_every=1", "train.save_every=2", "train.eval_every=2",
+         "train.steps=4", "thinking.n_thoughts=1", "mesh.data=1", "checkpoint.async_save=false"]
+
+
+def cfg(*extra):
+    return C.load_config(os.path.join(ROOT, "configs", "tiny.yaml"), MICRO + list(extra))
+
+
+def records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_seed_group_equals_single_seed_runs(tmp_path):
+    from silentstar_jax.seeds import SeedGroup, seed_configs
+    from silentstar_jax.trainer import Run, load_run
+    seeds = [0, 3]
+    SeedGroup(seed_configs(cfg(f"run.out_dir={tmp_path / 'group'}"), seeds)).train()
+    for s in seeds:
+        single = str(tmp_path / f"single{s}")
+        Run(cfg(f"run.out_dir={single}", f"run.seed={s}")).train()
+        grouped = str(tmp_path / "group" / f"seed{s}")
+        got, want = records(os.path.join(grouped, "metrics.jsonl")), records(os.path.join(single, "metrics.jsonl"))
+        assert [r["step"] for r in got] == [1, 2, 3, 4]
+        for a, b in zip(got, want):
+            for k in b:
+                if k != "tokens_per_second" and b[k] is not None:
+                    np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
+        ev_got, ev_want = json.load(open(os.path.join(grouped, "eval.json"))), json.load(open(os.path.join(single, "eval.json")))
+        for path in ("base", "thinking"):
+            for k, v in ev_want[path].items():
+                np.testing.assert_allclose(ev_got[path][k], v, rtol=2e-5, atol=1e-6, err_msg=f"{path}/{k}")
+        assert [r["step"] for r in records(os.path.join(grouped, "evals.jsonl"))] == [2, 4]
+        assert sorted(os.listdir(os.path.join(grouped, "checkpoints"))) == ["2", "4"]
+        m_got, m_want = load_run(grouped)[0], load_run(single)[0]
+        from flax import nnx
+        for a, b in zip(jax.tree.leaves(nnx.state(m_got, nnx.Param)), jax.tree.leaves(nnx.state(m_want, nnx.Param))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+    # the seeds really differ: their parameters are not the same
+    a, b = (load_run(str(tmp_path / "group" / f"seed{s}"))[0] for s in seeds)
+    assert not np.allclose(np.asarray(a.gpt2.wte[...]), np.asarray(b.gpt2.wte[...]))
+
+
+@pytest.mark.parametrize("extra,needle", [(["thinking.n_thoughts_train=[1,2]"], "different count per seed"),
+                                          (["mesh.data=2"], "one device")])
+def test_seed_group_refuses_what_it_cannot_do(tmp_path, extra, needle):
+    from silentstar_jax.seeds import seed_configs
+    with pytest.raises(UserError, match=needle):
+        seed_configs(cfg(f"run.out_dir={tmp_path}", *extra), [0, 1])
