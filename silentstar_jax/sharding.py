@@ -57,10 +57,6 @@ def logical_to_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh_shape: d
     return P(*spec)
 
 
-def _variables(state: nnx.State):
-    return jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def _pure(state: nnx.State, f):
     """A pure dict shaped like `state.to_pure_dict()` with f(variable) at each leaf."""
     return jax.tree.map(f, state, is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
