@@ -3,7 +3,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import pytest
 import yaml
@@ -221,10 +220,8 @@ def test_end_to_end_then_skip(tmp_path):
 
     # the same command again: every run skipped, nothing trained or evaluated
     logs = {k: (d / "train.log").read_text() for k, d in dirs.items()}
-    t0 = time.perf_counter()
     again = run_cli("experiment.py", *args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert time.perf_counter() - t0 < 90
     lines = again.stderr.splitlines()
     assert sum(" skip " in l for l in lines) == 8 and not any(" start " in l for l in lines), again.stderr
     assert all((d / "train.log").read_text() == logs[k] for k, d in dirs.items())

@@ -98,17 +98,16 @@ def test_export_loads_in_transformers(tiny_gpt2, tmp_path, expected):
 
 
 def test_deep_model_compiles_in_constant_time():
-    """48 scanned layers compile about as fast as 2 (the stack is a lax.scan, not unrolled)."""
-    import time
+    """48 scanned layers make the same compiled program as 2 (the stack is a lax.scan, not unrolled):
+    compared by program size, not wall-clock compile time (noisy on a shared machine)."""
 
-    def compile_time(n_layer):
+    def program_size(n_layer):
         cfg = ModelConfig(vocab_size=64, n_positions=16, n_embd=32, n_layer=n_layer, n_head=4)
         model = nnx.eval_shape(lambda: GPT2(cfg, rngs=nnx.Rngs(0)))
         g, s = nnx.split(model)
         f = jax.jit(lambda s, x: nnx.merge(g, s)(x))
-        t = time.perf_counter()
-        f.lower(s, jax.ShapeDtypeStruct((2, 16), jnp.int32)).compile()
-        return time.perf_counter() - t
+        hlo = f.lower(s, jax.ShapeDtypeStruct((2, 16), jnp.int32)).compile().as_text()
+        return sum(1 for line in hlo.splitlines() if " = " in line)     # HLO instructions
 
-    compile_time(2)  # warm up the compiler
-    assert compile_time(48) < 2.0 * compile_time(2) + 0.5
+    small, deep = program_size(2), program_size(48)
+    assert small > 50 and deep <= small * 1.05 + 5, (small, deep)
