@@ -35,7 +35,7 @@ def make_multi_seed_step(graphdef, cfg: C.Config, tx, sched, seeds: list[int], n
     return jax.jit(step, donate_argnums=(0, 1), static_argnums=(4,))
 
 
-def stack(trees):
+def stack_trees(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -89,8 +89,8 @@ class SeedGroup:
                 r.eval_fn = runs[0].eval_fn        # one compiled evaluation
             files = [stack.enter_context(open(os.path.join(r.out_dir, "metrics.jsonl"), "a")) for r in runs]
             writers = [_tb(r, stack) for r in runs]
-            params = stack_put([r.params for r in runs])
-            opt_state = stack_put([r.opt_state for r in runs])
+            params = stack_trees([r.params for r in runs])
+            opt_state = stack_trees([r.opt_state for r in runs])
             n = runs[0].cfg.thinking.n_thoughts if runs[0].cfg.thinking.enabled else None
             tokens = tc.batch_size * tc.grad_accum * (tc.seq_len + 1)      # per seed and step
             pending, t_last, since = [], time.perf_counter(), 0
@@ -137,10 +137,6 @@ class SeedGroup:
         for k, r in enumerate(self.runs):
             r._check_finite([(s, f[k]) for s, f in pending])
         pending.clear()
-
-
-def stack_put(trees):
-    return jax.device_put(stack(trees))
 
 
 def _tb(run: Run, stack: contextlib.ExitStack):

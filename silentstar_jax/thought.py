@@ -141,12 +141,14 @@ def _step_input(c: _Chain, i, y_prev_BLD):
             return _thought(c, i, y_prev_BLD)
         inp = {"start": start, "end": end}[kind] if kind != "talk" else c.talk_ABLD[i - lay.talk.start]
         return jnp.broadcast_to(inp, y_prev_BLD.shape), zero_lp
+    n_talk = len(lay.talk)
+    talk = c.talk_ABLD[jnp.clip(i - lay.talk.start, 0, max(n_talk - 1, 0))] if n_talk else end
+    inp = jnp.where(i == lay.start, start, jnp.where(i == lay.end, end, talk))
+    if not lay.n_thoughts:
+        return jnp.broadcast_to(inp, y_prev_BLD.shape), zero_lp
     z, lp = _thought(c, i, y_prev_BLD)
     is_thought = (i >= 1) & (i <= lay.n_thoughts)
-    n_talk = len(lay.talk)
-    talk = c.talk_ABLD[jnp.clip(i - lay.talk.start, 0, max(n_talk - 1, 0))] if n_talk else z
-    inp = jnp.where(i == lay.start, start, jnp.where(is_thought, z, jnp.where(i == lay.end, end, talk)))
-    return inp, jnp.where(is_thought, lp, 0.0)
+    return jnp.where(is_thought, z, inp), jnp.where(is_thought, lp, 0.0)
 
 
 def _one_step(c: _Chain, i, y_prev_BLD, buf, n_buf, prev_k, prev_v):
@@ -180,6 +182,87 @@ def _chunk(c: _Chain, first, count: int, y_prev_BLD, buf, logp_BL):
     return y_prev_BLD, ks, vs, jnp.stack(ys), jnp.stack(zs), logp_BL
 
 
+def _scan_chunks(c: _Chain, n_scan: int, size: int, y0_BLD, logp0_BL):
+    """The first n_scan chunks of `size` steps under lax.scan, with a hand-written backward.
+
+    Returns (last output, final key/value buffers [NL, S, B, L, H, Dh], y and z [n_scan, size, B, L, D],
+    logp). Autodiff of the plain scan would save the carried [S] buffer at every iteration, O(S^2)
+    memory. But a step reads only the buffer entries of earlier steps (the rest are masked to exactly
+    zero weight), so the *final* buffer serves every step's backward. The forward takes each chunk's
+    VJP and keeps its residuals except those that are the chunk's inputs (parameters, base keys, the
+    buffer): those are the same every iteration, or (the buffer) replaced by the final one. The
+    backward runs the chunks' VJPs in reverse; the cotangent of chunk ci's own keys is complete by
+    then, as only later chunks read them. Saved: what the written-out chain saves, plus one buffer.
+    """
+    gdef, state = nnx.split((c.gpt2, c.heads))
+    mcfg, S = c.gpt2.cfg, c.layout.n_steps
+    B, L = c.pos_BL.shape
+    shape = (mcfg.n_layer, S, B, L, mcfg.n_head, mcfg.head_dim)
+    put = lambda buf, new, ci: tuple(jax.lax.dynamic_update_slice_in_dim(b, n, ci * size, 1) for b, n in zip(buf, new))
+
+    def chunk(diff, fixed, ci, y_prev, buf, logp):
+        (gpt2, heads), (base_k, base_v, talk, h0), (pos, mask, key) = nnx.merge(gdef, diff[0]), diff[1:], fixed
+        cc = dataclasses.replace(c, gpt2=gpt2, heads=heads, pos_BL=pos, base_k=base_k, base_v=base_v,
+                                 base_mask=mask, talk_ABLD=talk, key=key, h0_BLD=h0)
+        y_last, ks, vs, y, z, logp = _chunk(cc, ci * size, size, y_prev, buf, logp)
+        return y_last, (jnp.stack(ks, 1), jnp.stack(vs, 1)), y, z, logp
+
+    def run(diff, fixed, with_vjp: bool):
+        inputs = jax.tree.leaves((diff, fixed))
+
+        def body(carry, ci):
+            y_prev, buf, logp = carry
+            f = lambda diff, y_prev, buf, logp: chunk(diff, fixed, ci, y_prev, buf, logp)
+            if not with_vjp:
+                y_last, new, y, z, logp = f(diff, y_prev, buf, logp)
+                return (y_last, put(buf, new, ci), logp), (y, z, ())
+            (y_last, new, y, z, logp), pull = jax.vjp(f, diff, y_prev, buf, logp)
+            leaves, pullback["tree"] = jax.tree.flatten(pull)
+            known = {id(x): j for j, x in enumerate(inputs + jax.tree.leaves(buf))}
+            pullback["where"] = [known.get(id(x)) for x in leaves]
+            saved = tuple(x for x, j in zip(leaves, pullback["where"]) if j is None)
+            return (y_last, put(buf, new, ci), logp), (y, z, saved)
+
+        buf0 = (jnp.zeros(shape, c.base_k.dtype), jnp.zeros(shape, c.base_v.dtype))
+        (y_last, buf, logp), (y, z, saved) = jax.lax.scan(body, (y0_BLD, buf0, logp0_BL), jnp.arange(n_scan))
+        return (y_last, buf, y, z, logp), saved
+
+    pullback = {}   # the chunk VJP's structure, and which residuals are inputs: set by fwd, read by bwd
+
+    @jax.custom_vjp
+    def scan_chunks(diff, fixed):
+        return run(diff, fixed, with_vjp=False)[0]
+
+    def fwd(diff, fixed):
+        out, saved = run(diff, fixed, with_vjp=True)
+        return out, (diff, fixed, out[1], saved)
+
+    def bwd(res, cot):
+        diff, fixed, buf, saved = res
+        d_last, d_buf, d_y, d_z, d_logp = cot
+        known = jax.tree.leaves((diff, fixed)) + jax.tree.leaves(buf)
+
+        def body(carry, xs):
+            d_next, d_buf, d_diff = carry
+            ci, saved, dy, dz = xs
+            it = iter(saved)
+            pull = jax.tree.unflatten(pullback["tree"], [next(it) if j is None else known[j]
+                                                         for j in pullback["where"]])
+            d_new = tuple(jax.lax.dynamic_slice_in_dim(b, ci * size, size, 1) for b in d_buf)
+            g_diff, g_prev, g_buf, _ = pull((d_next, d_new, dy, dz, d_logp))
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)
+            return (g_prev, add(d_buf, g_buf), add(d_diff, g_diff)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, diff)
+        (_, _, d_diff), _ = jax.lax.scan(body, (d_last, d_buf, zeros), (jnp.arange(n_scan), saved, d_y, d_z),
+                                         reverse=True)
+        return d_diff, None
+
+    scan_chunks.defvjp(fwd, bwd)
+    diff = (state, c.base_k, c.base_v, c.talk_ABLD, c.h0_BLD)
+    return scan_chunks(diff, (c.pos_BL, c.base_mask, c.key))
+
+
 def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, base_v, base_mask,
               talk_ABLD, key=None, h0_BLD=None, noise_len=None):
     """Run start, n thoughts, end, talk tokens at every query position in [B, L] at once.
@@ -194,10 +277,9 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     steps of mean_d log N(stop_grad(z); mu, sigma^2).
 
     The S steps run in chunks of c = thinking.unroll (all S with thinking.chain: unrolled): the full
-    chunks under lax.scan, the rest after it. Inside a chunk the steps are written out and read each
-    other's keys directly; earlier chunks' keys come from an [S] buffer carried by the scan, which the
-    backward pass saves at every iteration (S/c times). Compile time grows with c, not with n; the
-    numbers and the sampled noise do not depend on c.
+    chunks under lax.scan (`_scan_chunks`), the rest after it. Inside a chunk the steps are written out
+    and read each other's keys directly; earlier chunks' keys come from an [S] buffer carried by the
+    scan. Compile time grows with c, not with n; the numbers and the sampled noise do not depend on c.
     """
     cfg, mcfg = heads.cfg, gpt2.cfg
     if cfg.seed == "base" and cfg.feedback == "latent" and n_thoughts and h0_BLD is None:
@@ -210,17 +292,7 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     y_prev, logp = jnp.zeros((B, L, mcfg.n_embd)), jnp.zeros((B, L))
     ys, zs, buf = [], [], None
     if n_scan:
-        shape = (mcfg.n_layer, S, B, L, mcfg.n_head, mcfg.head_dim)
-        buf = (jnp.zeros(shape, base_k.dtype), jnp.zeros(shape, base_v.dtype))
-
-        def body(carry, ci):
-            y_prev, buf, logp = carry
-            first = ci * size
-            y_prev, ks, vs, y, z, logp = _chunk(c, first, size, y_prev, buf, logp)
-            write = lambda b, new: jax.lax.dynamic_update_slice_in_dim(b, jnp.stack(new, 1), first, 1)
-            return (y_prev, (write(buf[0], ks), write(buf[1], vs)), logp), (y, z)
-
-        (y_prev, buf, logp), (y, z) = jax.lax.scan(body, (y_prev, buf, logp), jnp.arange(n_scan))
+        y_prev, buf, y, z, logp = _scan_chunks(c, n_scan, size, y_prev, logp)
         ys.append(y.reshape((n_scan * size,) + y.shape[2:]))
         zs.append(z.reshape((n_scan * size,) + z.shape[2:]))
     if S - n_scan * size:

@@ -148,10 +148,11 @@ def make_step_fn(graphdef, cfg: Config, tx, sched, n_think_pos: int = 0):
         new_params = optax.apply_updates(params, updates)
         # a non-finite loss, gradient or updated parameter: the update is not applied (the trainer
         # stops or skips, train.on_nonfinite), so non-finite parameters never exist, nor get saved
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.global_norm(grads)) & \
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & \
             jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_params)]))
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=sched(step_idx),
+        metrics = dict(metrics, grad_norm=grad_norm, lr=sched(step_idx),
                        nonfinite=1.0 - finite.astype(jnp.float32))
         return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
