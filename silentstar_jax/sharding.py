@@ -77,6 +77,12 @@ def param_labels(state: nnx.State) -> dict:
     return _pure(state, lambda v: "think" if isinstance(v, ThinkParam) else "base")
 
 
+def decay_mask(state: nnx.State) -> dict:
+    """True where weight decay applies: matrices by their logical axes, the scanned `layers` axis not
+    counted (a stacked [NL, D] norm scale or bias is still a vector: no decay, design.md §9)."""
+    return _pure(state, lambda v: sum(a != "layers" for a in v.get_metadata()["out_sharding"]) >= 2)
+
+
 def shardings(specs, mesh: Mesh):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 

@@ -31,14 +31,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def make_optimizer(cfg: Config, params, labels) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(cfg: Config, labels, decay_mask) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with warmup + cosine; `labels` (sharding.param_labels) puts ThinkParams in their own
-    learning-rate group (optim.thinking_lr_mult)."""
+    learning-rate group (optim.thinking_lr_mult); `decay_mask` (sharding.decay_mask): which decay."""
     o = cfg.optim
     sched = optax.warmup_cosine_decay_schedule(
         0.0, o.lr, min(o.warmup_steps, max(cfg.train.steps - 1, 0)), max(cfg.train.steps, 1), o.lr * o.min_lr_ratio)
     think_sched = lambda step: sched(step) * o.thinking_lr_mult
-    decay_mask = jax.tree.map(lambda x: x.ndim >= 2, params)          # no decay on biases, norms, vectors
     adamw = lambda lr: optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                      optax.multi_transform({"base": adamw(sched), "think": adamw(think_sched)}, labels))

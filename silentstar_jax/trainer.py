@@ -23,7 +23,7 @@ from silentstar_jax.errors import NonFiniteError, UserError
 from silentstar_jax.evaluate import evaluate, make_eval_fn
 from silentstar_jax.model import SilentStar
 from silentstar_jax.run_dir import RunLock, config_changes, make_run_dir, read_saved_config, truncate_log
-from silentstar_jax.sharding import opt_state_specs, param_labels, param_specs, shardings
+from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
 from silentstar_jax.tokenizer import load_tokenizer
 from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
                                        n_think_positions, n_thoughts_at)
@@ -116,7 +116,7 @@ class Run:
         model = create_model(cfg, self.tok)
         self.graphdef, state = nnx.split(model)
         params = state.to_pure_dict()
-        self.tx, self.sched = make_optimizer(cfg, params, param_labels(state))
+        self.tx, self.sched = make_optimizer(cfg, param_labels(state), decay_mask(state))
         p_specs = param_specs(state, dict(self.mesh.shape))
         self.p_shard = shardings(p_specs, self.mesh)
         self.o_shard = shardings(opt_state_specs(self.tx, params, p_specs), self.mesh)
