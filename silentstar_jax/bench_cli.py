@@ -8,6 +8,7 @@ import re
 import sys
 
 from silentstar_jax.errors import UserError, cli_main
+from silentstar_jax.runtime import run_main
 
 
 @cli_main
@@ -61,3 +62,12 @@ def main(argv=None) -> None:
                             other_dtype=a.compare_dtype or None, variable_n=a.variable_n, seeds=a.seeds, log=log)
     report["command"] = "python bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps(report) if a.json else "\n" + format_report(report))
+
+
+
+def run() -> None:
+    run_main(main)   # console script, `python -m`, the script at the repo root
+
+
+if __name__ == "__main__":
+    run()

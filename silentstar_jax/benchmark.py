@@ -16,14 +16,12 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from silentstar_jax import runtime
-from silentstar_jax.config import ChainLayout, LossConfig, ModelConfig, ThinkingConfig
+from silentstar_jax.config import (ChainLayout, Config, MeshConfig, ModelConfig, OptimConfig, ThinkingConfig,
+                                   TrainConfig)
 from silentstar_jax.model import SilentStar
-from silentstar_jax.objective import compute_loss
-from silentstar_jax.train_step import switch_over_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,44 +73,46 @@ def _think_cfg(n: Optional[int], remat: bool, chain: str) -> ThinkingConfig:
 
 def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, chain: str = "scan",
                   counts: Optional[list[int]] = None, n_seeds: int = 1):
-    """(jitted step, initial args) for one training step: forward + backward + AdamW, donated.
-    counts: the step holds a branch per thought count (train_step.switch_over_counts) and is told
-    to run n as data, as a variable-count training run does.
-    n_seeds > 1: that many models stacked and trained by one vmapped step (seeds.py)."""
-    mc, tc = s.model_config(n_max, remat=remat), _think_cfg(n, remat, chain)
-    graphdef, params = nnx.split(SilentStar(mc, tc, rngs=nnx.Rngs(0)))
-    params = params.to_pure_dict()
-    tx = optax.adamw(1e-4, weight_decay=0.01)
+    """(step, initial params, opt state) for the trainer's own step (train_step.make_train_step:
+    forward + backward + clipping + AdamW + the non-finite guard, donated) on one device; step(p, o, i).
+    counts: the step holds a branch per thought count (thinking.n_thoughts_train) and is told to run
+    n as data, as a variable-count training run does. n_seeds > 1: that many models stacked and
+    trained by the vmapped step of `train.py --seeds` (seeds.make_multi_seed_step)."""
+    from silentstar_jax.data import Batch
+    from silentstar_jax.model import build_model
+    from silentstar_jax.seeds import make_multi_seed_step
+    from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
+    from silentstar_jax.train_step import batch_sharding, make_mesh, make_optimizer, make_train_step
+    tc = _think_cfg(n, remat, chain)
+    if counts is not None:
+        tc = dataclasses.replace(tc, n_thoughts_train=[counts[0], counts[-1]])
+    cfg = Config(model=s.model_config(n_max, remat=remat), thinking=tc,
+                 optim=OptimConfig(lr=1e-4, warmup_steps=0, weight_decay=0.01),
+                 train=TrainConfig(steps=10 ** 6, batch_size=s.batch, seq_len=s.seq - 1))
+    graphdef, state = nnx.split(build_model(cfg))
+    params = state.to_pure_dict()
+    tx, sched = make_optimizer(cfg, param_labels(state), decay_mask(state))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, s.vocab, (s.batch, s.seq), dtype=np.int32))
     ones = jnp.ones_like(tokens)
-
-    def loss_fn(p, key, n_thoughts):
-        out = nnx.merge(graphdef, p)(tokens, ones, key=key if tc.enabled else None, n_thoughts=n_thoughts)
-        return compute_loss(out, tokens, ones, ones, tc, LossConfig())[0]
-
-    def loss_and_grads(p, i, n):
-        # an int step, folded in here: passing fresh key arrays made XLA:CPU recompile every call
-        loss, grads = jax.value_and_grad(loss_fn)(p, jax.random.fold_in(jax.random.key(0), i), n)
-        return {"loss": loss}, grads
-
-    if counts is not None:
-        loss_and_grads = switch_over_counts(loss_and_grads, counts)
-
-    def one_step(p, o, i, n_data):
-        m, grads = loss_and_grads(p, i, n=n_data if counts is not None else n)
-        updates, o = tx.update(grads, o, p)
-        return optax.apply_updates(p, updates), o, m["loss"]
-
-    opt = tx.init(params)
+    batch = jax.device_put(Batch(tokens, ones, ones), batch_sharding(mesh))
     if n_seeds > 1:
+        step = make_multi_seed_step(graphdef, cfg, tx, sched, list(range(n_seeds)))
+        opt = tx.init(params)
         params, opt = (jax.tree.map(lambda x: jnp.stack([x] * n_seeds), t) for t in (params, opt))
-        seeded = lambda p, o, i, n_data: jax.vmap(lambda p1, o1: one_step(p1, o1, i, n_data))(p, o)
-    step = jax.jit(seeded if n_seeds > 1 else one_step, donate_argnums=(0, 1))
-    n_arr = jnp.int32(n or 0)          # a device array: the count is not a compile-time constant
+    else:
+        p_specs = param_specs(state, dict(mesh.shape))
+        p_shard = shardings(p_specs, mesh)
+        step = make_train_step(graphdef, cfg, tx, sched, mesh, p_shard,
+                               shardings(opt_state_specs(tx, params, p_specs), mesh))
+        params = jax.device_put(params, p_shard)
+        opt = tx.init(params)
+    n_arg = jnp.int32(n or 0) if counts is not None else (n if tc.enabled else None)   # data, or static
 
     def run(p, o, i):
-        return step(p, o, i, n_arr)
-    run.lower = lambda p, o, i: step.lower(p, o, i, n_arr)
+        p, o, metrics = step(p, o, batch, i, n_arg)
+        return p, o, metrics["loss"]
+    run.lower = lambda p, o, i: step.lower(p, o, batch, i, n_arg)
     return run, params, opt
 
 

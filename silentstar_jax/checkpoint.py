@@ -4,13 +4,23 @@ Kept in one module because Orbax's API churns (notes: V0 CheckpointManager is th
 Restoring takes the *current* shardings as target, so a run can resume on another device count.
 Orbax stores no checksums, so each save records a CRC-32 of every array in its metadata and a restore
 verifies them: a damaged step (truncated, garbled, bit-flipped, missing metadata) is skipped, never
-loaded as wrong weights.
+loaded as wrong weights. The metadata also records the config and every parameter's shape: a step that
+does not fit the model being built is a mismatch (the caller's `check`: one line, nothing moved), not
+damage. Every manager opened is closed, at the latest when the process exits: an open one leaves Orbax
+threads whose teardown prints "Exception ignored" tracebacks.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
+import gc
+import io
 import logging
 import os
 import shutil
+import sys
+import time
+import weakref
 import zlib
 from typing import Any, Callable, Optional
 
@@ -21,6 +31,14 @@ import orbax.checkpoint as ocp
 from silentstar_jax.errors import UserError
 
 logging.getLogger("absl").setLevel(logging.ERROR)
+_OPEN: "weakref.WeakSet[Checkpointer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Whatever error path left a manager open: closed before Orbax's own exit handlers run."""
+    for c in list(_OPEN):
+        c.close()
 
 
 class Checkpointer:
@@ -29,6 +47,7 @@ class Checkpointer:
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                             create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=opts)
+        _OPEN.add(self)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -37,45 +56,68 @@ class Checkpointer:
         return sorted(self.manager.all_steps(), reverse=True)
 
     def save(self, step: int, params, opt_state, meta: dict) -> None:
-        meta = {**meta, "checksums": {"params": checksums(params), "opt_state": checksums(opt_state)}}
+        meta = {**meta, "checksums": {"params": checksums(params), "opt_state": checksums(opt_state)},
+                "shapes": shapes(params)}
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, step: int, params_target, opt_target) -> tuple[Any, Any, dict]:
         """Targets: pytrees of jax.ShapeDtypeStruct carrying the wanted shardings."""
-        r = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params_target), opt_state=ocp.args.StandardRestore(opt_target),
-            meta=ocp.args.JsonRestore()))
+        with _drained_on_failure():
+            r = self.manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(params_target), opt_state=ocp.args.StandardRestore(opt_target),
+                meta=ocp.args.JsonRestore()))
         _verify(step, r["meta"], params=r["params"], opt_state=r["opt_state"])
         return r["params"], r["opt_state"], r["meta"]
 
+    def read_meta(self, step: int) -> dict:
+        """The step's JSON metadata alone (step, data position, config, checksums, shapes)."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(meta, dict):
+            raise DamagedCheckpoint("its metadata is not a JSON object")
+        return meta
+
     def restore_params(self, step: int, params_target) -> tuple[Any, dict]:
-        r = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params_target), meta=ocp.args.JsonRestore()))
+        with _drained_on_failure():
+            r = self.manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(params_target), meta=ocp.args.JsonRestore()))
         _verify(step, r["meta"], params=r["params"])
         return r["params"], r["meta"]
 
     def restore_newest_valid(self, restore: Callable[[int], Any], warn: Callable[[str], None],
-                             set_aside: bool = False):
+                             set_aside: bool = False, check: Optional[Callable[[int, dict], None]] = None):
         """(step, restore(step)) for the newest step that restores and verifies, warning once per
         damaged newer step (moved to `damaged-checkpoints/` next to this directory if set_aside, so
         that saving that step number again cannot collide with it); None if there is no checkpoint.
+        check(step, meta), before a step is restored: raises (a UserError) where the step is healthy
+        but does not fit what the caller builds; that stops here, with nothing moved.
         Checkpoints that are all damaged stop the program: never a silent start from scratch."""
         steps = self.all_steps()
+        moved = []
         for step in steps:
             try:
-                return step, restore(step)
+                meta = self.read_meta(step)
             except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged data
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:120]
-                where = ""
-                if set_aside:
-                    where = f"; moved to {self._set_aside(step)}"
-                warn(f"checkpoint step {step} is damaged ({reason}); skipping it{where}")
+                moved += self._damaged(step, e, warn, set_aside)
+                continue
+            if check is not None:
+                check(step, meta)
+            try:
+                return step, restore(step)
+            except Exception as e:  # noqa: BLE001
+                moved += self._damaged(step, e, warn, set_aside)
         if steps:
-            raise UserError(f"{self.directory}: no checkpoint can be restored (steps {steps} are all damaged); "
-                            "remove them to start this run again, or use a new run.out_dir")
+            where = f" (moved to {os.path.dirname(moved[0])})" if moved else ""
+            raise UserError(f"{self.directory}: no checkpoint can be restored: steps {steps} are all damaged{where}; "
+                            "to start over, use a new run.out_dir or --restart")
         return None
+
+    def _damaged(self, step: int, e: Exception, warn, set_aside: bool) -> list[str]:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:120]
+        moved = [self._set_aside(step)] if set_aside else []
+        warn(f"checkpoint step {step} is damaged ({reason}); skipping it" + (f"; moved to {moved[0]}" if moved else ""))
+        return moved
 
     def _set_aside(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))
@@ -92,8 +134,66 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        if self in _OPEN:
+            _OPEN.discard(self)
+            self.manager.wait_until_finished()
+            self.manager.close()
+
+
+def _orbax_teardown_noise(exc: BaseException, obj) -> bool:
+    """The errors Orbax's abandoned reads raise after a failed restore: its closed event loop, and
+    its array-read coroutines finalised with the read error they were never awaited for."""
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    code = getattr(obj, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
+def _filtered_unraisable(previous):
+    def hook(u):
+        if not _orbax_teardown_noise(u.exc_value, u.object):
+            previous(u)
+    return hook
+
+
+sys.unraisablehook = _filtered_unraisable(sys.unraisablehook)
+
+
+@contextlib.contextmanager
+def _drained_on_failure(quiet_s: float = 0.3, max_s: float = 3.0):
+    """A restore that fails on damaged bytes (a truncated file) fails while Orbax's other reads of
+    that step are in flight; their callbacks then hit its closed event loop from tensorstore's
+    threads and print "Event loop is closed" tracebacks, during the restore and after it. So the
+    restore's stderr (Python's and the file descriptor) is held back: written out if it succeeds;
+    if it fails, dropped once the abandoned reads have run (no new output for quiet_s)."""
+    import tempfile
+    sys.stderr.flush()
+    held, fd_copy, py_err = tempfile.TemporaryFile(), os.dup(2), sys.stderr
+    sink = io.StringIO()
+    os.dup2(held.fileno(), 2)
+    sys.stderr = sink
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        start = changed = time.monotonic()
+        seen = -1
+        while time.monotonic() - changed < quiet_s and time.monotonic() - start < max_s:
+            time.sleep(0.05)
+            gc.collect()                      # abandoned coroutines are finalised here, not at exit
+            size = len(sink.getvalue()) + os.fstat(held.fileno()).st_size
+            if size != seen:
+                seen, changed = size, time.monotonic()
+        raise
+    finally:
+        os.dup2(fd_copy, 2)
+        os.close(fd_copy)
+        sys.stderr = py_err
+        if not failed:                        # a restore that worked: whatever it said is shown
+            held.seek(0)
+            py_err.write(held.read().decode("utf-8", "replace") + sink.getvalue())
+        held.close()
 
 
 def abstract_like(tree, shardings):
@@ -102,6 +202,11 @@ def abstract_like(tree, shardings):
 
 class DamagedCheckpoint(Exception):
     """A checkpoint whose arrays do not match the checksums recorded when it was saved."""
+
+
+def shapes(tree) -> dict[str, list[int]]:
+    """Every array's shape, by tree path (the key `checksums` uses)."""
+    return {jax.tree_util.keystr(p): list(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def checksums(tree) -> dict[str, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -395,6 +396,9 @@ def validate(cfg: Config) -> None:
     if not cfg.model.init_from and cfg.train.seq_len + 1 > cfg.model.n_positions:
         raise UserError(f"train.seq_len + 1 = {cfg.train.seq_len + 1} tokens per block exceeds "
                         f"model.n_positions = {cfg.model.n_positions}")
+    for name, value in dataclasses.asdict(cfg.optim).items():     # nan / inf can never train
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"optim.{name} must be a finite number, got {value}")
     if cfg.optim.lr <= 0:
         raise UserError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.mesh.fsdp < 1 or cfg.mesh.data == 0 or cfg.mesh.data < -1:

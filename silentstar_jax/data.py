@@ -1,5 +1,5 @@
 """Training data: built-in reasoning tasks or text through Hugging Face `datasets`, as fixed-shape
-batches {tokens, attn_mask, loss_mask} of [B, seq_len + 1] (inputs and their next-token targets).
+`Batch`es {tokens, attn_mask, loss_mask} of [B, seq_len + 1] (inputs and their next-token targets).
 
 Task examples are one per row (prompt + answer + end-of-text, padded; loss on the answer only).
 Tasks with intermediate targets (hops, binding) add `thought_targets` [B, seq_len + 1, J]: at the
@@ -10,9 +10,10 @@ deterministic given the seed and expose a small JSON-able `state` saved in check
 """
 from __future__ import annotations
 
+import codecs
 import itertools
 import os
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -21,7 +22,19 @@ from silentstar_jax.config import Config, DataConfig
 from silentstar_jax.errors import UserError
 from silentstar_jax.tokenizer import Tokenizer
 
-Rows = dict[str, np.ndarray]   # tokens / attn_mask / loss_mask, each [N, T] (+ thought_targets [N, T, J])
+
+
+class Batch(NamedTuple):
+    """Rows of a batch or of a whole split (a pytree: jit shards it as one argument). A task row's
+    prompt ends where its loss_mask starts."""
+    tokens: np.ndarray                              # [N, T] int32 (pad: the tokenizer's pad id)
+    attn_mask: np.ndarray                           # [N, T] 1 = a real token
+    loss_mask: np.ndarray                           # [N, T] 1 = the token is scored as a target
+    thought_targets: Optional[np.ndarray] = None    # [N, T, J] token id after hop j + 1 (-1: none)
+
+    def take(self, idx) -> "Batch":
+        return Batch(*(None if v is None else v[idx] for v in self))
+
 
 
 def task_kwargs(d: DataConfig) -> dict:
@@ -41,24 +54,22 @@ def encode_example(tok: Tokenizer, ex: tasks.Example) -> tuple[list[int], int]:
     return p + tok.encode(ex.answer) + [tok.eos_id], len(p)
 
 
-def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: int) -> Rows:
+def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: int) -> Batch:
     try:
         exs = tasks.make_examples(d.task, n, seed=seed, split=split, **task_kwargs(d))
         J = tasks.n_thoughts(d.task, **task_kwargs(d))   # from the kwargs: train and eval get the same J
     except ValueError as e:
         raise UserError(f"data: {e}") from None
-    rows = {k: np.zeros((n, T), np.int32) for k in ("tokens", "attn_mask", "loss_mask")}
-    rows["tokens"][:] = tok.pad_id
-    if J:
-        rows["thought_targets"] = np.full((n, T, J), -1, np.int32)
+    rows = Batch(np.full((n, T), tok.pad_id, np.int32), np.zeros((n, T), np.int32), np.zeros((n, T), np.int32),
+                 np.full((n, T, J), -1, np.int32) if J else None)
     for i, ex in enumerate(exs):
         ids, n_prompt = encode_example(tok, ex)
         if len(ids) > T:
             raise UserError(f"data: a {d.task} example needs {len(ids)} tokens but train.seq_len + 1 = {T}; "
                             "raise train.seq_len")
-        rows["tokens"][i, :len(ids)] = ids
-        rows["attn_mask"][i, :len(ids)] = 1
-        rows["loss_mask"][i, n_prompt:len(ids)] = 1
+        rows.tokens[i, :len(ids)] = ids
+        rows.attn_mask[i, :len(ids)] = 1
+        rows.loss_mask[i, n_prompt:len(ids)] = 1
         if len(ex.thoughts) > J:
             raise ValueError(f"{d.task} example has {len(ex.thoughts)} thoughts, more than n_thoughts = {J}")
         for j, thought in enumerate(ex.thoughts):
@@ -66,8 +77,7 @@ def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: i
             if len(tid) != 1:
                 raise UserError(f"data: the {d.task} thought {thought!r} is {len(tid)} tokens for this "
                                 "tokenizer; thought targets need one token each")
-            rows["thought_targets"][i, n_prompt, j] = tid[0]
-    rows["prompt_len"] = np.array([len(tok.encode(ex.prompt)) for ex in exs], np.int32)
+            rows.thought_targets[i, n_prompt, j] = tid[0]
     return rows
 
 
@@ -95,16 +105,48 @@ def _load_hf(d: DataConfig, split: str, streaming: bool):
             builders = {kinds[e] for e in exts}
             if len(builders) > 1:   # one builder reads all the files: JSON read as text would train on braces
                 raise UserError(f"data.files: mixes formats ({', '.join(exts)}); use one format at a time")
-            return datasets.load_dataset(builders.pop(), data_files=list(d.files), split="train",
-                                         streaming=streaming)
+            builder = builders.pop()
+            for f in d.files:
+                _check_readable(f, builder)
+            try:
+                return datasets.load_dataset(builder, data_files=list(d.files), split="train", streaming=streaming)
+            except Exception as e:  # noqa: BLE001 - a file the checks above let through: still named
+                raise UserError(f"data.files: could not read {', '.join(d.files)} as {builder} "
+                                f"({_first_line(e)[:200]})") from None
         if not d.dataset:
             raise UserError("data.source=hf needs data.dataset (a hub dataset name)")
         return datasets.load_dataset(d.dataset, d.dataset_config, split=split, streaming=streaming)
     except UserError:
         raise
-    except Exception as e:  # noqa: BLE001 - offline / unknown dataset / bad file: one line for the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"data: could not load dataset ({msg[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - offline / unknown dataset: one line for the user
+        raise UserError(f"data: could not load dataset {d.dataset!r} ({_first_line(e)[:200]})") from None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _check_readable(path: str, builder: str) -> None:
+    """A data file that cannot be what its extension says is named before `datasets` reads it (whose
+    own error names no file): unreadable, empty, binary where text is expected, not parquet."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise UserError(f"data.files: cannot read {path} ({e.strerror})") from None
+    if not head:
+        raise UserError(f"data.files: {path} is empty")
+    if builder == "parquet":
+        if head[:4] != b"PAR1":
+            raise UserError(f"data.files: {path} is not a parquet file")
+        return
+    try:   # incremental: a character cut at the end of what was read is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < 1 << 16)
+        ok = b"\0" not in head
+    except UnicodeDecodeError:
+        ok = False
+    if not ok:
+        raise UserError(f"data.files: {path} is not UTF-8 text (a binary file?)")
 
 
 def _text(ex: dict, field: str) -> str:
@@ -134,12 +176,12 @@ def pack(docs_ids: list[list[int]], eos: int, T: int, carry: Optional[list[int]]
     return blocks, buf[n * T:]
 
 
-def _rows_from_blocks(blocks: np.ndarray) -> Rows:
+def _rows_from_blocks(blocks: np.ndarray) -> Batch:
     ones = np.ones_like(blocks)
-    return {"tokens": blocks, "attn_mask": ones, "loss_mask": ones.copy()}
+    return Batch(blocks, ones, ones.copy())
 
 
-def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Rows, Rows]:
+def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Batch, Batch]:
     """Whole (non-streaming) text dataset -> packed train and eval blocks. Eval: `eval_split`, or
     the last 5% of the blocks of `split` (which training then never sees)."""
     def blocks_of(split):
@@ -168,9 +210,9 @@ def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Rows, Rows]:
 class RowIterator:
     """Endless shuffled batches over in-memory rows; epoch e uses permutation(seed + e)."""
 
-    def __init__(self, rows: Rows, batch_size: int, seed: int):
-        self.rows = {k: v for k, v in rows.items() if v.ndim >= 2}   # per-row arrays; not prompt_len [N]
-        self.n = len(self.rows["tokens"])
+    def __init__(self, rows: Batch, batch_size: int, seed: int):
+        self.rows = rows
+        self.n = len(rows.tokens)
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.index = 0, 0
 
@@ -184,7 +226,7 @@ class RowIterator:
     def _perm(self):
         return np.random.default_rng(self.seed + self.epoch).permutation(self.n)
 
-    def __next__(self) -> Rows:
+    def __next__(self) -> Batch:
         idx = []
         while len(idx) < self.batch_size:
             take = self._perm()[self.index:self.index + self.batch_size - len(idx)]
@@ -192,9 +234,9 @@ class RowIterator:
             self.index += len(take)
             if self.index >= self.n:
                 self.epoch, self.index = self.epoch + 1, 0
-        return {k: v[idx] for k, v in self.rows.items()}
+        return self.rows.take(idx)
 
-    def __iter__(self) -> Iterator[Rows]:
+    def __iter__(self) -> Iterator[Batch]:
         return self
 
 
@@ -258,7 +300,7 @@ class StreamIterator:
         self.used += 1
         return self._docs[self.used - 1]
 
-    def __next__(self) -> Rows:
+    def __next__(self) -> Batch:
         out = np.zeros((0, self.T), np.int32)
         while len(out) < self.batch_size:
             blocks, self.leftover = pack([self._next_doc()], self.tok.eos_id, self.T, self.leftover)
@@ -285,7 +327,7 @@ def build_data(cfg: Config, tok: Tokenizer):
         src = _load_hf(d, d.eval_split or d.split, streaming=True)
         docs = [tok.encode(_text(ex, d.text_field)) for ex in src.take(d.eval_docs)]
         evals = _rows_from_blocks(pack(docs, tok.eos_id, T)[0])
-        if len(evals["tokens"]) == 0:
+        if len(evals.tokens) == 0:
             raise UserError(f"data: the first {d.eval_docs} documents hold no full block of {T} tokens")
         return StreamIterator(d, tok, T, B, d.shuffle_seed, skip=0 if d.eval_split else d.eval_docs), evals
     train, evals = text_rows(d, tok, T)

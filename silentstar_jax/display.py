@@ -1,5 +1,6 @@
 """Terminal rendering of thinking (rich): per-token thought traces, the coloured final text, the
-scoring view. Kept apart from generation so JSON and display read the same TokenEvents."""
+scoring view, the held-out evaluation table. Kept apart from generation so JSON and display read the
+same TokenEvents."""
 from __future__ import annotations
 
 import math
@@ -71,3 +72,17 @@ def coloured_text(pieces: list[tuple[str, float]]) -> Text:
 def legend() -> Text:
     return Text.assemble(("green", _delta_style(1.0)), ": thinking raised p(token)   ",
                          ("red", _delta_style(-1.0)), ": lowered it")
+
+
+def print_eval_table(result: dict, title: str, console: Console) -> None:
+    """The held-out evaluation (evaluate.evaluate's result): base, thinking and their gain per metric."""
+    from rich.table import Table
+    table = Table(title=title)
+    table.add_column("held-out metric")
+    cols = [c for c in ("base", "thinking", "gain") if c in result]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for metric in result["base"]:
+        table.add_row(metric, *[f"{result[c][metric]:+.4f}" if c == "gain" else f"{result[c][metric]:.4f}"
+                                for c in cols])
+    console.print(table)

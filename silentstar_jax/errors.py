@@ -15,10 +15,19 @@ class NonFiniteError(UserError):
     exit_code = 3
 
 
+class Stopped(Exception):
+    """Training stopped by SIGINT / SIGTERM after saving a checkpoint: exit 128 + the signal number
+    (130, 143), as shells expect, so that `train.py && next-step` does not go on with a half-trained model."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def cli_main(fn):
     """Wrap an entry point: UserError -> one line on stderr + its exit code (2); an OSError the
-    program did not expect (disk full, read-only file system) -> one line + exit 2;
-    Ctrl-C -> exit 130 quietly."""
+    program did not expect (disk full, read-only file system) -> one line + exit 2; a training stopped
+    by a signal (Stopped) -> its line + 130 / 143; Ctrl-C elsewhere -> exit 130 quietly."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -26,6 +35,9 @@ def cli_main(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except Stopped as e:
+            print(str(e), file=sys.stderr)
             sys.exit(e.exit_code)
         except OSError as e:
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""

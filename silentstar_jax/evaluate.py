@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from silentstar_jax.align import shift_left
+from silentstar_jax.data import Batch
 from silentstar_jax.objective import target_weights, token_logprob
 
 
@@ -24,7 +25,7 @@ def make_eval_fn(graphdef, n_thoughts=None):
     """n_thoughts: think with this many thoughts (test-time scaling); None: thinking.n_thoughts."""
     def eval_fn(params, batch):
         model = nnx.merge(graphdef, params)
-        tokens, attn, lmask = batch["tokens"], batch["attn_mask"], batch["loss_mask"]
+        tokens, attn, lmask = batch.tokens, batch.attn_mask, batch.loss_mask
         out = model(tokens, attn) if n_thoughts is None or model.heads is None else \
             model(tokens, attn, n_thoughts=n_thoughts)
         target = shift_left(tokens, 1)
@@ -48,19 +49,16 @@ def make_eval_fn(graphdef, n_thoughts=None):
     return jax.jit(eval_fn)
 
 
-def evaluate(eval_fn, params, rows: dict, batch_size: int, put_batch, max_batches: int = 0) -> dict:
+def evaluate(eval_fn, params, rows: Batch, batch_size: int, put_batch) -> dict:
     """{"base": {...}, "thinking": {...}, "gain": {...}} over the eval rows (padded to full batches)."""
-    rows = {k: v for k, v in rows.items() if k in ("tokens", "attn_mask", "loss_mask")}
-    n = len(rows["tokens"])
-    n_batches = math.ceil(n / batch_size)
-    if max_batches:
-        n_batches = min(n_batches, max_batches)
+    rows = rows._replace(thought_targets=None)
+    n = len(rows.tokens)
     totals: dict = {}
-    for i in range(n_batches):
-        b = {k: v[i * batch_size:(i + 1) * batch_size] for k, v in rows.items()}
-        short = batch_size - len(b["tokens"])
-        if short:
-            b = {k: np.concatenate([v, np.zeros((short, v.shape[1]), v.dtype)]) for k, v in b.items()}
+    for i in range(math.ceil(n / batch_size)):
+        b = rows.take(slice(i * batch_size, (i + 1) * batch_size))
+        short = batch_size - len(b.tokens)
+        if short:       # padding rows: attn_mask 0, so they count nowhere
+            b = Batch(*(np.concatenate([v, np.zeros((short, v.shape[1]), v.dtype)]) for v in b[:3]))
         for k, v in jax.device_get(eval_fn(params, put_batch(b))).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     result = {}

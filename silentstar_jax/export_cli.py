@@ -11,6 +11,7 @@ import argparse
 import os
 
 from silentstar_jax.errors import UserError, cli_main
+from silentstar_jax.runtime import run_main
 
 TRAIN_HINT = "python train.py --config configs/tiny.yaml"
 EXPORT_SUBDIR = "hf"      # default --out: RUN/hf
@@ -46,7 +47,7 @@ def check_out_dir(out: str, force: bool) -> None:
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    from silentstar_jax.trainer import latest_run, load_run
+    from silentstar_jax.run_dir import latest_run, load_run
     run = args.checkpoint or latest_run(args.runs)
     if run is None:
         raise UserError(f"no trained run found under {args.runs}/; train one with: {TRAIN_HINT}")
@@ -62,3 +63,12 @@ def main(argv=None) -> None:
     print(f"wrote {out}: the base GPT-2 of {run} (step {step}) for transformers' "
           f"GPT2LMHeadModel.from_pretrained, {tok_note}; the thinking heads ({NOT_EXPORTED}) "
           "are not part of the exported model")
+
+
+
+def run() -> None:
+    run_main(main)   # console script, `python -m`, the script at the repo root
+
+
+if __name__ == "__main__":
+    run()

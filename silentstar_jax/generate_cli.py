@@ -17,6 +17,7 @@ import threading
 import time
 
 from silentstar_jax.errors import UserError, cli_main
+from silentstar_jax.runtime import run_main
 from silentstar_jax.sampling import SamplingConfig
 
 TRAIN_HINT = "python train.py --config configs/tiny.yaml"
@@ -89,7 +90,7 @@ def load_model(args):
     from silentstar_jax.config import ThinkingConfig
     from silentstar_jax.model import SilentStar
     from silentstar_jax.tokenizer import load_tokenizer
-    from silentstar_jax.trainer import latest_run, load_run
+    from silentstar_jax.run_dir import latest_run, load_run
     if args.init_from:
         from silentstar_jax.hf import load_gpt2
         gpt2, path = load_gpt2(args.init_from, allow_pickle=args.allow_pickle)
@@ -216,7 +217,8 @@ def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> None:
             status.stop()
     if stop.is_set():
         (err if args.json else out).print("\n[dim](stopped)[/]")
-    tps = (len(events) - 2) / max(time.perf_counter() - t_mark[-1], 1e-9) if len(events) > 2 else 0.0
+    # the rate of the tokens after the first two (which compile); undefined for 2 tokens or fewer
+    tps = (len(events) - 2) / max(time.perf_counter() - t_mark[-1], 1e-9) if len(events) > 2 else None
     text = tok.decode([e.token_id for e in events])
     if args.json:
         print(json.dumps({"text": text, "tokens_per_second": tps}), flush=True)
@@ -227,7 +229,8 @@ def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> None:
         out.print(Text.assemble(Text(printable(prompt), style="dim"), coloured_text(pieces)))
         if think:
             out.print(legend())
-        out.print(f"[dim]{len(events)} tokens, {tps:.1f} tokens/s[/]")
+        rate = f", {tps:.1f} tokens/s" if tps is not None else ""
+        out.print(f"[dim]{len(events)} token{'s' if len(events) != 1 else ''}{rate}[/]")
 
 
 def prompt_loop(gen, tok, args, think, out, err) -> None:
@@ -290,3 +293,12 @@ def main(argv=None) -> None:
     if not sys.stdin.isatty() and args.json:
         raise UserError("give --prompt TEXT with --json")
     prompt_loop(gen, tok, args, think, out, err)
+
+
+
+def run() -> None:
+    run_main(main)   # console script, `python -m`, the script at the repo root
+
+
+if __name__ == "__main__":
+    run()

@@ -147,3 +147,19 @@ def thought_trace(g: GPT2, y_nBD, z_nBD, k: int) -> dict:
     sw = lambda a: jnp.swapaxes(a, 0, 1)                                     # -> [B, n, ...]
     return {"lens_id": sw(lens_id), "lens_p": sw(lens_p), "cos_id": sw(cos_id), "cos": sw(cos_v),
             "norm": sw(jnp.linalg.norm(z_nBD, axis=-1))}
+
+
+def build_model(cfg, tok=None) -> SilentStar:
+    """The model a Config describes: from scratch (model.* shape) or from HF weights (model.init_from),
+    plus thinking heads; `tok`: refuse a vocabulary smaller than the tokenizer's."""
+    from silentstar_jax.errors import UserError
+    m, rngs = cfg.model, nnx.Rngs(cfg.run.seed)
+    gpt2 = None
+    if m.init_from:
+        from silentstar_jax.hf import load_gpt2
+        gpt2, _ = load_gpt2(m.init_from, allow_pickle=m.allow_pickle, dtype=m.dtype, remat=m.remat,
+                            attention=m.attention)
+        m = gpt2.cfg
+    if tok is not None and tok.vocab_size > m.vocab_size:
+        raise UserError(f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
+    return SilentStar(m, cfg.thinking, rngs=rngs, gpt2=gpt2)

@@ -1,12 +1,15 @@
-"""The run directory's guards: one trainer at a time (a lock), a resume that cannot change what the
+"""The run directory: the one place that reads one (its saved config, the latest run, a trained model
+with `load_run`) and its guards: one trainer at a time (a lock), a resume that cannot change what the
 checkpoints mean (the saved config compared first), and logs that hold each step once."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import socket
+import sys
 from typing import Optional
 
 import yaml
@@ -105,6 +108,65 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     return allowed, refused
 
 
+def setup_mismatch(meta: dict, current: dict, shapes: dict[str, list[int]]) -> Optional[str]:
+    """What keeps a healthy checkpoint (its metadata: `meta`) from being this setup, or None.
+    current: the config being built (as saved: `json_config`); shapes: the parameter shapes it builds.
+    The checkpoint's own record decides, not the editable config.yaml."""
+    if isinstance(meta.get("config"), dict):
+        refused = config_changes(meta["config"], current)[1]
+        if refused:
+            return f"the checkpoints hold another setup ({'; '.join(refused)}; checkpoint -> this config)"
+    saved = meta.get("shapes")
+    if isinstance(saved, dict):
+        wrong = [k for k in sorted(set(saved) | set(shapes)) if saved.get(k) != shapes.get(k)]
+        if wrong:
+            return "the checkpoints hold other parameter shapes (" + "; ".join(
+                f"{k}: {saved.get(k)} -> {shapes.get(k)}" for k in wrong[:3]) + \
+                (f"; {len(wrong) - 3} more" if len(wrong) > 3 else "") + "; checkpoint -> this config)"
+    return None
+
+
+def json_config(cfg) -> dict:
+    """A Config as its checkpoints record it (JSON types: what `setup_mismatch` compares)."""
+    from silentstar_jax import config as C
+    return json.loads(json.dumps(C.to_dict(cfg)))
+
+
+RECORDS = ("metrics.jsonl", "evals.jsonl", "eval.json", "damaged-checkpoints")
+
+
+def records_without_checkpoint(run_dir: str) -> list[str]:
+    """The records of an earlier training here (logs, evaluations, damaged checkpoints moved aside),
+    where there is no checkpoint to resume: training would start over them."""
+    found = []
+    for name in RECORDS:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and os.listdir(path) or os.path.isfile(path) and os.path.getsize(path):
+            found.append(name)
+    return found
+
+
+def archive_records(run_dir: str) -> Optional[str]:
+    """`train.py --restart`: move an earlier training's records and checkpoints to
+    RUN/archive/<UTC time>/ (nothing is deleted); returns that folder, or None if there was nothing."""
+    import glob
+    import shutil
+    import time
+    names = [*RECORDS, "checkpoints", "config.yaml", "tb"]
+    present = [n for n in names if os.path.exists(os.path.join(run_dir, n))]
+    present += [os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "eval_thoughts_*.json"))]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dst, i = os.path.join(run_dir, "archive", stamp), 1
+    while os.path.exists(dst):
+        dst, i = os.path.join(run_dir, "archive", f"{stamp}.{i}"), i + 1
+    os.makedirs(dst)
+    for n in present:
+        shutil.move(os.path.join(run_dir, n), os.path.join(dst, n))
+    return dst
+
+
 def read_saved_config(run_dir: str) -> Optional[dict]:
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
@@ -143,3 +205,99 @@ def truncate_log(path: str, last_step: int) -> int:
             f.writelines(keep)
         os.replace(tmp, path)
     return dropped
+
+
+def latest_run(root: str = "runs") -> Optional[str]:
+    """The most recently modified run directory under `root` that holds checkpoints."""
+    from silentstar_jax.checkpoint import Checkpointer
+    if not os.path.isdir(root):
+        return None
+    runs = []
+    for d in os.listdir(root):
+        ckpt_dir = os.path.join(root, d, "checkpoints")
+        if os.path.isdir(ckpt_dir):
+            with contextlib.closing(Checkpointer(ckpt_dir, 1)) as ckpt:
+                if ckpt.latest_step() is not None:
+                    runs.append(os.path.join(root, d))
+    return max(runs, key=lambda r: os.path.getmtime(os.path.join(r, "checkpoints")), default=None)
+
+
+def load_run(path: str):
+    """(SilentStar with the latest checkpoint's parameters, tokenizer, config, step) of a run dir, or
+    of one step (`RUN/checkpoints/<step>`). The model is built from config.yaml (or, where it is gone,
+    from the checkpoints' own record of the config) and must be what the checkpoints hold."""
+    import dataclasses
+
+    from flax import nnx
+
+    from silentstar_jax import config as C
+    from silentstar_jax.checkpoint import Checkpointer, abstract_like, shapes
+    from silentstar_jax.model import build_model
+    from silentstar_jax.sharding import param_specs, shardings
+    from silentstar_jax.tokenizer import tokenizer_for
+    from silentstar_jax.train_step import make_mesh
+    run_dir = path
+    if os.path.basename(os.path.normpath(path)).isdigit():          # .../checkpoints/<step>
+        run_dir = os.path.dirname(os.path.dirname(os.path.normpath(path)))
+    raw = read_saved_config(run_dir)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if raw is None and not os.path.isdir(ckpt_dir):
+        raise UserError(f"{path}: not a training run (no config.yaml, no checkpoints)")
+    with contextlib.closing(Checkpointer(ckpt_dir, 1)) as ckpt:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise UserError(f"{run_dir}: no checkpoint yet")
+        wanted = int(os.path.basename(os.path.normpath(path))) if run_dir != path else None
+        if wanted is not None and wanted not in steps:
+            raise UserError(f"{path}: no checkpoint at step {wanted} (this run has steps {sorted(steps)})")
+        if raw is None:
+            raw = _config_from_checkpoints(ckpt, [wanted] if wanted is not None else steps, run_dir)
+        cfg = C.from_dict(raw)
+        tok = tokenizer_for(cfg)
+        cfg_nohub = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg_nohub)))
+        mesh = make_mesh(C.MeshConfig(data=1, fsdp=1))
+        pure = state.to_pure_dict()
+        target = abstract_like(pure, shardings(param_specs(state, dict(mesh.shape)), mesh))
+        current, want_shapes = json_config(cfg), shapes(pure)
+
+        def check(step: int, meta: dict) -> None:
+            why = setup_mismatch(meta, current, want_shapes)
+            if why:
+                raise UserError(f"{run_dir}: config.yaml does not describe its checkpoints: {why}; "
+                                "nothing was changed: restore config.yaml (or delete it: the checkpoints' "
+                                "own record is then used)")
+        if wanted is not None:
+            try:
+                meta = ckpt.read_meta(wanted)
+            except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged data
+                raise UserError(f"{path}: checkpoint is damaged ({_reason(e)})") from None
+            check(wanted, meta)
+            try:
+                params, _ = ckpt.restore_params(wanted, target)
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"{path}: checkpoint is damaged ({_reason(e)})") from None
+            step = wanted
+        else:
+            warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)
+            step, (params, _) = ckpt.restore_newest_valid(lambda s: ckpt.restore_params(s, target), warn,
+                                                          check=check)
+    return nnx.merge(graphdef, params), tok, cfg, step
+
+
+def _reason(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _config_from_checkpoints(ckpt, steps: list[int], run_dir: str) -> dict:
+    """config.yaml is gone: the config recorded in the newest checkpoint whose metadata reads."""
+    for step in steps:
+        try:
+            cfg = ckpt.read_meta(step).get("config")
+        except Exception:  # noqa: BLE001 - a damaged step: the next older one
+            continue
+        if isinstance(cfg, dict):
+            print(f"warning: {run_dir}/config.yaml is missing; using the config recorded in checkpoint "
+                  f"step {step}", file=sys.stderr)
+            return cfg
+    raise UserError(f"{run_dir}: no config.yaml, and no checkpoint records a readable config")

@@ -55,3 +55,10 @@ def init_distributed() -> None:
         jax.distributed.initialize(**kw)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"mesh.distributed: {str(e).strip().splitlines()[0][:200]}") from None
+
+
+def run_main(main) -> None:
+    """What every entry point runs (`train.py`, `silentstar-train`, `python -m silentstar_jax.train_cli`):
+    malloc tuned before anything allocates, then the command."""
+    tune_malloc()
+    main()

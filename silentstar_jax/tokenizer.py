@@ -82,3 +82,14 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if os.path.isdir(spec) or not os.path.exists(spec):
         return HFTokenizer(spec)
     raise UserError(f"tokenizer {spec!r} is neither 'byte' nor a tokenizer directory or hub name")
+
+
+def tokenizer_for(cfg) -> Tokenizer:
+    """The tokenizer a Config names (data.tokenizer; `auto`: the one beside model.init_from)."""
+    spec = cfg.data.tokenizer
+    if spec == "auto":
+        if not cfg.model.init_from:
+            raise UserError("data.tokenizer=auto needs model.init_from")
+        from silentstar_jax.hf import resolve
+        spec = resolve(cfg.model.init_from)
+    return load_tokenizer(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from silentstar_jax.errors import cli_main
+from silentstar_jax.runtime import run_main
 
 
 @cli_main
@@ -17,8 +18,11 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default=None, metavar="S[,S...]",
                    help="train these run.seed values together in one program (one device), each in "
                         "run.out_dir/seed<S>")
+    p.add_argument("--restart", action="store_true",
+                   help="train the run directory from step 0: its earlier records and checkpoints are moved "
+                        "to run.out_dir/archive/<time>/ (without it, a directory with records is resumed or refused)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 mesh.data=4")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)     # flags and key=value overrides in any order
     from silentstar_jax.config import load_config
     cfg = load_config(args.config, args.overrides)
 
@@ -38,19 +42,23 @@ def main(argv=None) -> None:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         except ValueError:
             raise UserError(f"--seeds: expected seeds like 0,1,2, got {args.seeds!r}") from None
-        SeedGroup(seed_configs(cfg, seeds)).train(console)
+        SeedGroup(seed_configs(cfg, seeds)).train(console, restart=args.restart)
         return
+    if args.eval_only and args.restart:
+        raise UserError("--restart trains from step 0; --eval-only evaluates what is there: use one")
     run = Run(cfg)
     if args.eval_only:
-        if not run.restore_latest():
-            raise UserError(f"{cfg.run.out_dir}: no checkpoint to evaluate")
-        from silentstar_jax.evaluate import make_eval_fn
-        for n in counts:      # one process, one restore; one compiled evaluation per count
-            run.eval_fn = make_eval_fn(run.graphdef, n)
-            run.finish_eval(console, name="eval.json" if n is None else f"eval_thoughts_{n}.json")
-        run.ckpt.close()
+        try:
+            if not run.restore_latest():
+                raise UserError(f"{cfg.run.out_dir}: no checkpoint to evaluate")
+            from silentstar_jax.evaluate import make_eval_fn
+            for n in counts:      # one process, one restore; one compiled evaluation per count
+                run.eval_fn = make_eval_fn(run.graphdef, n)
+                run.finish_eval(console, name="eval.json" if n is None else f"eval_thoughts_{n}.json")
+        finally:
+            run.ckpt.close()
         return
-    run.train(console)
+    run.train(console, restart=args.restart)
 
 
 def _thought_counts(text: str, eval_only: bool, cfg) -> list[int]:
@@ -72,3 +80,12 @@ def _thought_counts(text: str, eval_only: bool, cfg) -> list[int]:
         validate(dataclasses.replace(cfg, thinking=dataclasses.replace(
             cfg.thinking, n_thoughts=n, n_thoughts_train=[])))    # does the chain fit the context?
     return counts
+
+
+
+def run() -> None:
+    run_main(main)   # console script, `python -m`, the script at the repo root
+
+
+if __name__ == "__main__":
+    run()

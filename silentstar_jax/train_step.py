@@ -51,9 +51,10 @@ def think_positions(attn_mask_BL, loss_mask_BL, A: int, Q: int):
     return jax.vmap(lambda m: jnp.nonzero(m, size=Q, fill_value=L)[0])(scored)
 
 
-def n_think_positions(rows: dict, A: int) -> int:
-    """The most positions of one row whose chain predicts a scored target (static Q of think_at: targets)."""
-    scored = target_weights(jnp.asarray(rows["attn_mask"]), jnp.asarray(rows["loss_mask"]), A).sum(-1) > 0
+def n_think_positions(rows, A: int) -> int:
+    """The most positions of one row (data.Batch) whose chain predicts a scored target (static Q of
+    think_at: targets)."""
+    scored = target_weights(jnp.asarray(rows.attn_mask), jnp.asarray(rows.loss_mask), A).sum(-1) > 0
     return max(int(scored.sum(1).max()), 1)
 
 
@@ -75,15 +76,15 @@ def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
     def loss_fn(params, batch, key, n_thoughts=None, step_idx=0):
         model = nnx.merge(graphdef, params)
         kw = {}
-        targets = batch.get("thought_targets")
+        targets = batch.thought_targets
         if t.enabled:
             kw = dict(key=key, n_samples=t.n_samples, thought_logits=cfg.loss.thought > 0, n_thoughts=n_thoughts)
             if n_think_pos:
-                kw["think_idx_BQ"] = think_positions(batch["attn_mask"], batch["loss_mask"], t.n_ahead, n_think_pos)
+                kw["think_idx_BQ"] = think_positions(batch.attn_mask, batch.loss_mask, t.n_ahead, n_think_pos)
             if cfg.loss.thought_supervision > 0 and targets is not None:
                 kw["n_supervised"] = targets.shape[-1]
-        out = model(batch["tokens"], batch["attn_mask"], **kw)
-        return compute_loss(out, batch["tokens"], batch["attn_mask"], batch["loss_mask"], t, cfg.loss,
+        out = model(batch.tokens, batch.attn_mask, **kw)
+        return compute_loss(out, batch.tokens, batch.attn_mask, batch.loss_mask, t, cfg.loss,
                             targets, supervision_weight(cfg.loss, step_idx, cfg.train.steps))
 
     return loss_fn
@@ -113,7 +114,7 @@ def switch_over_counts(fn, counts: list[int]):
 
 
 def make_step_fn(graphdef, cfg: Config, tx, sched, n_think_pos: int = 0):
-    """The pure step: (params, opt_state, batch [accum*B, T], step, base_key, n_thoughts) ->
+    """The pure step: (params, opt_state, batch (data.Batch [accum*B, T]), step, base_key, n_thoughts) ->
     (params, opt_state, metrics). The randomness is fold_in(base_key, step): base_key = key(run.seed).
     With thinking.n_thoughts_train = [lo, hi], n_thoughts may be traced (switch_over_counts).
     metrics["nonfinite"] = 1: this step's update was not applied (non-finite loss/gradient/parameters)."""
@@ -158,8 +159,7 @@ def make_step_fn(graphdef, cfg: Config, tx, sched, n_think_pos: int = 0):
     return step
 
 
-def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard, batch_keys=None,
-                    n_think_pos: int = 0):
+def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard, n_think_pos: int = 0):
     """jit(step)(params, opt_state, batch [accum*B, T], step, n_thoughts) -> (params, opt_state, metrics)
     for run.seed. With thinking.n_thoughts_train = [lo, hi], n_thoughts is data: one compiled program
     for every count (switch_over_counts); otherwise it is static (one program per count asked for)."""
@@ -170,7 +170,7 @@ def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_sha
     def step(params, opt_state, batch, step_idx, n_thoughts=None):
         return pure(params, opt_state, batch, step_idx, base_key, n_thoughts)
 
-    b_shard = {k: batch_sharding(mesh) for k in (batch_keys or ("tokens", "attn_mask", "loss_mask"))}
+    b_shard = batch_sharding(mesh)    # every array of the Batch: rows split over the devices
     if counts is not None:      # the count is data
         return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None, None),
                        out_shardings=(p_shard, o_shard, None), donate_argnums=(0, 1))

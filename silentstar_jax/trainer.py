@@ -1,5 +1,7 @@
-"""The training loop: build model, data, mesh and step from a Config; log, evaluate, checkpoint,
-resume exactly where the run stopped (params, optimizer, step, data position; RNG = f(seed, step))."""
+"""A training run (`Run`: model, data, mesh, optimizer, run directory, built from a Config) and the one
+training loop (`train_loop`): log, evaluate, checkpoint, stop on a signal, resume exactly where the run
+stopped (params, optimizer, step, data position; RNG = f(seed, step)). A `--seeds` group goes through
+the same loop: K Runs whose parameters are stacked and trained by one vmapped step (seeds.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,36 +15,21 @@ from typing import Optional
 
 import jax
 import numpy as np
-import yaml
 from flax import nnx
 
 from silentstar_jax import config as C
-from silentstar_jax.checkpoint import Checkpointer, abstract_like
-from silentstar_jax.data import build_data
-from silentstar_jax.errors import NonFiniteError, UserError
+from silentstar_jax.checkpoint import Checkpointer, abstract_like, shapes
+from silentstar_jax.data import Batch, build_data
+from silentstar_jax.display import print_eval_table
+from silentstar_jax.errors import NonFiniteError, Stopped, UserError
 from silentstar_jax.evaluate import evaluate, make_eval_fn
-from silentstar_jax.model import SilentStar
-from silentstar_jax.run_dir import RunLock, config_changes, make_run_dir, read_saved_config, truncate_log
+from silentstar_jax.model import build_model
+from silentstar_jax.run_dir import (RunLock, archive_records, config_changes, json_config, make_run_dir,
+                                    records_without_checkpoint, setup_mismatch, truncate_log)
 from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
-from silentstar_jax.tokenizer import load_tokenizer
+from silentstar_jax.tokenizer import tokenizer_for
 from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
                                        n_think_positions, n_thoughts_at)
-
-BATCH_KEYS = ("tokens", "attn_mask", "loss_mask", "thought_targets")
-
-
-def create_model(cfg: C.Config, tok=None) -> SilentStar:
-    """From scratch (model.* shape) or from HF weights (model.init_from), plus thinking heads."""
-    m, rngs = cfg.model, nnx.Rngs(cfg.run.seed)
-    gpt2 = None
-    if m.init_from:
-        from silentstar_jax.hf import load_gpt2
-        gpt2, _ = load_gpt2(m.init_from, allow_pickle=m.allow_pickle, dtype=m.dtype, remat=m.remat,
-                            attention=m.attention)
-        m = gpt2.cfg
-    if tok is not None and tok.vocab_size > m.vocab_size:
-        raise UserError(f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
-    return SilentStar(m, cfg.thinking, rngs=rngs, gpt2=gpt2)
 
 
 def resolved_model_config(cfg: C.Config) -> C.Config:
@@ -57,21 +44,11 @@ def resolved_model_config(cfg: C.Config) -> C.Config:
     return dataclasses.replace(cfg, model=model)
 
 
-def tokenizer_for(cfg: C.Config):
-    spec = cfg.data.tokenizer
-    if spec == "auto":
-        if not cfg.model.init_from:
-            raise UserError("data.tokenizer=auto needs model.init_from")
-        from silentstar_jax.hf import resolve
-        spec = resolve(cfg.model.init_from)
-    return load_tokenizer(spec)
-
-
 class _Stopper:
-    """SIGTERM/SIGINT -> finish the current step, save, exit cleanly."""
+    """SIGTERM/SIGINT -> finish the current step, save, then stop (exit 128 + the signal)."""
 
     def __init__(self):
-        self.stop = False
+        self.signum: Optional[int] = None
         self._old = {}
 
     def __enter__(self):
@@ -80,24 +57,11 @@ class _Stopper:
         return self
 
     def _handle(self, signum, frame):
-        self.stop = True
+        self.signum = signum
 
     def __exit__(self, *exc):
         for sig, h in self._old.items():
             signal.signal(sig, h)
-
-
-def _print_eval_table(result: dict, title: str, console) -> None:
-    from rich.table import Table
-    table = Table(title=title)
-    table.add_column("held-out metric")
-    cols = [c for c in ("base", "thinking", "gain") if c in result]
-    for c in cols:
-        table.add_column(c, justify="right")
-    for metric in result["base"]:
-        table.add_row(metric, *[f"{result[c][metric]:+.4f}" if c == "gain" else f"{result[c][metric]:.4f}"
-                                for c in cols])
-    console.print(table)
 
 
 class Run:
@@ -113,7 +77,7 @@ class Run:
         if cfg.train.batch_size % n_dev:
             raise UserError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the "
                             f"{n_dev} devices of the mesh")
-        model = create_model(cfg, self.tok)
+        model = build_model(cfg, self.tok)
         self.graphdef, state = nnx.split(model)
         params = state.to_pure_dict()
         self.tx, self.sched = make_optimizer(cfg, param_labels(state), decay_mask(state))
@@ -131,21 +95,35 @@ class Run:
         self._bshard = batch_sharding(self.mesh)
         self.eval_fn = make_eval_fn(self.graphdef)
         self.wall_s = 0.0   # training wall time over every session of this run (saved in checkpoints)
+        self.skipped = 0    # updates skipped as non-finite in this session (train.on_nonfinite=skip)
 
     # ---------------------------------------------------------------- checkpoints
-    def restore_latest(self, warn=None, set_aside: bool = False) -> bool:
+    def restore_latest(self, warn=None, set_aside: bool = False, say=None) -> bool:
         """The newest checkpoint that restores and verifies (damaged newer ones are skipped with a
-        warning, and moved aside if set_aside); False if the run has none."""
+        warning, and moved aside if set_aside); False if the run has none. A healthy checkpoint of
+        another setup (model shape, thinking, data, seed...: its own recorded config and shapes against
+        this one) stops with one line, before anything is moved or written."""
         warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         p_target = abstract_like(self.params, self.p_shard)
         o_target = abstract_like(self.opt_state, self.o_shard)
-        found = self.ckpt.restore_newest_valid(lambda s: self.ckpt.restore(s, p_target, o_target), warn, set_aside)
+        current, want = json_config(self.cfg), shapes(self.params)
+
+        def check(step: int, meta: dict) -> None:
+            why = setup_mismatch(meta, current, want)
+            if why:
+                raise UserError(f"{self.out_dir}: {why}: resuming would change what they mean; nothing was "
+                                "changed: set these back, or train in a new run.out_dir")
+        found = self.ckpt.restore_newest_valid(lambda s: self.ckpt.restore(s, p_target, o_target), warn,
+                                               set_aside, check)
         if found is None:
             return False
         params, opt, meta = found[1]
         self.params, self.opt_state, self.step = params, opt, int(meta["step"])
         self.wall_s = float(meta.get("wall_s", 0.0))
         self.data.restore(meta["data"])
+        allowed = config_changes(meta["config"], current)[0] if isinstance(meta.get("config"), dict) else []
+        if allowed and say is not None:
+            say(f"resuming with changed settings: {'; '.join(allowed)}")
         return True
 
     def save(self) -> None:
@@ -159,31 +137,13 @@ class Run:
             raise UserError(f"saving checkpoint step {self.step} in {self.ckpt.directory} failed "
                             f"({e.strerror or e}); {kept}") from None
 
-    def _check_config(self, say) -> None:
-        """Before anything is written: a resumed run may change only RESUMABLE settings."""
-        saved = read_saved_config(self.out_dir)
-        if saved is None or not self.ckpt.all_steps():
-            return
-        current = yaml.safe_load(C.dump_yaml(self.cfg))
-        allowed, refused = config_changes(saved, current)
-        if refused:
-            raise UserError(f"{self.out_dir} holds checkpoints of another setup ({'; '.join(refused)}): "
-                            "resuming would change what they mean; set these back, or train in a new run.out_dir")
-        if allowed:
-            say(f"resuming with changed settings: {'; '.join(allowed)}")
-
-    def _check_finite(self, pending: list) -> None:
-        """pending: (step, nonfinite flag) since the last check; one device read for all of them."""
-        if not pending:
-            return
-        flags = jax.device_get([f for _, f in pending])
-        bad = [s for (s, _), f in zip(pending, flags) if f > 0]
-        pending.clear()
+    def _nonfinite(self, bad: list[int]) -> None:
+        """Steps whose update was not applied (non-finite): skipped with a warning, or training stops."""
         if not bad:
             return
         if self.cfg.train.on_nonfinite == "skip":
             self.skipped += len(bad)
-            print(f"warning: non-finite loss or gradients at step(s) {', '.join(map(str, bad))}: "
+            print(f"warning: {self.cfg.run.name}: non-finite loss or gradients at step(s) {', '.join(map(str, bad))}: "
                   f"update(s) skipped ({self.skipped} so far)", file=sys.stderr)
             return
         newest = self.ckpt.latest_step()
@@ -192,28 +152,86 @@ class Run:
             f"({'newest checkpoint: step ' + str(newest) if newest is not None else 'no checkpoint written'}); "
             "lower optim.lr, or set train.on_nonfinite=skip to skip such batches")
 
-    def put_batch(self, rows: dict):
+    def put_batch(self, rows: Batch) -> Batch:
         """Global batch -> arrays sharded over the mesh. Every process builds the same global batch
         (deterministic iterators); with several processes each contributes its own rows."""
-        keys = [k for k in BATCH_KEYS if k in rows]
         if jax.process_count() == 1:
-            return {k: jax.device_put(np.asarray(rows[k]), self._bshard) for k in keys}
+            return jax.tree.map(lambda v: jax.device_put(np.asarray(v), self._bshard), rows)
         n, i = jax.process_count(), jax.process_index()
-        per = len(rows["tokens"]) // n
-        return {k: jax.make_array_from_process_local_data(self._bshard, np.asarray(rows[k])[i * per:(i + 1) * per])
-                for k in keys}
+        per = len(rows.tokens) // n
+        return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
+            self._bshard, np.asarray(v)[i * per:(i + 1) * per]), rows)
 
     # ---------------------------------------------------------------- the two jobs
     def evaluate(self) -> dict:
         return evaluate(self.eval_fn, self.params, self.eval_rows, self.cfg.train.batch_size, self.put_batch)
 
-    def _step_fn(self):
-        """The jitted train step for this run's batches (chains only at scored positions if asked)."""
+    @property
+    def n_think_pos(self) -> int:
+        """Chains only at scored positions (thinking.think_at: targets): the static count per row; 0: all."""
         t, rows = self.cfg.thinking, getattr(self.data, "rows", None)
-        n_pos = n_think_positions(rows, t.n_ahead) if t.enabled and t.think_at == "targets" and rows else 0
-        keys = [k for k in BATCH_KEYS if k in rows] if rows else list(BATCH_KEYS[:3])
+        return n_think_positions(rows, t.n_ahead) if t.enabled and t.think_at == "targets" and rows else 0
+
+    def step_fn(self):
+        """The jitted train step for this run's batches."""
         return make_train_step(self.graphdef, self.cfg, self.tx, self.sched, self.mesh, self.p_shard,
-                               self.o_shard, keys, n_pos)
+                               self.o_shard, self.n_think_pos)
+
+    def train(self, console=None, stop_after: Optional[int] = None, restart: bool = False) -> dict:
+        """Train to train.steps (or stop, with a checkpoint, after `stop_after` steps of this session:
+        returns {}); the held-out evaluation at the end. restart: archive an earlier training's records."""
+        results = train_loop([self], self.step_fn(), stacked=False, console=console, stop_after=stop_after,
+                             restart=restart)
+        return results[0] if results else {}
+
+    def open_run_dir(self, stack: contextlib.ExitStack, console, restart: bool = False) -> None:
+        """Before training: the lock (held until `stack` closes), the newest valid checkpoint restored
+        (its recorded setup compared with this one), the logs cut to the restored step, the config
+        written. A directory with records but no checkpoint is refused (never trained over), unless
+        `restart` moves them to RUN/archive/ first."""
+        say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)   # one line each
+        stack.callback(lambda: self.ckpt.close())      # the manager open at the end (restart replaces it)
+        if self.primary:
+            lock = stack.enter_context(RunLock(self.out_dir))
+            if lock.previous_owner:
+                say(f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
+                    "which ended without releasing it")
+            if restart:
+                self.ckpt.close()
+                archived = archive_records(self.out_dir)
+                self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), self.cfg.checkpoint.keep,
+                                         self.cfg.checkpoint.async_save)
+                if archived:
+                    say(f"--restart: the earlier training's records and checkpoints moved to {archived}")
+        if jax.process_count() > 1 and restart:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("run directory archived")
+        if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=self.primary, say=say):
+            say(f"resuming {self.out_dir} from step {self.step}")
+        elif records_without_checkpoint(self.out_dir):
+            found = records_without_checkpoint(self.out_dir)
+            damaged = os.path.join(self.out_dir, "damaged-checkpoints")
+            why = (f"its checkpoints are all damaged (moved to {damaged})" if "damaged-checkpoints" in found
+                   else f"it holds an earlier training's records ({', '.join(found)}) but no checkpoint")
+            raise UserError(f"{self.out_dir}: {why}; to start over, use a new run.out_dir or --restart")
+        if jax.process_count() > 1:   # every process has read the run directory before it changes
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("run directory checked")
+        if self.primary:
+            for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what follows the restore
+                truncate_log(os.path.join(self.out_dir, log), self.step)
+            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+                f.write(C.dump_yaml(self.cfg))
+
+    def _writers(self, stack: contextlib.ExitStack):
+        """(metrics.jsonl, TensorBoard writer) of this run; open until `stack` closes. Only the primary
+        process writes (multi-host)."""
+        if not self.primary:
+            return stack.enter_context(open(os.devnull, "w")), _NoWriter()
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
+        stack.callback(writer.close)
+        return stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a")), writer
 
     def _log_step(self, metrics, tps: float, metrics_f, writer) -> str:
         """One line of metrics.jsonl (every metric the objective returns) and TensorBoard; the progress text."""
@@ -228,89 +246,6 @@ class Run:
         if "reward" in m:
             info += f"  reward {m['reward']:+.4f}  gain {m['thinking_gain']:+.4f}"
         return info
-
-    def train(self, console=None, stop_after: Optional[int] = None) -> dict:
-        """Train to train.steps (or stop, with a checkpoint, after `stop_after` steps of this session)."""
-        from rich.console import Console
-        console = console or Console(stderr=True)
-        with contextlib.ExitStack() as stack:
-            self.open_run_dir(stack, console)
-            return self._train_loop(console, stack, stop_after)
-
-    def open_run_dir(self, stack: contextlib.ExitStack, console) -> None:
-        """Before training: the lock (held until `stack` closes), the saved config compared, the newest
-        valid checkpoint restored, the logs cut to the restored step, the config written."""
-        say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)   # one line each
-        stack.callback(self.ckpt.close)
-        if self.primary:
-            lock = stack.enter_context(RunLock(self.out_dir))
-            if lock.previous_owner:
-                say(f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
-                    "which ended without releasing it")
-        self._check_config(say)
-        if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=self.primary):
-            say(f"resuming {self.out_dir} from step {self.step}")
-        if jax.process_count() > 1:   # every process has read the run directory before it changes
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices("run directory checked")
-        if self.primary:
-            for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what follows the restore
-                truncate_log(os.path.join(self.out_dir, log), self.step)
-            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
-                f.write(C.dump_yaml(self.cfg))
-
-    def _train_loop(self, console, stack: contextlib.ExitStack, stop_after: Optional[int]) -> dict:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-        from tensorboardX import SummaryWriter
-        cfg, tc = self.cfg, self.cfg.train
-        step_fn = self._step_fn()
-        tokens_per_step = tc.batch_size * tc.grad_accum * (tc.seq_len + 1)
-        live = console.is_terminal
-        progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
-                            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                            console=console, disable=not live)
-        task = progress.add_task("train", total=tc.steps, completed=self.step, info="compiling...")
-        t_session, wall_before = time.perf_counter(), self.wall_s
-        t_last, steps_since, first_step = t_session, 0, self.step
-        pending, self.skipped = [], 0         # (step, non-finite flag) not yet read back
-        writer = SummaryWriter(os.path.join(self.out_dir, "tb")) if self.primary else _NoWriter()
-        stack.callback(writer.close)
-        metrics_f = stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a") if self.primary
-                                        else open(os.devnull, "w"))
-        stopper = stack.enter_context(_Stopper())
-        stack.enter_context(progress)
-        while self.step < tc.steps and not stopper.stop:
-            if stop_after is not None and self.step - first_step >= stop_after:
-                stopper.stop = True
-                break
-            batch = self.put_batch(next(self.data))
-            n = n_thoughts_at(cfg, self.step) if cfg.thinking.enabled else None
-            self.params, self.opt_state, metrics = step_fn(self.params, self.opt_state, batch, self.step, n)
-            self.step += 1
-            pending.append((self.step, metrics["nonfinite"]))
-            self.wall_s = wall_before + time.perf_counter() - t_session
-            steps_since += 1
-            if self.step % tc.log_every == 0 or self.step == tc.steps:
-                self._check_finite(pending)
-                now = time.perf_counter()
-                info = self._log_step(metrics, steps_since * tokens_per_step / (now - t_last), metrics_f, writer)
-                t_last, steps_since = now, 0
-                progress.update(task, completed=self.step, info=info)
-                if not live:
-                    console.print(f"step {self.step}/{tc.steps}  {info}")
-            if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
-                self._log_eval(self.evaluate(), writer)
-            if tc.save_every and self.step % tc.save_every == 0:
-                self._check_finite(pending)
-                self.save()
-        self._check_finite(pending)
-        if self.ckpt.latest_step() != self.step:
-            self.save()
-        self.ckpt.wait()
-        if stopper.stop:
-            console.print(f"stopped at step {self.step}; checkpoint saved in {self.out_dir}/checkpoints")
-            return {}
-        return self.finish_eval(console, writer)
 
     def _log_eval(self, result: dict, writer=None) -> None:
         """One line of evals.jsonl (held-out metrics vs step) and the TensorBoard scalars."""
@@ -328,8 +263,8 @@ class Run:
         if not self.primary:
             return result
         from rich.console import Console
-        _print_eval_table(result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}",
-                          Console(file=sys.stdout))
+        print_eval_table(result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}",
+                         Console(file=sys.stdout))
         path = os.path.join(self.out_dir, name)
         try:
             with open(path, "w") as f:
@@ -340,6 +275,111 @@ class Run:
         if writer is not None:   # the end of training: the last point of the eval history
             self._log_eval(result, writer)
         return result
+
+
+def _unstack(tree, k: int):
+    return jax.tree.map(lambda x: x[k], tree)
+
+
+def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after: Optional[int] = None,
+               restart: bool = False) -> Optional[list[dict]]:
+    """The one training loop. `runs`: one Run (`step_fn` = its jitted step), or K Runs of one config
+    whose parameters, optimizer states and metrics carry a leading [K] axis (`stacked`; seeds.py).
+    Each run logs, evaluates, saves, keeps its wall time and is stopped by a signal as it would be alone.
+    Returns each run's final evaluation; None when stopped by `stop_after` (steps of this session).
+    restart: each run's earlier records are archived first (`train.py --restart`)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    console = console or Console(stderr=True)
+    pick = _unstack if stacked else (lambda tree, k: tree)
+    r0 = runs[0]
+    cfg, tc = r0.cfg, r0.cfg.train
+    with contextlib.ExitStack() as stack:
+        for r in runs:
+            r.open_run_dir(stack, console, restart)
+        if len({r.step for r in runs}) > 1:
+            raise UserError(f"{', '.join(r.cfg.run.name for r in runs)} are at different steps "
+                            f"({[r.step for r in runs]}): resume them one by one, then train them together")
+        for r in runs[1:]:
+            r.data, r.eval_fn = r0.data, r0.eval_fn   # one data order for every member; one compiled evaluation
+        params = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[r.params for r in runs]) if stacked else r0.params
+        opt_state = (jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[r.opt_state for r in runs]) if stacked
+                     else r0.opt_state)
+        step = first_step = r0.step
+
+        def sync():      # the members' own state, before they save or evaluate
+            for k, r in enumerate(runs):
+                r.params, r.opt_state, r.step = pick(params, k), pick(opt_state, k), step
+                r.wall_s = walls[k] + time.perf_counter() - t_session
+
+        def check_finite():   # one device read for every step since the last check
+            flags = jax.device_get([f for _, f in pending])
+            for k, r in enumerate(runs):
+                r._nonfinite([s for (s, _), f in zip(pending, flags) if pick(f, k) > 0])
+            pending.clear()
+
+        tokens_per_step = tc.batch_size * tc.grad_accum * (tc.seq_len + 1)     # per member
+        live = console.is_terminal
+        progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+                            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                            console=console, disable=not live)
+        task = progress.add_task("train", total=tc.steps, completed=step, info="compiling...")
+        t_session, walls = time.perf_counter(), [r.wall_s for r in runs]
+        t_last, steps_since, pending = t_session, 0, []        # pending: (step, non-finite flag) not yet read
+        for r in runs:
+            r.skipped = 0
+        writers = [r._writers(stack) for r in runs]
+        stopper = stack.enter_context(_Stopper())
+        stack.enter_context(progress)
+        while step < tc.steps and stopper.signum is None:
+            if stop_after is not None and step - first_step >= stop_after:
+                break
+            batch = r0.put_batch(next(r0.data))
+            n = n_thoughts_at(cfg, step) if cfg.thinking.enabled else None
+            params, opt_state, metrics = step_fn(params, opt_state, batch, step, n)
+            step += 1
+            pending.append((step, metrics["nonfinite"]))
+            steps_since += 1
+            log = step % tc.log_every == 0 or step == tc.steps
+            evals = tc.eval_every and step % tc.eval_every == 0 and step < tc.steps
+            save = tc.save_every and step % tc.save_every == 0
+            if log or save:
+                check_finite()
+            if log or evals or save:
+                sync()
+            if log:
+                now = time.perf_counter()
+                tps = steps_since * tokens_per_step / (now - t_last)
+                t_last, steps_since = now, 0
+                infos = [r._log_step(pick(metrics, k), tps, *writers[k]) for k, r in enumerate(runs)]
+                progress.update(task, completed=step, info=infos[0] + (f"  ({len(runs)} seeds)" if stacked else ""))
+                if not live:
+                    for r, info in zip(runs, infos):
+                        prefix = f"seed {r.cfg.run.seed} " if stacked else ""
+                        console.print(f"{prefix}step {step}/{tc.steps}  {info}", soft_wrap=True)
+            for k, r in enumerate(runs):
+                if evals:
+                    r._log_eval(r.evaluate(), writers[k][1])
+                if save:
+                    r.save()
+        check_finite()
+        sync()
+        for r in runs:
+            if r.ckpt.latest_step() != step:
+                r.save()
+            r.ckpt.wait()
+        saved = f"checkpoint{'s' if len(runs) > 1 else ''} saved in " + \
+            ", ".join(os.path.join(r.out_dir, "checkpoints") for r in runs)
+        if stopper.signum is not None:
+            raise Stopped(f"stopped by {signal.Signals(stopper.signum).name} at step {step}; {saved}",
+                          stopper.signum)
+        if step < tc.steps:
+            console.print(f"stopped at step {step}; {saved}")
+            return None
+        return [r.finish_eval(console, writers[k][1]) for k, r in enumerate(runs)]
+
+
+
 
 
 class _NoWriter:
@@ -359,49 +399,3 @@ def _json_safe(x):
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x
-
-
-def latest_run(root: str = "runs") -> Optional[str]:
-    """The most recently modified run directory under `root` that holds checkpoints."""
-    if not os.path.isdir(root):
-        return None
-    runs = [os.path.join(root, d) for d in os.listdir(root)
-            if os.path.isdir(os.path.join(root, d, "checkpoints"))]
-    runs = [r for r in runs if Checkpointer(os.path.join(r, "checkpoints"), 1).latest_step() is not None]
-    return max(runs, key=lambda r: os.path.getmtime(os.path.join(r, "checkpoints")), default=None)
-
-
-def load_run(path: str):
-    """(SilentStar with the latest checkpoint's parameters, tokenizer, config, step) of a run dir."""
-    run_dir = path
-    if os.path.basename(os.path.normpath(path)).isdigit():          # .../checkpoints/<step>
-        run_dir = os.path.dirname(os.path.dirname(os.path.normpath(path)))
-    raw = read_saved_config(run_dir)
-    if raw is None:
-        raise UserError(f"{path}: not a training run (no config.yaml)")
-    cfg = C.from_dict(raw)
-    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), cfg.checkpoint.keep)
-    steps = ckpt.all_steps()
-    if not steps:
-        raise UserError(f"{run_dir}: no checkpoint yet")
-    wanted = int(os.path.basename(os.path.normpath(path))) if run_dir != path else None
-    if wanted is not None and wanted not in steps:
-        raise UserError(f"{path}: no checkpoint at step {wanted} (this run has steps {sorted(steps)})")
-    tok = tokenizer_for(cfg)
-    cfg_nohub = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
-    model = nnx.eval_shape(lambda: create_model(cfg_nohub))
-    graphdef, state = nnx.split(model)
-    pure = state.to_pure_dict()
-    mesh = make_mesh(C.MeshConfig(data=1, fsdp=1))
-    target = abstract_like(pure, shardings(param_specs(state, dict(mesh.shape)), mesh))
-    if wanted is not None:
-        try:
-            params, _ = ckpt.restore_params(wanted, target)
-        except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged data
-            raise UserError(f"{path}: checkpoint is damaged ({str(e).strip().splitlines()[0][:160]})") from None
-        step = wanted
-    else:
-        warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)
-        step, (params, _) = ckpt.restore_newest_valid(lambda s: ckpt.restore_params(s, target), warn)
-    ckpt.close()
-    return nnx.merge(graphdef, params), tok, cfg, step

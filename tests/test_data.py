@@ -58,7 +58,7 @@ def packed(docs):
 def stream_pieces(batches):
     """Batches of a stream -> (its tokens flat, the complete documents in order). The stream starts
     at a document boundary; the text after the last EOS is a partial document."""
-    flat = np.concatenate([b["tokens"].reshape(-1) for b in batches]).tolist()
+    flat = np.concatenate([b.tokens.reshape(-1) for b in batches]).tolist()
     pieces, cur = [], []
     for t in flat:
         if t == EOS:
@@ -87,9 +87,9 @@ def test_local_formats_pack_the_same_blocks(tmp_path, fmt):
     train, evals = build_data(cfg(files=[write(tmp_path, fmt, {"text": docs})]), TOK)
     want = packed(docs)
     n_eval = max(1, len(want) // 20)
-    np.testing.assert_array_equal(train.rows["tokens"], want[:-n_eval])   # eval: the tail, held out
-    np.testing.assert_array_equal(evals["tokens"], want[-n_eval:])
-    assert evals["loss_mask"].all() and train.rows["attn_mask"].all()
+    np.testing.assert_array_equal(train.rows.tokens, want[:-n_eval])   # eval: the tail, held out
+    np.testing.assert_array_equal(evals.tokens, want[-n_eval:])
+    assert evals.loss_mask.all() and train.rows.attn_mask.all()
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -99,11 +99,11 @@ def test_text_field_selects_a_column(tmp_path, fmt, streaming):
     path = write(tmp_path, fmt, {"text": ["decoy"] * 60, "body": docs})
     train, evals = build_data(cfg(files=[path], text_field="body", streaming=streaming, eval_docs=5), TOK)
     if streaming:
-        np.testing.assert_array_equal(evals["tokens"], packed(docs[:5]))
+        np.testing.assert_array_equal(evals.tokens, packed(docs[:5]))
         _, pieces = stream_pieces([next(train) for _ in range(4)])
         assert pieces and set(pieces) <= set(docs[5:])
     else:
-        np.testing.assert_array_equal(np.concatenate([train.rows["tokens"], evals["tokens"]]), packed(docs))
+        np.testing.assert_array_equal(np.concatenate([train.rows.tokens, evals.tokens]), packed(docs))
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -126,7 +126,7 @@ def test_non_text_values_are_one_line_and_nulls_are_empty(tmp_path, streaming):
     docs = make_docs(60)
     holes = write(tmp_path, "jsonl", {"text": [None if i % 10 == 3 else d for i, d in enumerate(docs)]})
     train, evals = build_data(cfg(files=[holes], streaming=False), TOK)
-    got = np.concatenate([train.rows["tokens"], evals["tokens"]])
+    got = np.concatenate([train.rows.tokens, evals.tokens])
     np.testing.assert_array_equal(got, packed(["" if i % 10 == 3 else d for i, d in enumerate(docs)]))
 
 
@@ -172,10 +172,10 @@ def test_eval_split_with_local_files_is_refused(tmp_path, streaming):
 def test_streaming_holds_out_the_head_and_packs_every_document(tmp_path, fmt):
     docs = make_docs(60)
     train, evals = build_data(cfg(files=[write(tmp_path, fmt, {"text": docs})], streaming=True, eval_docs=5), TOK)
-    np.testing.assert_array_equal(evals["tokens"], packed(docs[:5]))
+    np.testing.assert_array_equal(evals.tokens, packed(docs[:5]))
     pass_tokens = sum(len(d) + 1 for d in docs[5:])
     batches = [next(train) for _ in range(2 * pass_tokens // (B * T) + 2)]   # a bit over two passes
-    assert all(b["tokens"].shape == (B, T) and b["loss_mask"].all() for b in batches)
+    assert all(b.tokens.shape == (B, T) and b.loss_mask.all() for b in batches)
     flat, pieces = stream_pieces(batches)
     assert flat[:len(rejoined(pieces))] == rejoined(pieces)   # documents back to back, EOS between
     n = len(docs) - 5
@@ -208,11 +208,11 @@ def _resume_matches(make, k, n_after):
     for _ in range(k):
         next(it)
     state = json.loads(json.dumps(it.state))
-    want = [next(it)["tokens"] for _ in range(n_after)]
+    want = [next(it).tokens for _ in range(n_after)]
     again = make()
     again.restore(state)
     for i, w in enumerate(want):
-        np.testing.assert_array_equal(next(again)["tokens"], w, err_msg=f"batch {k + i}")
+        np.testing.assert_array_equal(next(again).tokens, w, err_msg=f"batch {k + i}")
 
 
 def test_streaming_resume_is_exact(tmp_path):
@@ -253,8 +253,8 @@ def test_hub_eval_split(fake_hub):
     splits, calls = fake_hub
     train, evals = build_data(hub_cfg(eval_split="validation"), TOK)
     assert calls == [("user/tiny", "small", "train", False), ("user/tiny", "small", "validation", False)]
-    np.testing.assert_array_equal(train.rows["tokens"], packed(splits["train"]))   # all of train: none held out
-    np.testing.assert_array_equal(evals["tokens"], packed(splits["validation"]))
+    np.testing.assert_array_equal(train.rows.tokens, packed(splits["train"]))   # all of train: none held out
+    np.testing.assert_array_equal(evals.tokens, packed(splits["validation"]))
 
 
 def test_hub_tail_held_out_of_split(fake_hub):
@@ -262,15 +262,15 @@ def test_hub_tail_held_out_of_split(fake_hub):
     train, evals = build_data(hub_cfg(split="validation"), TOK)   # a non-default split, passed through
     assert calls == [("user/tiny", "small", "validation", False)]
     want = packed(splits["validation"])
-    np.testing.assert_array_equal(np.concatenate([train.rows["tokens"], evals["tokens"]]), want)
-    assert len(evals["tokens"]) == max(1, len(want) // 20)
+    np.testing.assert_array_equal(np.concatenate([train.rows.tokens, evals.tokens]), want)
+    assert len(evals.tokens) == max(1, len(want) // 20)
 
 
 def test_hub_streaming(fake_hub):
     splits, calls = fake_hub
     train, evals = build_data(hub_cfg(streaming=True, eval_docs=4), TOK)
     assert calls == [("user/tiny", "small", "train", True)] * 2
-    np.testing.assert_array_equal(evals["tokens"], packed(splits["train"][:4]))
+    np.testing.assert_array_equal(evals.tokens, packed(splits["train"][:4]))
     _, pieces = stream_pieces([next(train) for _ in range(20)])
     assert sorted(pieces[:56]) == splits["train"][4:]
 
@@ -280,7 +280,7 @@ def test_hub_streaming_eval_split(fake_hub):
     make = lambda: build_data(hub_cfg(streaming=True, eval_split="validation", eval_docs=6), TOK)
     train, evals = make()
     assert calls == [("user/tiny", "small", "validation", True), ("user/tiny", "small", "train", True)]
-    np.testing.assert_array_equal(evals["tokens"], packed(splits["validation"][:6]))
+    np.testing.assert_array_equal(evals.tokens, packed(splits["validation"][:6]))
     _, pieces = stream_pieces([next(train) for _ in range(20)])
     assert sorted(pieces[:60]) == splits["train"]                # nothing of train held out
     _resume_matches(lambda: make()[0], 3, 16)
@@ -314,7 +314,7 @@ def test_shuffle_seed(tmp_path, streaming):
 
     def batches(seed):
         train, _ = build_data(cfg(files=[path], streaming=streaming, eval_docs=5, shuffle_seed=seed), TOK)
-        return np.stack([next(train)["tokens"] for _ in range(3)])
+        return np.stack([next(train).tokens for _ in range(3)])
 
     a = batches(0)
     np.testing.assert_array_equal(batches(0), a)
@@ -356,12 +356,10 @@ def test_thought_targets_align_with_the_first_answer_token(task, kw):
     train, evals = build_data(task_cfg(task=task, **kw), TOK)
     ks = set()
     for rows in (train.rows, evals):
-        tt, tokens, lmask = rows["thought_targets"], rows["tokens"], rows["loss_mask"]
+        tt, tokens, lmask = rows.thought_targets, rows.tokens, rows.loss_mask
         assert tt.dtype == np.int32 and tt.shape == (len(tokens), SEQ_LEN_TASK + 1, hops)
-        plen = rows["prompt_len"] if rows is evals else None
         for i in range(len(tokens)):
             p = int(np.argmax(lmask[i]))   # the first answer token, as a target
-            assert plen is None or p == plen[i]
             assert lmask[i, p] == 1 and lmask[i, :p].sum() == 0
             prompt = TOK.decode(tokens[i, :p])
             want = solve_from_text(task, prompt, hops)
@@ -383,30 +381,30 @@ def test_thought_targets_width_is_hops_even_for_few_examples():
     for seed in range(4):
         train, evals = build_data(task_cfg(task="hops", hops=3, hops_min=1, show_hops=True, n_eval=2,
                                            shuffle_seed=seed), TOK)
-        assert evals["thought_targets"].shape[2] == train.rows["thought_targets"].shape[2] == 3
-        hardest.append(max(int((evals["thought_targets"][i] >= 0).sum()) for i in range(2)))
+        assert evals.thought_targets.shape[2] == train.rows.thought_targets.shape[2] == 3
+        hardest.append(max(int((evals.thought_targets[i] >= 0).sum()) for i in range(2)))
     assert min(hardest) < 3   # some eval set has no 3-hop problem: the case this test is about
 
 
 def test_thought_targets_only_for_tasks_with_thoughts():
     train, evals = build_data(task_cfg(task="multiply"), TOK)
-    assert "thought_targets" not in evals and "thought_targets" not in train.rows
-    assert "thought_targets" not in next(train)
+    assert evals.thought_targets is None and train.rows.thought_targets is None
+    assert next(train).thought_targets is None
 
 
 def test_row_iterator_batches_thought_targets():
     train, _ = build_data(task_cfg(task="binding", hops=3, hops_min=1, n_vars=6), TOK)
-    assert set(train.rows) == {"tokens", "attn_mask", "loss_mask", "thought_targets"}   # not prompt_len
+    assert all(v is not None and len(v) == 64 for v in train.rows)
     seen = 0
     for _ in range(40):   # a few epochs of 64 rows
         batch = next(train)
-        assert batch["thought_targets"].shape == (B, SEQ_LEN_TASK + 1, 3)
+        assert batch.thought_targets.shape == (B, SEQ_LEN_TASK + 1, 3)
         for b in range(B):   # the targets travel with their own row
-            p = int(np.argmax(batch["loss_mask"][b]))
-            prompt = TOK.decode(batch["tokens"][b, :p])
+            p = int(np.argmax(batch.loss_mask[b]))
+            prompt = TOK.decode(batch.tokens[b, :p])
             want = solve_from_text("binding", prompt, 3)
-            assert [TOK.decode([t]) for t in batch["thought_targets"][b, p, :len(want)]] == want
-            assert (batch["thought_targets"][b] >= 0).sum() == len(want)
+            assert [TOK.decode([t]) for t in batch.thought_targets[b, p, :len(want)]] == want
+            assert (batch.thought_targets[b] >= 0).sum() == len(want)
             seen += 1
     assert seen == 40 * B
 

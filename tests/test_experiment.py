@@ -1,15 +1,18 @@
 """experiment.py: arms derived from one config, grid x seeds as run directories, skip/resume, report."""
 import json
 import os
+import shlex
 import statistics
 import sys
 
 import pytest
 import yaml
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from silentstar_jax import config as C
-from silentstar_jax import experiment as E
+from silentstar_jax.experiment import plan as P
+from silentstar_jax.experiment import records as R
+from silentstar_jax.experiment import stats as S
 from silentstar_jax.errors import UserError
 
 MICRO = {
@@ -27,51 +30,52 @@ MICRO = {
 # ---------------------------------------------------------------- pure parts
 
 def test_grid_points_tags_and_overrides():
-    axes = E.parse_grid(["optim.lr=1e-3,3e-3", "thinking.n_thoughts=2,4"])
-    assert axes == [E.GridAxis("optim.lr", ("1e-3", "3e-3")), E.GridAxis("thinking.n_thoughts", ("2", "4"))]
-    latent = E.grid_points(axes, "latent")
+    axes = P.parse_grid(["optim.lr=1e-3,3e-3", "thinking.n_thoughts=2,4"])
+    assert axes == [P.GridAxis("optim.lr", ("1e-3", "3e-3")), P.GridAxis("thinking.n_thoughts", ("2", "4"))]
+    latent = P.grid_points(axes, "latent")
     assert [p.tag for p in latent] == ["optim.lr=0.001,thinking.n_thoughts=2", "optim.lr=0.001,thinking.n_thoughts=4",
                                        "optim.lr=0.003,thinking.n_thoughts=2", "optim.lr=0.003,thinking.n_thoughts=4"]
     assert latent[1].overrides == ["optim.lr=1e-3", "thinking.n_thoughts=4"]       # passed through as written
-    nothink = E.grid_points(axes, "nothink")                                          # thinking.* ignored
+    nothink = P.grid_points(axes, "nothink")                                          # thinking.* ignored
     assert [p.tag for p in nothink] == ["optim.lr=0.001", "optim.lr=0.003"]
-    assert [p.tag for p in E.grid_points([], "pause")] == ["default"]
-    assert E.tag_value("3e-4") == "0.0003" and E.tag_value("2") == "2" and E.tag_value("pause") == "pause"
+    assert [p.tag for p in P.grid_points([], "pause")] == ["default"]
+    assert P.tag_value("3e-4") == "0.0003" and P.tag_value("2") == "2" and P.tag_value("pause") == "pause"
 
 
 @pytest.mark.parametrize("spec", ["nokey", "lr=1e-3", "optim.lr=", "optim.lr=1e-3,,2e-3", "optim.lr=1e-3,0.001",
                                   "data.files=a/b"])
 def test_bad_grid(spec):
     with pytest.raises(UserError):
-        E.parse_grid([spec])
+        P.parse_grid([spec])
 
 
 def test_repeated_grid_key_and_lists():
     with pytest.raises(UserError, match="twice"):
-        E.parse_grid(["optim.lr=1", "optim.lr=2"])
+        P.parse_grid(["optim.lr=1", "optim.lr=2"])
     with pytest.raises(UserError, match="unknown arm"):
-        E.parse_arms("latent,foo")
-    assert E.parse_arms("nothink,latent") == ["nothink", "latent"]
-    assert E.int_list("0,1,2", "--seeds") == [0, 1, 2]
+        P.parse_arms("latent,foo")
+    assert P.parse_arms("nothink,latent") == ["nothink", "latent"]
+    assert P.int_list("0,1,2", "--seeds") == [0, 1, 2]
     with pytest.raises(UserError):
-        E.int_list("0,x", "--seeds")
+        P.int_list("0,x", "--seeds")
 
 
 def test_arm_commands_and_configs(tmp_path):
-    point = E.GridPoint((("optim.lr", "1e-3"),))
-    cmd = E.train_command("c.yaml", ["train.steps=4"], E.RunSpec("pause", point, 3), "out")
+    point = P.GridPoint((("optim.lr", "1e-3"),))
+    cmd = P.train_command("c.yaml", ["train.steps=4"], P.RunSpec("pause", point, 3), "out")
     d = os.path.join("out", "runs", "pause", "optim.lr=0.001", "seed3")
-    assert cmd == [sys.executable, os.path.join(ROOT, "train.py"), "--config", "c.yaml", "train.steps=4",
+    # the trainer as a module of the installed package, not a checkout's train.py
+    assert cmd == [sys.executable, "-m", "silentstar_jax.train_cli", "--config", "c.yaml", "train.steps=4",
                    "thinking.feedback=pause", "optim.lr=1e-3", "run.seed=3", "run.name=pause/optim.lr=0.001/seed3",
                    f"run.out_dir={d}"]
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(MICRO))
-    got = {arm: C.load_config(str(cfg_path), list(ov)) for arm, ov in E.ARM_OVERRIDES.items()}
+    got = {arm: C.load_config(str(cfg_path), list(ov)) for arm, ov in P.ARM_OVERRIDES.items()}
     assert got["latent"].thinking.enabled and got["latent"].thinking.feedback == "latent"
     assert got["pause"].thinking.enabled and got["pause"].thinking.feedback == "pause"
     assert not got["nothink"].thinking.enabled
     assert got["pause"].optim == got["nothink"].optim == got["latent"].optim      # nothing else drifts
-    specs = E.plan_runs(str(cfg_path), [], ["latent", "nothink"], E.parse_grid(["thinking.n_thoughts=1,2"]), [0, 1])
+    specs = P.plan_runs(str(cfg_path), [], ["latent", "nothink"], P.parse_grid(["thinking.n_thoughts=1,2"]), [0, 1])
     # seed-major: every arm's first seed first, so a partial experiment already compares the arms
     assert [s.label for s in specs] == ["latent/thinking.n_thoughts=1/seed0", "nothink/default/seed0",
                                         "latent/thinking.n_thoughts=2/seed0", "latent/thinking.n_thoughts=1/seed1",
@@ -83,7 +87,7 @@ def _rec(arm, tag, seed, think_em, base_em, thinking=True, thoughts=None):
     if thinking:
         ev["thinking"] = {"answer_accuracy": think_em + 0.5, "exact_match": think_em}
     cfg = C.Config(thinking=C.ThinkingConfig(enabled=thinking, n_thoughts=2))
-    return E.RunRecord(arm, tag, seed, f"/x/{arm}/{tag}/{seed}", cfg, ev, 10.0 + seed, thoughts or {})
+    return R.RunRecord(arm, tag, seed, f"/x/{arm}/{tag}/{seed}", cfg, ev, 10.0 + seed, thoughts or {})
 
 
 def test_aggregation_best_and_differences():
@@ -95,25 +99,25 @@ def test_aggregation_best_and_differences():
             _rec("nothink", "optim.lr=0.001", 0, None, 0.20, thinking=False),
             _rec("nothink", "optim.lr=0.001", 1, None, 0.40, thinking=False),
             _rec("nothink", "optim.lr=0.003", 0, None, 0.10, thinking=False)]
-    recs.append(E.RunRecord("nothink", "optim.lr=0.003", 1, "/x", None, None, None))   # unfinished: left out
-    groups = E.group_runs(recs)
+    recs.append(R.RunRecord("nothink", "optim.lr=0.003", 1, "/x", None, None, None))   # unfinished: left out
+    groups = S.group_runs(recs)
     assert [(g.arm, g.tag, g.best) for g in groups] == [
         ("latent", "optim.lr=0.001", True), ("latent", "optim.lr=0.003", False),     # mean 0.40 > 0.35
         ("nothink", "optim.lr=0.001", True), ("nothink", "optim.lr=0.003", False)]   # mean 0.30 > 0.10
     m = groups[0].metrics()
-    assert m["exact_match"] == E.Stat(0.4, 0.3, 0.5, 2)
-    assert m["answer_accuracy"] == E.Stat(pytest.approx(0.9), 0.8, 1.0, 2)
-    assert m["base_exact_match"] == E.Stat(pytest.approx(0.15), 0.1, 0.2, 2)
-    assert m["gap"] == E.Stat(pytest.approx(0.25), pytest.approx(0.2), pytest.approx(0.3), 2)
-    assert groups[2].metrics()["exact_match"] == E.Stat(pytest.approx(0.3), 0.2, 0.4, 2)
+    assert m["exact_match"] == S.Stat(0.4, 0.3, 0.5, 2)
+    assert m["answer_accuracy"] == S.Stat(pytest.approx(0.9), 0.8, 1.0, 2)
+    assert m["base_exact_match"] == S.Stat(pytest.approx(0.15), 0.1, 0.2, 2)
+    assert m["gap"] == S.Stat(pytest.approx(0.25), pytest.approx(0.2), pytest.approx(0.3), 2)
+    assert groups[2].metrics()["exact_match"] == S.Stat(pytest.approx(0.3), 0.2, 0.4, 2)
     assert "gap" not in groups[2].metrics()
-    bvb = E.best_vs_best(groups)
+    bvb = S.best_vs_best(groups)
     d = bvb["differences"]["latent - nothink"]                                     # per seed: +0.1, +0.1
     assert (d.mean, d.min, d.max, d.n) == (pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1), 2)
     assert bvb["differences"]["latent - own base"].min == pytest.approx(0.2)
     assert "latent - pause" not in bvb["differences"]
-    assert groups[0].thought_scaling() == {0: E.Stat(pytest.approx(0.15), 0.1, 0.2, 2), 2: E.Stat(0.4, 0.3, 0.5, 2)}
-    assert E.paired({0: 1.0, 1: 0.0, 2: 5.0}, {0: 0.5, 1: 0.5}) == E.Stat(0.0, -0.5, 0.5, 2)
+    assert groups[0].thought_scaling() == {0: S.Stat(pytest.approx(0.15), 0.1, 0.2, 2), 2: S.Stat(0.4, 0.3, 0.5, 2)}
+    assert S.paired({0: 1.0, 1: 0.0, 2: 5.0}, {0: 0.5, 1: 0.5}) == S.Stat(0.0, -0.5, 0.5, 2)
 
 
 def test_flops_per_token():
@@ -121,10 +125,10 @@ def test_flops_per_token():
     cfg = C.from_dict(MICRO)
     s = Shape(batch=1, seq=13, layers=1, d_model=16, heads=2, vocab=260)
     nothink = C.from_dict({**MICRO, "thinking": {"enabled": False}})
-    assert E.flops_per_token(nothink) == pytest.approx(3 * ideal_flops(s, None) / 13)
-    assert E.flops_per_token(cfg) == pytest.approx(3 * ideal_flops(s, 1) / 13)
+    assert S.flops_per_token(nothink) == pytest.approx(3 * ideal_flops(s, None) / 13)
+    assert S.flops_per_token(cfg) == pytest.approx(3 * ideal_flops(s, 1) / 13)
     two = C.from_dict({**MICRO, "thinking": {**MICRO["thinking"], "n_samples": 2}})
-    assert E.flops_per_token(two) == pytest.approx(3 * (2 * ideal_flops(s, 1) - ideal_flops(s, None)) / 13)
+    assert S.flops_per_token(two) == pytest.approx(3 * (2 * ideal_flops(s, 1) - ideal_flops(s, None)) / 13)
 
 
 # ---------------------------------------------------------------- CLI
@@ -156,6 +160,20 @@ def test_missing_config_and_empty_report(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "no runs/" in proc.stderr
 
 
+def test_damaged_run_config_is_one_line(tmp_path):
+    d = tmp_path / "runs" / "latent" / "default" / "seed0"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("train: [unclosed\n")
+    proc = run_cli("experiment.py", "--out", str(tmp_path), "--report-only")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and str(d / "config.yaml") in lines[0], proc.stderr
+    (d / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": -1}}))       # valid YAML, invalid config
+    proc = run_cli("experiment.py", "--out", str(tmp_path), "--report-only")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {d / 'config.yaml'}: "), \
+        proc.stderr
+
+
 # ---------------------------------------------------------------- end to end
 
 def test_end_to_end_then_skip(tmp_path):
@@ -178,6 +196,10 @@ def test_end_to_end_then_skip(tmp_path):
         assert json.loads((d / "runner.json").read_text())["wall_s"] > 0
         assert [json.loads(l)["step"] for l in (d / "evals.jsonl").read_text().splitlines()] == [2, 4]
         assert (d / "eval_thoughts_2.json").exists() == (arm == "latent")
+        started = [l for l in (d / "train.log").read_text().splitlines() if l.startswith("$ ")]
+        assert len(started) == 1 + (arm == "latent") and all(
+            l.startswith(f"$ {shlex.join([sys.executable, '-m', 'silentstar_jax.train_cli', '--config'])} ")
+            for l in started), started
         assert not (d / "eval_thoughts_0.json").exists()
         evals[arm, tag, seed] = ev
     for name in ("results.md", "results.json", "exact_match_vs_step.png", "thoughts_scaling.png"):

@@ -161,14 +161,134 @@ def test_every_checkpoint_damaged_stops_and_never_restarts(run, capsys):
     before = open(os.path.join(run, "metrics.jsonl")).read()
     code, err = train(capsys, run, "train.steps=8")
     assert code == 2 and len(error_lines(err)) == 1 and "no checkpoint can be restored" in err
+    assert "--restart" in error_lines(err)[0]
     assert not glob.glob(os.path.join(run, "checkpoints", "8"))
     assert open(os.path.join(run, "metrics.jsonl")).read() == before
+
+
+def test_the_same_command_again_is_refused_too_until_restart(run, capsys):
+    """Fault (F1): every checkpoint damaged, and the same command run a second time, when the first
+    has moved them all to damaged-checkpoints/. Promise: refused again in one line (not trained from
+    step 0 over the old records); `--restart` archives the records and trains from step 0."""
+    for s in (2, 4, 6):
+        damage(os.path.join(run, "checkpoints", str(s)), "bit_flip")
+    before = {n: open(os.path.join(run, n)).read() for n in ("metrics.jsonl", "config.yaml")}
+    assert train(capsys, run, "train.steps=8")[0] == 2
+    assert steps_of(run) == [] and len(os.listdir(os.path.join(run, "damaged-checkpoints"))) == 3
+    code, err = train(capsys, run, "train.steps=8")
+    assert code == 2 and len(error_lines(err)) == 1, err
+    assert "checkpoints are all damaged (moved to" in err and "--restart" in err
+    assert steps_of(run) == [] and {n: open(os.path.join(run, n)).read() for n in before} == before
+    code, err = train(capsys, run, "train.steps=4", "--restart")
+    assert code == 0, err
+    archived = glob.glob(os.path.join(run, "archive", "*"))
+    assert len(archived) == 1 and "moved to" in err
+    assert sorted(os.listdir(os.path.join(archived[0], "damaged-checkpoints"))) == ["2", "4", "6"]
+    assert open(os.path.join(archived[0], "metrics.jsonl")).read() == before["metrics.jsonl"]
+    assert logged_steps(run) == [1, 2, 3, 4] and steps_of(run) == [2, 4]
+
+
+def test_logs_without_any_checkpoint_are_not_trained_over(run, capsys):
+    """Fault: a run directory with an earlier training's logs but no checkpoints (deleted by hand).
+    Promise: refused in one line naming the records; nothing written."""
+    shutil.rmtree(os.path.join(run, "checkpoints"))
+    before = open(os.path.join(run, "metrics.jsonl")).read()
+    code, err = train(capsys, run, "train.steps=8")
+    assert code == 2 and len(error_lines(err)) == 1 and "metrics.jsonl" in err and "--restart" in err
+    assert open(os.path.join(run, "metrics.jsonl")).read() == before and steps_of(run) == []
+
+
+def _edit_saved_config(run, **model):
+    import yaml
+    path = os.path.join(run, "config.yaml")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    raw["model"].update(model)
+    with open(path, "w") as f:
+        yaml.safe_dump(raw, f)
+
+
+@pytest.mark.parametrize("config_yaml", ["kept", "edited", "deleted"])
+def test_a_model_that_does_not_fit_is_a_mismatch_not_damage(run, capsys, config_yaml):
+    """Fault (F3, F4): train.py resumes with another model.n_embd while config.yaml is kept, edited to
+    match the override, or deleted. Promise: the checkpoints' own record decides: one line naming
+    model.n_embd, exit 2; no step called damaged, nothing moved, nothing written."""
+    if config_yaml == "edited":
+        _edit_saved_config(run, n_embd=48)
+    elif config_yaml == "deleted":
+        os.remove(os.path.join(run, "config.yaml"))
+    code, err = train(capsys, run, "train.steps=8", "model.n_embd=48")
+    assert code == 2 and len(error_lines(err)) == 1, err
+    assert "model.n_embd: 32 -> 48" in err and "damaged" not in err
+    assert steps_of(run) == [2, 4, 6] and not os.path.exists(os.path.join(run, "damaged-checkpoints"))
+    assert os.path.exists(os.path.join(run, "config.yaml")) == (config_yaml != "deleted")
+
+
+def test_generate_on_an_edited_config_is_a_mismatch_and_a_deleted_one_is_recovered(run, capsys):
+    """Fault (F2): config.yaml edited by hand (another n_embd), then generate.py; or deleted.
+    Promise: edited -> one line naming model.n_embd, nothing moved; deleted -> the model is built from
+    the config its checkpoints record, with a warning."""
+    from silentstar_jax.run_dir import load_run
+    _edit_saved_config(run, n_embd=48)
+    with pytest.raises(UserError, match=r"model\.n_embd: 32 -> 48"):
+        load_run(run)
+    with pytest.raises(UserError, match=r"model\.n_embd: 32 -> 48"):
+        load_run(os.path.join(run, "checkpoints", "4"))
+    assert steps_of(run) == [2, 4, 6] and not os.path.exists(os.path.join(run, "damaged-checkpoints"))
+    os.remove(os.path.join(run, "config.yaml"))
+    capsys.readouterr()
+    model, _, cfg, step = load_run(run)
+    assert step == 6 and cfg.model.n_embd == 32 and model.gpt2.wte.shape[1] == 32
+    assert "config.yaml is missing" in capsys.readouterr().err
+
+
+def _clean_exit(proc, code: int) -> None:
+    """No traceback of any kind reaches the terminal, Orbax's background threads' included."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in out and "Exception ignored" not in out, proc.stderr
+
+
+def test_no_orbax_tracebacks_on_error_paths(run, compile_cache):
+    """Fault (F2, F5): generate.py on a run whose config.yaml does not fit its checkpoints, and on a
+    run whose newest parameter file is truncated (1 run in 6 printed ~130 lines of Orbax's "Exception
+    ignored" tracebacks after the warning). Promise: the one line / the warning, and nothing else."""
+    from conftest import run_cli
+    damage(os.path.join(run, "checkpoints", "6"), "truncated")
+    for _ in range(6):
+        proc = run_cli("generate.py", "--checkpoint", run, "--prompt", "12*3=", "--max-new-tokens", "1", "--json")
+        _clean_exit(proc, 0)
+        assert "checkpoint step 6 is damaged" in proc.stderr
+    _edit_saved_config(run, n_embd=48)
+    for _ in range(2):
+        proc = run_cli("generate.py", "--checkpoint", run, "--prompt", "12*3=", "--max-new-tokens", "1")
+        _clean_exit(proc, 2)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "model.n_embd" in proc.stderr
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-inf", "0", "-1e-3"])
+def test_a_learning_rate_that_can_never_train_is_refused_before_anything_is_written(tmp_path, capsys, lr):
+    code, err = train(capsys, str(tmp_path / "r"), f"optim.lr={lr}")
+    assert code == 2 and len(error_lines(err)) == 1 and "optim.lr" in err
+    assert not os.path.exists(tmp_path / "r")
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "is empty"), (b"\x00\x01\x02binary\xff" * 50, "not UTF-8 text"),
+                                            (b"caf\xe9 latin-1 text", "not UTF-8 text")])
+def test_an_unreadable_data_file_is_named(tmp_path, capsys, content, needle):
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text("some text to train on\n" * 50)
+    bad.write_bytes(content)
+    code, err = train(capsys, str(tmp_path / "r"), f"data.files=[{good},{bad}]", "train.seq_len=16",
+                      "model.n_positions=32", config=os.path.join(ROOT, "configs", "text-files.yaml"))
+    assert code == 2 and len(error_lines(err)) == 1, err
+    assert str(bad) in err and needle in err
 
 
 def test_generate_loads_the_newest_valid_checkpoint(run, capsys):
     """Fault: generate.py on a run whose newest checkpoint is damaged, or a step that does not exist.
     Promise: the newest valid one is loaded with a warning; a missing step is one clear error."""
-    from silentstar_jax.trainer import load_run
+    from silentstar_jax.run_dir import load_run
     damage(os.path.join(run, "checkpoints", "6"), "garbled")
     _, _, _, step = load_run(run)
     assert step == 4 and "checkpoint step 6 is damaged" in capsys.readouterr().err
@@ -176,6 +296,23 @@ def test_generate_loads_the_newest_valid_checkpoint(run, capsys):
         load_run(os.path.join(run, "checkpoints", "99"))
     with pytest.raises(UserError, match="damaged"):
         load_run(os.path.join(run, "checkpoints", "6"))
+
+
+def test_latest_run_closes_every_checkpoint_manager(run, tmp_path, monkeypatch):
+    """latest_run looks into every candidate run's checkpoints: each Orbax manager it opens is closed
+    (open ones keep background threads and, at exit, print Orbax's 'Exception ignored' tracebacks)."""
+    from silentstar_jax import checkpoint, run_dir
+    opened, closed = [], []
+    real_init, real_close = Checkpointer.__init__, Checkpointer.close
+    monkeypatch.setattr(checkpoint.Checkpointer, "__init__",
+                        lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1])
+    monkeypatch.setattr(checkpoint.Checkpointer, "close", lambda self: (closed.append(self), real_close(self))[1])
+    root = tmp_path / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(run, root / name)
+    (root / "empty" / "checkpoints").mkdir(parents=True)
+    assert run_dir.latest_run(str(root)) in {str(root / "a"), str(root / "b")}
+    assert len(opened) == 3 and sorted(map(id, closed)) == sorted(map(id, opened))
 
 
 @pytest.mark.parametrize("after_step", [3, 8])

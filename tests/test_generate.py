@@ -68,6 +68,17 @@ def test_cli_json_schema_with_thoughts(run_dir):
     assert set(lines[-1]) == {"text", "tokens_per_second"}
 
 
+def test_cli_reports_no_rate_for_two_tokens(run_dir):
+    """The first two tokens compile and are not timed: with two tokens there is no rate to report."""
+    lines = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "12*3=", "--json",
+                                "--greedy", "--max-new-tokens", "2"))
+    n = len(lines) - 1                          # 1 or 2: generation may stop at end-of-text
+    assert n in (1, 2) and lines[-1]["tokens_per_second"] is None
+    shown = run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "12*3=", "--greedy", "--max-new-tokens", "2")
+    assert shown.returncode == 0, shown.stderr
+    assert f"{n} token" in shown.stdout and "tokens/s" not in shown.stdout
+
+
 def test_cli_invariant_generate_vs_score(run_dir):
     gen = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "47*6=", "--json",
                               "--greedy", "--max-new-tokens", "6"))

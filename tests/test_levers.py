@@ -11,6 +11,7 @@ from flax import nnx
 
 from silentstar_jax import model as model_lib
 from silentstar_jax.config import Config, LossConfig, ThinkingConfig, load_config
+from silentstar_jax.data import Batch
 from silentstar_jax.generation import Generator, score
 from silentstar_jax.objective import compute_loss, supervision_loss, supervision_weight
 from silentstar_jax.sampling import SamplingConfig
@@ -79,7 +80,7 @@ def test_think_at_targets_same_loss_and_gradients(A):
     """Chains only where a scored token is predicted: the losses and gradients of thinking everywhere."""
     tc = ThinkingConfig(n_thoughts=2, n_ahead=A, estimator="both", chain="unrolled")
     toks, attn, lmask = _task_batch()
-    Q = n_think_positions({"attn_mask": attn, "loss_mask": lmask}, A)
+    Q = n_think_positions(Batch(toks, attn, lmask), A)
     assert Q == int(lmask.sum(1).max()) + A - 1        # an answer of a tokens: a + A - 1 chains see it
     idx = think_positions(attn, lmask, A, Q)
     assert idx.shape == (4, Q) and int((idx < toks.shape[1]).sum()) < toks.size   # fewer chains than positions
@@ -209,7 +210,7 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
              "train.save_every=0", "mesh.data=1", "checkpoint.async_save=false", "thinking.n_thoughts_train=[2,3]",
              "loss.supervision_anneal=[0.3,0.6]", f"run.out_dir={tmp_path}"]
     run = Run(load_config(os.path.join(ROOT, "configs", "hops.yaml"), micro))
-    assert "thought_targets" in run.eval_rows
+    assert run.eval_rows.thought_targets is not None
     res = run.train()
     logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert {"loss_sup", "sup_ce_1", "sup_ce_2", "sup_weight", "ce_think", "mix_weight"} <= set(logs[0])

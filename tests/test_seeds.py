@@ -28,7 +28,8 @@ def records(path):
 
 def test_seed_group_equals_single_seed_runs(tmp_path):
     from silentstar_jax.seeds import SeedGroup, seed_configs
-    from silentstar_jax.trainer import Run, load_run
+    from silentstar_jax.trainer import Run
+    from silentstar_jax.run_dir import load_run
     seeds = [0, 3]
     SeedGroup(seed_configs(cfg(f"run.out_dir={tmp_path / 'group'}"), seeds)).train()
     for s in seeds:
@@ -62,3 +63,50 @@ def test_seed_group_refuses_what_it_cannot_do(tmp_path, extra, needle):
     from silentstar_jax.seeds import seed_configs
     with pytest.raises(UserError, match=needle):
         seed_configs(cfg(f"run.out_dir={tmp_path}", *extra), [0, 1])
+
+
+def test_seed_group_with_a_variable_count_is_refused_without_assert(tmp_path):
+    """SeedGroup built directly (not through seed_configs) refuses a per-step thought count with a
+    UserError, which `python -O` keeps (an assert would vanish)."""
+    from silentstar_jax.seeds import SeedGroup
+    c = cfg(f"run.out_dir={tmp_path}", "thinking.n_thoughts_train=[1,2]")
+    with pytest.raises(UserError, match="different count per seed"):
+        SeedGroup([c, c])
+
+
+def test_seeds_sigterm_saves_every_seed_then_resumes_with_wall_time(tmp_path):
+    """`--seeds` behaves like a single run: SIGTERM saves each seed and exits 143; the same command
+    resumes every seed from that step; eval.json records the wall time."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "g"
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
+    args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/tiny.yaml", *MICRO,
+            f"run.out_dir={out}", "--seeds", "0,1"]
+    proc = subprocess.Popen(args + ["train.steps=100000", "train.save_every=0"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "seed1" / "metrics.jsonl").exists():
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    stopped = []
+    for s in (0, 1):
+        steps = [int(d) for d in os.listdir(out / f"seed{s}" / "checkpoints") if d.isdigit()]
+        assert steps, f"seed {s} saved nothing"
+        stopped.append(max(steps))
+    assert stopped[0] == stopped[1] > 0
+    done = subprocess.run(args + [f"train.steps={stopped[0] + 2}", "train.save_every=0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for s in (0, 1):
+        run = out / f"seed{s}"
+        assert f"resuming {run} from step {stopped[0]}" in done.stderr
+        assert [r["step"] for r in records(run / "metrics.jsonl")] == list(range(1, stopped[0] + 3))
+        ev = json.load(open(run / "eval.json"))
+        assert ev["step"] == stopped[0] + 2 and ev["wall_s"] > 0

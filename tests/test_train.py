@@ -113,17 +113,17 @@ def test_restore_onto_different_device_count(tmp_path):
 
 
 def test_data_state_round_trip():
-    from silentstar_jax.data import RowIterator
-    rows = {"tokens": np.arange(30).reshape(10, 3), "attn_mask": np.ones((10, 3)), "loss_mask": np.ones((10, 3))}
+    from silentstar_jax.data import Batch, RowIterator
+    rows = Batch(np.arange(30).reshape(10, 3), np.ones((10, 3)), np.ones((10, 3)))
     it = RowIterator(rows, 4, seed=1)
     for _ in range(3):
         next(it)
     state = json.loads(json.dumps(it.state))
-    want = [next(it)["tokens"] for _ in range(3)]
+    want = [next(it).tokens for _ in range(3)]
     again = RowIterator(rows, 4, seed=1)
     again.restore(state)
     for w in want:
-        np.testing.assert_array_equal(next(again)["tokens"], w)
+        np.testing.assert_array_equal(next(again).tokens, w)
 
 
 def test_text_files_source(tmp_path):
@@ -150,17 +150,20 @@ def test_exact_match_equals_greedy_decoding(tmp_path):
     for think in (False, True):
         gen = Generator(model, SamplingConfig(greedy=True), think=think)
         for i in range(6):
-            T = int(rows["attn_mask"][i].sum())
-            p = int(rows["prompt_len"][i])
-            ids = rows["tokens"][i, :T].tolist()
+            T = int(rows.attn_mask[i].sum())
+            p = int(np.argmax(rows.loss_mask[i]))        # the prompt ends where the answer is scored
+            ids = rows.tokens[i, :T].tolist()
             events, _ = gen.generate(ids[:p], T - p)
             greedy_right = [e.token_id for e in events] == ids[p:]
-            one = {k: rows[k][i:i + 1].repeat(8, 0) for k in ("tokens", "attn_mask", "loss_mask")}
+            one = rows.take(np.full(8, i))
             res = evaluate(run.eval_fn, run.params, one, 8, run.put_batch)
             assert (res["thinking" if think else "base"]["exact_match"] == 1.0) == greedy_right
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_exits_128_plus_signal(tmp_path, sig):
+    """Stopped by SIGTERM / SIGINT: the checkpoint is saved, then exit 143 / 130 (not 0: `train.py &&
+    next-step` must not go on with a half-trained model)."""
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
     args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/tiny.yaml", *MICRO,
             f"run.out_dir={tmp_path}", "train.steps=100000"]
@@ -169,10 +172,10 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
         time.sleep(0.5)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert "stopped at step" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {signal.Signals(sig).name} at step" in err and "Traceback" not in err
     steps = [int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
     assert steps and max(steps) > 0
 
