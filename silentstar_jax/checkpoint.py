@@ -156,7 +156,16 @@ def _filtered_unraisable(previous):
     return hook
 
 
+class _AbandonedReadLog(logging.Filter):
+    """asyncio logs "Task exception was never retrieved" when it collects one of those reads' tasks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() + repr(getattr(record, "future", "")) + repr(record.args)
+        return not ("never retrieved" in text and "orbax" in text)
+
+
 sys.unraisablehook = _filtered_unraisable(sys.unraisablehook)
+logging.getLogger("asyncio").addFilter(_AbandonedReadLog())
 
 
 @contextlib.contextmanager

@@ -512,3 +512,16 @@ def test_evaluation_json_has_no_bare_nan():
     from silentstar_jax.trainer import _json_safe
     text = json.dumps(_json_safe({"step": 3, "base": {"nll": float("nan"), "acc": 0.5}}), allow_nan=False)
     assert json.loads(text) == {"step": 3, "base": {"nll": None, "acc": 0.5}}
+
+
+def test_only_orbax_abandoned_reads_are_silenced():
+    """The filters drop the errors of Orbax's abandoned reads and nothing else of asyncio's or Python's."""
+    import logging
+    from silentstar_jax import checkpoint
+    keep = checkpoint._AbandonedReadLog().filter
+    rec = lambda msg: logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+    assert not keep(rec("Task exception was never retrieved\nfuture: <Task coro=<async_deserialize() "
+                        "defined at /x/orbax/checkpoint/_src/serialization/serialization.py:394>>"))
+    assert keep(rec("Task exception was never retrieved\nfuture: <Task coro=<my_job() defined at /x/mine.py:3>>"))
+    assert checkpoint._orbax_teardown_noise(RuntimeError("Event loop is closed"), None)
+    assert not checkpoint._orbax_teardown_noise(RuntimeError("something else"), None)
