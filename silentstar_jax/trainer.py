@@ -208,8 +208,7 @@ class Run:
             multihost_utils.sync_global_devices("run directory archived")
         if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=self.primary, say=say):
             say(f"resuming {self.out_dir} from step {self.step}")
-        elif records_without_checkpoint(self.out_dir):
-            found = records_without_checkpoint(self.out_dir)
+        elif found := records_without_checkpoint(self.out_dir):
             damaged = os.path.join(self.out_dir, "damaged-checkpoints")
             why = (f"its checkpoints are all damaged (moved to {damaged})" if "damaged-checkpoints" in found
                    else f"it holds an earlier training's records ({', '.join(found)}) but no checkpoint")
@@ -302,9 +301,8 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
                             f"({[r.step for r in runs]}): resume them one by one, then train them together")
         for r in runs[1:]:
             r.data, r.eval_fn = r0.data, r0.eval_fn   # one data order for every member; one compiled evaluation
-        params = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[r.params for r in runs]) if stacked else r0.params
-        opt_state = (jax.tree.map(lambda *xs: jax.numpy.stack(xs), *[r.opt_state for r in runs]) if stacked
-                     else r0.opt_state)
+        stack_all = lambda trees: jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees) if stacked else trees[0]
+        params, opt_state = stack_all([r.params for r in runs]), stack_all([r.opt_state for r in runs])
         step = first_step = r0.step
 
         def sync():      # the members' own state, before they save or evaluate
