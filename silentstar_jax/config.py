@@ -87,7 +87,11 @@ class ThinkingConfig:
     enabled: bool = True
     n_thoughts: int = 2
     n_ahead: int = 1
-    feedback: Literal["latent", "pause"] = "latent"
+    # a thought's next input: latent = P(y); token = softmax(lens(y) / feedback_temperature) @ wte, the
+    # expected token embedding (a step that learned a look-up on tokens applies it to its own result);
+    # token+latent = both summed; pause = a fixed learned embedding (the control)
+    feedback: Literal["latent", "pause", "token", "token+latent"] = "latent"
+    feedback_temperature: float = 1.0
     estimator: Literal["reinforce", "pathwise", "both"] = "reinforce"
     reward: Literal["logprob_gain", "accuracy_gain", "accuracy"] = "logprob_gain"
     baseline: Literal["value", "group_mean", "value+group_mean"] = "value"
@@ -145,6 +149,8 @@ class DataConfig:
     hops: int = 2                         # hops, binding: look-ups per example (1..9)
     hops_min: Optional[int] = None        # hops, binding: k uniform in hops_min..hops; None: always hops
     show_hops: bool = False               # hops: write k in the prompt (needed to mix hop counts)
+    eval_hops_min: Optional[int] = None   # hops, binding: the held-out set's k from eval_hops_min..hops
+                                          # (= hops: the hardest k only); None: as hops_min
     n_vars: int = 8                       # binding: variables (2*hops..26)
     n_train: int = 20000
     n_eval: int = 500
@@ -357,6 +363,8 @@ def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int)
     """m None: the model's shape is not known yet (init_from); the context check waits for it."""
     if not t.enabled:
         return
+    if not t.feedback_temperature > 0:
+        raise UserError(f"thinking.feedback_temperature must be > 0, got {t.feedback_temperature}")
     if t.n_thoughts < 0:
         raise UserError(f"thinking.n_thoughts must be >= 0, got {t.n_thoughts}")
     if t.n_ahead < 1:
@@ -405,6 +413,9 @@ def validate(cfg: Config) -> None:
         raise UserError("mesh.data must be -1 or >= 1 and mesh.fsdp >= 1")
     if cfg.data.shuffle_seed < 0:
         raise UserError(f"data.shuffle_seed must be >= 0, got {cfg.data.shuffle_seed}")
+    d = cfg.data
+    if d.eval_hops_min is not None and not 1 <= d.eval_hops_min <= d.hops:
+        raise UserError(f"data.eval_hops_min must be in 1..data.hops = 1..{d.hops}, got {d.eval_hops_min}")
     lo_hi = cfg.loss.supervision_anneal
     if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
         raise UserError(f"loss.supervision_anneal must be [start, end] fractions with 0 <= start <= end <= 1, got {lo_hi}")

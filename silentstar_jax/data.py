@@ -11,6 +11,7 @@ deterministic given the seed and expose a small JSON-able `state` saved in check
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import itertools
 import os
 from typing import Iterator, NamedTuple, Optional
@@ -37,8 +38,11 @@ class Batch(NamedTuple):
 
 
 
-def task_kwargs(d: DataConfig) -> dict:
-    """The keyword arguments of `tasks.make_examples` for the configured task."""
+def task_kwargs(d: DataConfig, split: str = "train") -> dict:
+    """The keyword arguments of `tasks.make_examples` for the configured task (and split: the held-out
+    set's hop counts can be data.eval_hops_min..hops)."""
+    if d.task in ("hops", "binding") and split == "eval" and d.eval_hops_min is not None:
+        d = dataclasses.replace(d, hops_min=d.eval_hops_min)
     if d.task == "prosqa":
         return {"n_nodes": d.n_nodes}
     if d.task == "hops":
@@ -56,7 +60,7 @@ def encode_example(tok: Tokenizer, ex: tasks.Example) -> tuple[list[int], int]:
 
 def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: int) -> Batch:
     try:
-        exs = tasks.make_examples(d.task, n, seed=seed, split=split, **task_kwargs(d))
+        exs = tasks.make_examples(d.task, n, seed=seed, split=split, **task_kwargs(d, split))
         J = tasks.n_thoughts(d.task, **task_kwargs(d))   # from the kwargs: train and eval get the same J
     except ValueError as e:
         raise UserError(f"data: {e}") from None
@@ -79,6 +83,24 @@ def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: i
                                 "tokenizer; thought targets need one token each")
             rows.thought_targets[i, n_prompt, j] = tid[0]
     return rows
+
+
+def hop_counts(d: DataConfig) -> list[int]:
+    """The hop counts k that training or the held-out set draw (hops, binding tasks; else [])."""
+    if d.source != "task" or d.task not in ("hops", "binding"):
+        return []
+    lo = min(x for x in (d.hops_min, d.eval_hops_min, d.hops) if x is not None)
+    return list(range(lo, d.hops + 1))
+
+
+def eval_rows_by_k(d: DataConfig, tok: Tokenizer, T: int) -> dict[int, Batch]:
+    """Held-out rows of each single hop count k (n_eval each) when the task mixes counts: per-k exact
+    match beside the held-out set's own. Empty for one count or other tasks."""
+    ks = hop_counts(d)
+    if len(ks) < 2:
+        return {}
+    return {k: task_rows(dataclasses.replace(d, hops_min=k, eval_hops_min=None), tok, T, "eval", d.n_eval,
+                         d.shuffle_seed + 1)._replace(thought_targets=None) for k in ks}
 
 
 def _load_hf(d: DataConfig, split: str, streaming: bool):

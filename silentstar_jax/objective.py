@@ -141,7 +141,7 @@ def compute_loss(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfi
     loss_think = -masked_mean(p.lp_mix_BLA, weights)
     loss_value = masked_mean(jnp.square(out.value - r), pos_mask)
     a = advantages(r, out.value, pos_mask, tcfg, p.K)
-    use_policy = tcfg.feedback == "latent" and tcfg.estimator in ("reinforce", "both")
+    use_policy = tcfg.feedback != "pause" and tcfg.estimator in ("reinforce", "both")
     loss_policy = -masked_mean(a * out.logp, pos_mask) if use_policy else jnp.zeros(())
 
     total = lcfg.base * loss_base + lcfg.think * loss_think + lcfg.policy * loss_policy + lcfg.value * loss_value

@@ -99,7 +99,7 @@ class _Chain:
 
     @property
     def sampled(self) -> bool:
-        return self.key is not None and self.heads.cfg.feedback == "latent"
+        return self.key is not None and self.heads.cfg.feedback != "pause"
 
 
 def _noise(c: _Chain, i, shape):
@@ -111,6 +111,16 @@ def _noise(c: _Chain, i, shape):
     return jnp.take_along_axis(eps, c.pos_BL[..., None], axis=1)
 
 
+def _feedback(c: _Chain, y_BLD):
+    """The mean of the next thought's input from a step output y [B, L, D] (thinking.feedback)."""
+    cfg = c.heads.cfg
+    if cfg.feedback == "latent":
+        return c.heads.project(y_BLD)
+    p_BLV = jax.nn.softmax(c.gpt2.logits(y_BLD) / cfg.feedback_temperature, axis=-1)
+    tok_BLD = p_BLV @ c.gpt2.wte[...]           # the lens's expected token embedding
+    return tok_BLD + c.heads.project(y_BLD) if cfg.feedback == "token+latent" else tok_BLD
+
+
 def _thought(c: _Chain, i, y_prev_BLD):
     """Input z [B, L, D] of thought step i and its policy log-prob [B, L] (0 when not sampled)."""
     heads, cfg = c.heads, c.heads.cfg
@@ -120,7 +130,7 @@ def _thought(c: _Chain, i, y_prev_BLD):
         first = i == 1
         y_prev_BLD = (c.h0_BLD if first else y_prev_BLD) if isinstance(i, int) else \
             jnp.where(first, c.h0_BLD, y_prev_BLD)
-    mu = heads.project(y_prev_BLD)
+    mu = _feedback(c, y_prev_BLD)
     if not c.sampled:
         return mu, jnp.zeros(mu.shape[:-1])
     log_sigma = heads.sigma_log()
@@ -282,7 +292,7 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     scan. Compile time grows with c, not with n; the numbers and the sampled noise do not depend on c.
     """
     cfg, mcfg = heads.cfg, gpt2.cfg
-    if cfg.seed == "base" and cfg.feedback == "latent" and n_thoughts and h0_BLD is None:
+    if cfg.seed == "base" and cfg.feedback != "pause" and n_thoughts and h0_BLD is None:
         raise ValueError("thinking.seed=base needs the base hidden state h0_BLD")
     lay = ChainLayout(n_thoughts, talk_ABLD.shape[0] + 1)
     c = _Chain(gpt2, heads, lay, pos_BL, base_k, base_v, base_mask, talk_ABLD, key, h0_BLD, noise_len)

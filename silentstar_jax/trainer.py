@@ -19,7 +19,7 @@ from flax import nnx
 
 from silentstar_jax import config as C
 from silentstar_jax.checkpoint import Checkpointer, abstract_like, shapes
-from silentstar_jax.data import Batch, build_data
+from silentstar_jax.data import Batch, build_data, eval_rows_by_k
 from silentstar_jax.display import print_eval_table
 from silentstar_jax.errors import NonFiniteError, Stopped, UserError
 from silentstar_jax.evaluate import evaluate, make_eval_fn
@@ -87,6 +87,7 @@ class Run:
         self.params = jax.device_put(params, self.p_shard)
         self.opt_state = jax.jit(self.tx.init, out_shardings=self.o_shard)(self.params)
         self.data, self.eval_rows = build_data(cfg, self.tok)
+        self.eval_by_k = eval_rows_by_k(cfg.data, self.tok, cfg.train.seq_len + 1)
         self.step = 0
         self.primary = jax.process_index() == 0     # the one process that writes logs and config
         make_run_dir(self.out_dir)
@@ -164,7 +165,13 @@ class Run:
 
     # ---------------------------------------------------------------- the two jobs
     def evaluate(self) -> dict:
-        return evaluate(self.eval_fn, self.params, self.eval_rows, self.cfg.train.batch_size, self.put_batch)
+        """The held-out metrics per path; with mixed hop counts also exact_match_k{k} on each k's own set."""
+        ev = lambda rows: evaluate(self.eval_fn, self.params, rows, self.cfg.train.batch_size, self.put_batch)
+        result = ev(self.eval_rows)
+        for k, rows in self.eval_by_k.items():
+            for path, metrics in ev(rows).items():
+                result[path][f"exact_match_k{k}"] = metrics["exact_match"]
+        return result
 
     @property
     def n_think_pos(self) -> int:

@@ -19,6 +19,16 @@ from silentstar_jax.train_step import n_think_positions, n_thoughts_at, think_po
 from test_thinking import MC, hidden_from_embeddings, make_model, tokens
 
 
+def _reference_feedback(g, h, cfg, y_D):
+    """The next thought's input from a step output, written from the definitions in config.py."""
+    if cfg.feedback == "latent":
+        return h.project(y_D)
+    logits = y_D @ g.wte[...].T
+    p = np.exp((logits - logits.max()) / cfg.feedback_temperature)
+    tok = (p / p.sum()) @ g.wte[...]
+    return tok + h.project(y_D) if cfg.feedback == "token+latent" else tok
+
+
 def _reference_logits(model, toks_L, t, n):
     """One position t, written out: x_0..x_t, start, z_1..z_n, end through ordinary causal attention;
     z_1 = P(h0_t) under seed=base; the gate mixes the end step's or the last thought's output."""
@@ -31,7 +41,7 @@ def _reference_logits(model, toks_L, t, n):
     outs = [run()]
     for j in range(1, n + 1):
         src = h0 if (cfg.seed == "base" and j == 1) else outs[-1]
-        seq.append(h.project(src) + wpe[t + 1 + j])
+        seq.append(_reference_feedback(g, h, cfg, src) + wpe[t + 1 + j])
         outs.append(run())
     seq.append(h.embedding("end") + wpe[t + n + 2])
     outs.append(run())
@@ -54,9 +64,27 @@ def test_wiring_options_equal_sequential_reference(seed, mix_from):
         np.testing.assert_allclose(out.sup_logits[0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
 
 
-@pytest.mark.parametrize("seed,mix_from", [("base", "end"), ("base", "last_thought")])
-def test_generation_equals_scoring_with_wiring_options(seed, mix_from):
-    model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from)
+@pytest.mark.parametrize("feedback,temperature,seed,chain", [("token", 1.0, "base", "unrolled"),
+                                                            ("token", 0.3, "start", "scan"),
+                                                            ("token+latent", 1.0, "base", "scan")])
+def test_token_feedback_equals_sequential_reference(feedback, temperature, seed, chain):
+    """thinking.feedback: token: a thought's input is its predecessor's expected token embedding under
+    the logit lens at temperature tau; token+latent adds P(y)."""
+    think = dict(n_thoughts=3, seed=seed, chain=chain, feedback=feedback, feedback_temperature=temperature)
+    model = make_model(**think)
+    toks = tokens(B=1, L=8)
+    out = model(toks)
+    other = make_model(**{**think, "feedback": "latent" if feedback == "token" else "token"})(toks).mixed_logits
+    assert np.abs(np.asarray(out.mixed_logits - other)).max() > 1e-3    # the option changes the result
+    for t in range(8):
+        ref, _ = _reference_logits(model, toks[0], t, 3)
+        np.testing.assert_allclose(out.mixed_logits[0, t, 0], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed,mix_from,feedback", [("base", "end", "latent"), ("base", "last_thought", "latent"),
+                                                    ("base", "end", "token"), ("start", "end", "token+latent")])
+def test_generation_equals_scoring_with_wiring_options(seed, mix_from, feedback):
+    model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, feedback=feedback)
     prompt = [3, 17, 5, 9]
     events, _ = Generator(model, SamplingConfig(greedy=True), think=True).generate(prompt, 6)
     s = score(model, prompt + [e.token_id for e in events], think=True)
