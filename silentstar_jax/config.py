@@ -149,6 +149,8 @@ class DataConfig:
     hops: int = 2                         # hops, binding: look-ups per example (1..9)
     hops_min: Optional[int] = None        # hops, binding: k uniform in hops_min..hops; None: always hops
     show_hops: bool = False               # hops: write k in the prompt (needed to mix hop counts)
+    hops_weights: list[float] = field(default_factory=list)   # training's k drawn with these weights
+                                          # (one per k in hops_min..hops); empty: uniform
     eval_hops_min: Optional[int] = None   # hops, binding: the held-out set's k from eval_hops_min..hops
                                           # (= hops: the hardest k only); None: as hops_min
     n_vars: int = 8                       # binding: variables (2*hops..26)
@@ -414,6 +416,10 @@ def validate(cfg: Config) -> None:
     if cfg.data.shuffle_seed < 0:
         raise UserError(f"data.shuffle_seed must be >= 0, got {cfg.data.shuffle_seed}")
     d = cfg.data
+    if d.hops_weights and (len(d.hops_weights) != d.hops - (d.hops_min or d.hops) + 1
+                           or min(d.hops_weights) < 0 or not sum(d.hops_weights) > 0):
+        raise UserError(f"data.hops_weights must be one non-negative weight per k in data.hops_min..data.hops "
+                        f"({d.hops - (d.hops_min or d.hops) + 1} here) with a positive sum, got {d.hops_weights}")
     if d.eval_hops_min is not None and not 1 <= d.eval_hops_min <= d.hops:
         raise UserError(f"data.eval_hops_min must be in 1..data.hops = 1..{d.hops}, got {d.eval_hops_min}")
     lo_hi = cfg.loss.supervision_anneal

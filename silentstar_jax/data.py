@@ -41,14 +41,16 @@ class Batch(NamedTuple):
 def task_kwargs(d: DataConfig, split: str = "train") -> dict:
     """The keyword arguments of `tasks.make_examples` for the configured task (and split: the held-out
     set's hop counts can be data.eval_hops_min..hops)."""
-    if d.task in ("hops", "binding") and split == "eval" and d.eval_hops_min is not None:
-        d = dataclasses.replace(d, hops_min=d.eval_hops_min)
+    if d.task in ("hops", "binding") and split == "eval":    # held out: uniform over its k
+        d = dataclasses.replace(d, hops_min=d.hops_min if d.eval_hops_min is None else d.eval_hops_min,
+                                hops_weights=[])
     if d.task == "prosqa":
         return {"n_nodes": d.n_nodes}
     if d.task == "hops":
-        return {"n_symbols": d.n_symbols, "hops": d.hops, "hops_min": d.hops_min, "show_hops": d.show_hops}
+        return {"n_symbols": d.n_symbols, "hops": d.hops, "hops_min": d.hops_min, "show_hops": d.show_hops,
+                "hops_weights": tuple(d.hops_weights) or None}
     if d.task == "binding":
-        return {"n_vars": d.n_vars, "hops": d.hops, "hops_min": d.hops_min}
+        return {"n_vars": d.n_vars, "hops": d.hops, "hops_min": d.hops_min, "hops_weights": tuple(d.hops_weights) or None}
     return {"digits_a": d.digits_a, "digits_b": d.digits_b}
 
 
@@ -99,8 +101,9 @@ def eval_rows_by_k(d: DataConfig, tok: Tokenizer, T: int) -> dict[int, Batch]:
     ks = hop_counts(d)
     if len(ks) < 2:
         return {}
-    return {k: task_rows(dataclasses.replace(d, hops_min=k, eval_hops_min=None), tok, T, "eval", d.n_eval,
-                         d.shuffle_seed + 1)._replace(thought_targets=None) for k in ks}
+    one_k = lambda k: dataclasses.replace(d, hops=k, hops_min=k, eval_hops_min=None, hops_weights=[])
+    return {k: task_rows(one_k(k), tok, T, "eval", d.n_eval, d.shuffle_seed + 1)._replace(thought_targets=None)
+            for k in ks}
 
 
 def _load_hf(d: DataConfig, split: str, streaming: bool):

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-K tokens shown per thought (at most the vocabulary)")
     p.add_argument("--quiet", action="store_true", help="text only")
     p.add_argument("--json", action="store_true", help="one JSON object per token, then a summary line")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the thought trace (with --prompt or --score): a row per thought, a column per token")
     return p
 
 
@@ -77,6 +80,14 @@ def _check_args(args) -> SamplingConfig:
         raise UserError("--show-thoughts must be >= 1")
     if not 0 <= args.seed <= MAX_SEED:
         raise UserError("--seed must be in 0 .. 2**63 - 1")
+    if args.plot is not None:
+        if args.prompt is None and args.score is None:
+            raise UserError("--plot needs --prompt TEXT or --score TEXT (one text to draw)")
+        if not args.plot.lower().endswith(".png"):
+            raise UserError(f"--plot {args.plot}: the picture is a PNG; name it FILE.png")
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise UserError(f"--plot {args.plot}: folder {folder} does not exist")
     for flag, text in (("--prompt", args.prompt), ("--score", args.score)):
         if text is not None:
             _check_text(text, flag)
@@ -141,16 +152,36 @@ def score_ids(model, tok, args, think, n_thoughts) -> list[int]:
     return ids
 
 
-def run_score(model, tok, ids, args, think, n_thoughts, out):
+def score_records(s: dict, ids: list[int], tok, think: bool) -> list[dict]:
+    """One record per scored token, in generation's JSON schema (display.event_json) plus its position."""
+    from silentstar_jax.display import event_json
+    from silentstar_jax.generation import TokenEvent
+    per_pos = [k for k in ("mix_weight", "value", "lens_id", "lens_p", "cos_id", "cos", "norm") if k in s]
+    records = []
+    for i in range(len(ids) - 1):
+        e = TokenEvent(i, ids[i + 1], float(s["logprob"][i]), float(s["logprob_base"][i]), {k: s[k][i] for k in per_pos})
+        rec = {"pos": i + 1, **event_json(e, tok, think), "mix_weight": float(s["mix_weight"][i])}
+        del rec["step"]
+        records.append(rec)
+    return records
+
+
+def _plot(records, args, desc: str, what: str, err) -> None:
+    from silentstar_jax.trace_plot import plot_trace
+    plot_trace(records, args.plot, f"{what} — {desc}")
+    if not args.json:
+        err.print(f"[dim]thought trace drawn to {args.plot}[/]")
+
+
+def run_score(model, tok, ids, args, think, n_thoughts, out, err=None, desc=""):
     from silentstar_jax.display import coloured_text, legend
     from silentstar_jax.generation import score
-    s = score(model, ids, think, n_thoughts if think else None)
+    s = score(model, ids, think, n_thoughts if think else None, args.show_thoughts if think else 0)
+    if args.plot:
+        _plot(score_records(s, ids, tok, think), args, desc, f"scored {args.score!r}", err)
     if args.json:
-        for i in range(len(ids) - 1):
-            print(json.dumps({"pos": i + 1, "token_id": ids[i + 1], "token": tok.token_str(ids[i + 1]),
-                              "logprob": float(s["logprob"][i]),
-                              "logprob_base": float(s["logprob_base"][i]),
-                              "mix_weight": float(s["mix_weight"][i])}))
+        for rec in score_records(s, ids, tok, think):
+            print(json.dumps(rec))
         return
     deltas = s["logprob"] - s["logprob_base"]
     pieces = [(tok.token_str(ids[0]), 0.0)] + [(tok.token_str(ids[i + 1]), float(deltas[i]))
@@ -180,12 +211,15 @@ def ctrl_c_sets_flag():
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
-def generate_once(gen, tok, prompt: str, args, think, out, err) -> None:
+def generate_once(gen, tok, prompt: str, args, think, out, err, desc: str = "") -> None:
     with ctrl_c_sets_flag() as stop:
-        _generate_once(gen, tok, prompt, args, think, out, err, stop)
+        events = _generate_once(gen, tok, prompt, args, think, out, err, stop)
+    if args.plot:
+        from silentstar_jax.display import event_json
+        _plot([event_json(e, tok, think) for e in events], args, desc, f"prompt {prompt!r}", err)
 
 
-def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> None:
+def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> list:
     from rich.text import Text
     from silentstar_jax.display import coloured_text, event_json, legend, printable, render_event
     ids = _fit_prompt(tok.encode(_check_text(prompt, "the prompt")), gen, err, args.json)
@@ -231,6 +265,7 @@ def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> None:
             out.print(legend())
         rate = f", {tps:.1f} tokens/s" if tps is not None else ""
         out.print(f"[dim]{len(events)} token{'s' if len(events) != 1 else ''}{rate}[/]")
+    return events
 
 
 def prompt_loop(gen, tok, args, think, out, err) -> None:
@@ -287,9 +322,9 @@ def main(argv=None) -> None:
         thinking = f"{n_thoughts} thought(s) per token" if think else "off"
         err.print(f"[dim]model: {desc}; thinking: {thinking}[/]")
     if args.score is not None:
-        return run_score(model, tok, ids, args, think, n_thoughts, out)
+        return run_score(model, tok, ids, args, think, n_thoughts, out, err, desc)
     if args.prompt is not None:
-        return generate_once(gen, tok, args.prompt, args, think, out, err)
+        return generate_once(gen, tok, args.prompt, args, think, out, err, desc)
     if not sys.stdin.isatty() and args.json:
         raise UserError("give --prompt TEXT with --json")
     prompt_loop(gen, tok, args, think, out, err)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from silentstar_jax.config import ChainLayout
 from silentstar_jax.errors import UserError
+from silentstar_jax.model import thought_trace
 from silentstar_jax.objective import token_logprob
 from silentstar_jax.sampling import SamplingConfig, sample
 
@@ -48,10 +49,11 @@ def token_room(n_positions: int, chain_steps: int, n_thoughts: int) -> int:
     return room
 
 
-def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None) -> dict:
+def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None, trace_top_k: int = 0) -> dict:
     """Teacher-forced log-probs of ids[1:] (each given the tokens before it), base and mixed,
     from the parallel forward with deterministic thoughts. Arrays of length len(ids) - 1.
-    n_thoughts: thought steps per position (None: as configured)."""
+    n_thoughts: thought steps per position (None: as configured). trace_top_k: also the thought trace
+    of each position (generation's TokenEvent.extra entries, [len(ids) - 1, n, k])."""
     L = len(ids)
     bucket = prompt_bucket(L)
     toks = np.zeros((1, bucket), np.int32)
@@ -59,7 +61,7 @@ def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None) 
     mask = np.zeros((1, bucket), np.int32)
     mask[0, :L] = 1
     graphdef, state = nnx.split(model)
-    fn = _score_fn(graphdef, think, n_thoughts if think else None)
+    fn = _score_fn(graphdef, think, n_thoughts if think else None, trace_top_k if think else 0)
     out = fn(state, jnp.asarray(toks), jnp.asarray(mask))
     return {k: np.asarray(v)[0, :L - 1] for k, v in out.items()}
 
@@ -70,15 +72,15 @@ def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None) 
 _SCORE_FNS: list = []
 
 
-def _score_fn(graphdef, think: bool, n_thoughts: Optional[int]):
-    for gd, th, n, fn in _SCORE_FNS:
-        if th == think and n == n_thoughts and gd == graphdef:
+def _score_fn(graphdef, think: bool, n_thoughts: Optional[int], trace_top_k: int = 0):
+    for gd, th, n, k, fn in _SCORE_FNS:
+        if th == think and n == n_thoughts and k == trace_top_k and gd == graphdef:
             return fn
 
     @jax.jit
     def fn(state, tokens, mask):
         m = nnx.merge(graphdef, state)
-        out = m(tokens, mask) if n_thoughts is None else m(tokens, mask, n_thoughts=n_thoughts)
+        out = m(tokens, mask, n_thoughts=n_thoughts, thought_lens=bool(trace_top_k)) if think else m(tokens, mask)
         target = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
 
         def lp(logits):
@@ -86,12 +88,17 @@ def _score_fn(graphdef, think: bool, n_thoughts: Optional[int]):
 
         res = {"logprob_base": lp(out.base_logits)}
         if think and out.thinking:
-            res.update(logprob=lp(out.mixed_logits[:, :, 0]), mix_weight=out.mix_weight[:, :, 0])
+            res.update(logprob=lp(out.mixed_logits[:, :, 0]), mix_weight=out.mix_weight[:, :, 0],
+                       value=out.value)
+            if out.thought_sources is not None:     # [1, L, n, D] -> the trace of each position
+                flat = lambda a: jnp.moveaxis(a[0], 1, 0)                       # [n, L, D]
+                trace = thought_trace(m.gpt2, flat(out.thought_sources), flat(out.thoughts), trace_top_k)
+                res.update({k: v[None] for k, v in trace.items()})
         else:
             res.update(logprob=res["logprob_base"], mix_weight=jnp.zeros_like(res["logprob_base"]))
         return res
 
-    _SCORE_FNS.append((graphdef, think, n_thoughts, fn))
+    _SCORE_FNS.append((graphdef, think, n_thoughts, trace_top_k, fn))
     return fn
 
 

@@ -29,6 +29,7 @@ class Forward:
     sigma: Optional[jax.Array] = None           # [] mean policy scale
     thought_logits: Optional[jax.Array] = None  # [BK, L, A, V] the thought path alone (unmixed)
     sup_logits: Optional[jax.Array] = None      # [BK, L, J, V] logit lens of thought steps 1..J
+    thought_sources: Optional[jax.Array] = None  # [BK, L, n, D] the state each thought was fed from
 
     @property
     def thinking(self) -> bool:
@@ -43,7 +44,8 @@ class SilentStar(nnx.Module):
         self.heads = ThoughtHeads(self.gpt2, think_cfg, rngs=rngs) if think_cfg.enabled else None
 
     def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False,
-                 n_thoughts: Optional[int] = None, think_idx_BQ=None, n_supervised: int = 0):
+                 n_thoughts: Optional[int] = None, think_idx_BQ=None, n_supervised: int = 0,
+                 thought_lens: bool = False):
         """Parallel forward over a batch of sequences (docs/design.md §3-§5) -> Forward.
 
         key None -> deterministic thoughts (z = mu), as in evaluation and generation.
@@ -52,6 +54,7 @@ class SilentStar(nnx.Module):
         think_idx_BQ: run chains only at these Q positions per row (index L = padding); elsewhere the
           outputs are the base model's (w = 0): the same losses when every scored target is covered.
         n_supervised: also return sup_logits, the logit lens of thought steps 1..J.
+        thought_lens: also return thought_sources, whose logit lens generation's trace shows (think_at).
         """
         g = self.gpt2
         B, L = tokens_BL.shape
@@ -95,13 +98,20 @@ class SilentStar(nnx.Module):
         if J:
             y_sup_BQJD = jnp.moveaxis(y_SBQD[lay.thoughts.start:lay.thoughts.start + J], 0, 2)
             sup_logits = g.logits(put(jnp.zeros((BK, L, J, g.cfg.n_embd), y_SBQD.dtype), y_sup_BQJD))
+        sources = None
+        if thought_lens and n:
+            src_nBQD = y_SBQD[:n]                   # thought j is fed from step j - 1 (or h0: seed base)
+            if cfg.seed == "base":
+                src_nBQD = src_nBQD.at[0].set(take(h0_BLD))
+            sources = put(jnp.zeros((BK, L, n, g.cfg.n_embd), y_SBQD.dtype), jnp.moveaxis(src_nBQD, 0, 2))
         return Forward(
             base_logits=base_logits, mixed_logits=g.logits(mixed_BLAD), mix_weight=w_BLA,
             value=self.heads.value(h0_BLD), logp=put(jnp.zeros((BK, L), logp_BQ.dtype), logp_BQ),
             thoughts=put(jnp.zeros((BK, L, n, g.cfg.n_embd), z_SBQD.dtype), z_BQnD),
             think_mask=put(jnp.zeros((BK, L), bool), jnp.ones(pos_BQ.shape, bool)),
             sigma=jnp.exp(self.heads.sigma_log()).mean(),
-            thought_logits=g.logits(y_BLAD) if thought_logits else None, sup_logits=sup_logits)
+            thought_logits=g.logits(y_BLAD) if thought_logits else None, sup_logits=sup_logits,
+            thought_sources=sources)
 
     def think_at(self, h0_BD, cache, pos, n_thoughts: Optional[int] = None, trace_top_k: int = 0):
         """Generation: the chain (start, n thoughts, end) for one position `pos` per row, against the

@@ -38,8 +38,9 @@ Formats (``prompt`` -> ``answer``):
   E.g. ``"c=a;a=7;d=c;b=2;?d"`` -> ``"7"``, thoughts ("c", "a", "7").
 
 ``hops_min`` (1..hops; None means hops) draws k uniformly from hops_min..hops for each
-example (mixed difficulty); with hidden k (``hops`` task, ``show_hops=False``) the answer
-would be ambiguous, so mixing there needs ``show_hops=True``.
+example (mixed difficulty), or with ``hops_weights`` (one weight per k, e.g. skewed toward
+easy); with hidden k (``hops`` task, ``show_hops=False``) the answer would be ambiguous, so
+mixing there needs ``show_hops=True``.
 
 Splits: a problem belongs to "eval" iff a hash of its canonical form (operands; or sorted
 edges + root + sorted options; table + k + query; sorted statements + query) is 0 mod 10,
@@ -54,7 +55,7 @@ import hashlib
 import inspect
 import operator
 import string
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -155,18 +156,26 @@ def _prosqa(rng: np.random.Generator, *, n_nodes: int = 12) -> tuple[str, Exampl
     return key, Example(" ".join(shown) + f"|{name[root]}?{first}/{second}=", name[target])
 
 
-def _hop_count(rng: np.random.Generator, hops: int, hops_min: int | None) -> int:
-    """k for one example: uniform in hops_min..hops (just hops when hops_min is None)."""
+def _hop_count(rng: np.random.Generator, hops: int, hops_min: int | None,
+               weights: Sequence[float] | None = None) -> int:
+    """k for one example: uniform in hops_min..hops (just hops when hops_min is None), or drawn with
+    `weights` (one per k in hops_min..hops, e.g. skewed toward easy problems)."""
     if not 1 <= hops <= 9:
         raise ValueError(f"hops must be in 1..9 (one digit), got {hops}")
     lo = hops if hops_min is None else hops_min
     if not 1 <= lo <= hops:
         raise ValueError(f"hops_min must be in 1..hops={hops}, got {hops_min}")
-    return int(rng.integers(lo, hops + 1))
+    if weights is None:
+        return int(rng.integers(lo, hops + 1))
+    w = np.asarray(weights, float)
+    if len(w) != hops - lo + 1 or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(f"hops_weights must be {hops - lo + 1} non-negative weights (k = {lo}..{hops}) "
+                         f"with a positive sum, got {list(weights)}")
+    return int(lo + rng.choice(len(w), p=w / w.sum()))
 
 
 def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_min: int | None = None,
-          show_hops: bool = False) -> tuple[str, Example]:
+          show_hops: bool = False, hops_weights: Sequence[float] | None = None) -> tuple[str, Example]:
     """f^k(q) for a permutation f given as a table in context: k serial look-ups."""
     if not 2 <= n_symbols <= 26:
         raise ValueError(f"n_symbols must be in 2..26 (one letter per symbol), got {n_symbols}")
@@ -174,7 +183,7 @@ def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_
         raise ValueError(f"hops_min={hops_min} with hops={hops} mixes hop counts, which a prompt that hides "
                          "k (show_hops=False) makes ambiguous; set show_hops=True")
     perm = rng.permutation(n_symbols).tolist()
-    k = _hop_count(rng, hops, hops_min)
+    k = _hop_count(rng, hops, hops_min, hops_weights)
     q = int(rng.integers(n_symbols))
     letters = string.ascii_lowercase
     table = "".join(letters[v] for v in perm)
@@ -186,10 +195,10 @@ def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_
     return f"{table}{k}{letters[q]}", Example(prompt, thoughts[-1], tuple(thoughts))
 
 
-def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2,
-             hops_min: int | None = None) -> tuple[str, Example]:
+def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2, hops_min: int | None = None,
+             hops_weights: Sequence[float] | None = None) -> tuple[str, Example]:
     """The digit a query variable is bound to through a chain of k variable-to-variable bindings."""
-    k = _hop_count(rng, hops, hops_min)
+    k = _hop_count(rng, hops, hops_min, hops_weights)
     if not 2 * hops <= n_vars <= 26:
         raise ValueError(f"n_vars must be in 2*hops..26 = {2 * hops}..26 (two chains of hops variables, "
                          f"one letter per variable), got {n_vars}")

@@ -430,3 +430,44 @@ def test_bad_task_knobs_are_one_line(data, needle):
         build_data(task_cfg(**data), TOK)
     msg = one_line_error(e)
     assert msg.startswith("data: ") and needle in msg
+
+
+def _ks(rows, task, hops):
+    """The hop count of every row, solved from its prompt text."""
+    out = []
+    for i in range(len(rows.tokens)):
+        p = int(np.argmax(rows.loss_mask[i]))
+        out.append(len(solve_from_text(task, TOK.decode(rows.tokens[i, :p]), hops)))
+    return out
+
+
+@pytest.mark.parametrize("task", ["hops", "binding"])
+def test_eval_hops_min_and_per_k_held_out_sets(task):
+    """data.eval_hops_min: the held-out set draws only k >= it; eval_rows_by_k: one held-out set per
+    k of the mix, each of that k only and disjoint from training."""
+    from silentstar_jax.data import eval_rows_by_k
+    kw = {"hops": 3, "hops_min": 1, "n_eval": 60, **({"show_hops": True} if task == "hops" else {})}
+    cfg = task_cfg(task=task, eval_hops_min=3, **kw)
+    train, evals = build_data(cfg, TOK)
+    assert set(_ks(evals, task, 3)) == {3}
+    assert set(_ks(train.rows, task, 3)) == {1, 2, 3}
+    by_k = eval_rows_by_k(cfg.data, TOK, SEQ_LEN_TASK + 1)
+    assert sorted(by_k) == [1, 2, 3]
+    train_rows = {bytes(r) for r in train.rows.tokens}
+    for k, rows in by_k.items():
+        assert len(rows.tokens) == 60 and set(_ks(rows, task, 3)) == {k}
+        assert not train_rows & {bytes(r) for r in rows.tokens}
+    assert eval_rows_by_k(task_cfg(task=task, hops=2).data, TOK, SEQ_LEN_TASK + 1) == {}   # one k: none
+
+
+def test_hops_weights_skew_training_not_the_held_out_set():
+    cfg = task_cfg(task="hops", hops=2, hops_min=1, show_hops=True, hops_weights=[3.0, 1.0], n_train=2000,
+                   n_eval=400)
+    train, evals = build_data(cfg, TOK)
+    k_train, k_eval = _ks(train.rows, "hops", 2), _ks(evals, "hops", 2)
+    assert 0.70 < k_train.count(1) / len(k_train) < 0.80          # 3:1 toward one hop
+    assert 0.40 < k_eval.count(1) / len(k_eval) < 0.60            # held out: uniform
+    with pytest.raises(UserError, match="hops_weights"):
+        C.validate(task_cfg(task="hops", hops=3, hops_min=1, show_hops=True, hops_weights=[1.0, 1.0]))
+    with pytest.raises(UserError, match="eval_hops_min"):
+        C.validate(task_cfg(task="hops", hops=2, eval_hops_min=3))

@@ -209,3 +209,52 @@ def test_ctrl_c_while_the_first_token_compiles(run_dir):
     child.close()
     assert child.exitstatus == 0, seen.getvalue()[-2000:]
     assert "Traceback" not in seen.getvalue() and not re.search(r"\w+Error:", seen.getvalue())
+
+
+def test_score_trace_equals_generation_trace():
+    """--score's per-position thought trace (the parallel forward) is generation's (the KV cache)."""
+    model = make_model(n_thoughts=2, seed="base")
+    prompt = [3, 17, 5, 9]
+    events, _ = Generator(model, SamplingConfig(greedy=True), think=True, trace_top_k=3).generate(prompt, 5)
+    s = score(model, prompt + [e.token_id for e in events], think=True, trace_top_k=3)
+    for e in events:
+        i = len(prompt) - 1 + e.step
+        np.testing.assert_array_equal(s["lens_id"][i], e.extra["lens_id"])
+        for k in ("lens_p", "cos", "norm", "mix_weight", "value"):
+            np.testing.assert_allclose(s[k][i], e.extra[k], atol=1e-4, err_msg=k)
+
+
+def _png_cells(path):
+    from PIL import Image
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(path)
+    assert img.size[0] > 200 and img.size[1] > 100
+    return json.loads(img.text["Description"])
+
+
+@pytest.mark.parametrize("mode", ["prompt", "score"])
+def test_cli_plot_is_a_png_of_the_json_numbers(run_dir, tmp_path, mode):
+    """--plot draws from the records --json prints: its cells (carried in the PNG) are those numbers."""
+    png = str(tmp_path / "trace.png")
+    args = ["--prompt", "12*3=", "--greedy", "--max-new-tokens", "3"] if mode == "prompt" else ["--score", "12*3=36"]
+    lines = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, *args, "--json", "--thoughts", "2",
+                                "--plot", png))
+    records = lines[:-1] if mode == "prompt" else lines
+    cells = _png_cells(png)
+    assert len(cells["p_top"]) == 2 and len(cells["tokens"]) == len(records)
+    for t, rec in enumerate(records):
+        assert cells["tokens"][t] == rec["token"]
+        assert cells["p_think"][t] == pytest.approx(np.exp(rec["logprob"]))
+        assert cells["p_base"][t] == pytest.approx(np.exp(rec["logprob_base"]))
+        assert cells["mix_weight"][t] == pytest.approx(rec["mix_weight"])
+        for j, th in enumerate(rec["thoughts"]):
+            assert [cells["labels"][j][t], cells["p_top"][j][t]] == pytest.approx(th["top"][0])
+
+
+def test_cli_plot_errors(run_dir, tmp_path):
+    for args, msg in ((["--plot", str(tmp_path / "x.png")], "--plot needs --prompt"),
+                      (["--prompt", "1", "--plot", str(tmp_path / "x.jpg")], "PNG"),
+                      (["--prompt", "1", "--plot", str(tmp_path / "no" / "x.png")], "does not exist")):
+        proc = run_cli("generate.py", "--checkpoint", run_dir, *args)
+        assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -201,11 +201,12 @@ def test_gradient_accumulation_equals_full_batch(tmp_path):
     assert abs(la[2] - lb[2]) < 1e-5
 
 
+@pytest.mark.parametrize("family", ["hops", "demo"])
 @pytest.mark.parametrize("arm,override", [("nothink", "thinking.enabled=false"), ("pause", "thinking.feedback=pause")])
-def test_hops_controls_differ_only_in_thinking(arm, override):
-    """configs/hops-<arm>.yaml is hops.yaml with the experiment runner's arm override: it cannot drift."""
-    control = C.load_config(os.path.join(ROOT, "configs", f"hops-{arm}.yaml"))
-    derived = C.load_config(os.path.join(ROOT, "configs", "hops.yaml"), [override])
+def test_controls_differ_only_in_thinking(family, arm, override):
+    """configs/<family>-<arm>.yaml is <family>.yaml with the experiment runner's arm override: it cannot drift."""
+    control = C.load_config(os.path.join(ROOT, "configs", f"{family}-{arm}.yaml"))
+    derived = C.load_config(os.path.join(ROOT, "configs", f"{family}.yaml"), [override])
     same_run = dataclasses.replace(derived, run=control.run)
     assert control == same_run
     assert control.run.out_dir != derived.run.out_dir
