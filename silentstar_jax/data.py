@@ -48,7 +48,7 @@ def task_kwargs(d: DataConfig, split: str = "train") -> dict:
         return {"n_nodes": d.n_nodes}
     if d.task == "hops":
         return {"n_symbols": d.n_symbols, "hops": d.hops, "hops_min": d.hops_min, "show_hops": d.show_hops,
-                "hops_weights": tuple(d.hops_weights) or None}
+                "hops_weights": tuple(d.hops_weights) or None, "single_cycle": d.single_cycle}
     if d.task == "binding":
         return {"n_vars": d.n_vars, "hops": d.hops, "hops_min": d.hops_min, "hops_weights": tuple(d.hops_weights) or None}
     return {"digits_a": d.digits_a, "digits_b": d.digits_b}

@@ -29,6 +29,9 @@ Formats (``prompt`` -> ``answer``):
   T[i] = f(letter i); then ``|``, the hop count k as one digit if ``show_hops``, and the
   query letter q. ``"<T>|[k]<q>"`` -> ``"<f^k(q)>"``; thoughts (f(q), f^2(q), ..., f^k(q)).
   E.g. ``"dcab|a"`` (k=2 hidden) -> ``"b"``, thoughts ("d", "b"); ``"dcab|2a"`` shows k.
+  ``single_cycle=True`` draws f among the permutations with one cycle through every letter, so
+  f^k(q) != q for k < n_symbols: a model cannot score by answering the query itself (for a random
+  permutation of 8 letters, f^2(q) = q a quarter of the time).
 * ``binding`` (kwargs ``n_vars=8`` (2*hops..26), ``hops=2`` (1..9), ``hops_min=None``):
   variable binding. n_vars distinct single-letter variables form 2..10 chains; a chain's
   first variable is bound to a digit (distinct digits per chain), each other variable to
@@ -175,14 +178,21 @@ def _hop_count(rng: np.random.Generator, hops: int, hops_min: int | None,
 
 
 def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_min: int | None = None,
-          show_hops: bool = False, hops_weights: Sequence[float] | None = None) -> tuple[str, Example]:
+          show_hops: bool = False, hops_weights: Sequence[float] | None = None,
+          single_cycle: bool = False) -> tuple[str, Example]:
     """f^k(q) for a permutation f given as a table in context: k serial look-ups."""
     if not 2 <= n_symbols <= 26:
         raise ValueError(f"n_symbols must be in 2..26 (one letter per symbol), got {n_symbols}")
     if hops_min is not None and hops_min != hops and not show_hops:
         raise ValueError(f"hops_min={hops_min} with hops={hops} mixes hop counts, which a prompt that hides "
                          "k (show_hops=False) makes ambiguous; set show_hops=True")
-    perm = rng.permutation(n_symbols).tolist()
+    if single_cycle:   # f is one n-cycle: f^k(q) != q for k < n (no guessing the query back)
+        order = rng.permutation(n_symbols).tolist()
+        perm = [0] * n_symbols
+        for i, x in enumerate(order):
+            perm[x] = order[(i + 1) % n_symbols]
+    else:
+        perm = rng.permutation(n_symbols).tolist()
     k = _hop_count(rng, hops, hops_min, hops_weights)
     q = int(rng.integers(n_symbols))
     letters = string.ascii_lowercase

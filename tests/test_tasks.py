@@ -348,3 +348,18 @@ def test_exact_match():
     assert not exact_match("80", ex)
     assert not exact_match("8040", ex)
     assert not exact_match("408", ex)
+
+
+def test_hops_single_cycle_tables():
+    examples = gen("hops", 500, 3, "train", n_symbols=8, hops=3, hops_min=1, show_hops=True, single_cycle=True)
+    for ex in examples:
+        table, rest = ex.prompt.split("|")
+        f = {chr(ord("a") + i): c for i, c in enumerate(table)}
+        x, seen = "a", set()
+        for _ in range(8):                      # one cycle through all 8 letters
+            seen.add(x)
+            x = f[x]
+        assert x == "a" and len(seen) == 8
+        assert ex.answer == solve_hops(ex.prompt, hops=-1)[0] and ex.answer != rest[-1]
+    plain = gen("hops", 500, 3, "train", n_symbols=8, hops=2)
+    assert sum(ex.answer == ex.prompt[-1] for ex in plain) > 60    # a random f: f^2(q) = q a quarter of the time
