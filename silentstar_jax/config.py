@@ -150,6 +150,7 @@ class DataConfig:
     hops_min: Optional[int] = None        # hops, binding: k uniform in hops_min..hops; None: always hops
     show_hops: bool = False               # hops: write k in the prompt (needed to mix hop counts)
     single_cycle: bool = False            # hops: f is one cycle through every letter (f^k(q) != q, k < n)
+    chain: int = 1                        # hops: answers per problem, each f^k of the one before
     hops_weights: list[float] = field(default_factory=list)   # training's k drawn with these weights
                                           # (one per k in hops_min..hops); empty: uniform
     eval_hops_min: Optional[int] = None   # hops, binding: the held-out set's k from eval_hops_min..hops

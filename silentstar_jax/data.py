@@ -3,8 +3,9 @@
 
 Task examples are one per row (prompt + answer + end-of-text, padded; loss on the answer only).
 Tasks with intermediate targets (hops, binding) add `thought_targets` [B, seq_len + 1, J]: at the
-first answer token's position (aligned like loss_mask, the token as a target), entry j is the
-token id of the result after hop j + 1; -1 everywhere else. J = tasks.n_thoughts (= data.hops).
+first answer token's position (aligned like loss_mask, the token as a target; at every answer
+token's with `data.chain` > 1), entry j is the token id of the result after hop j + 1; -1
+everywhere else. J = tasks.n_thoughts (= data.hops).
 Text is tokenised, joined with end-of-text separators and packed into full blocks. Iterators are
 deterministic given the seed and expose a small JSON-able `state` saved in checkpoints.
 """
@@ -48,7 +49,7 @@ def task_kwargs(d: DataConfig, split: str = "train") -> dict:
         return {"n_nodes": d.n_nodes}
     if d.task == "hops":
         return {"n_symbols": d.n_symbols, "hops": d.hops, "hops_min": d.hops_min, "show_hops": d.show_hops,
-                "hops_weights": tuple(d.hops_weights) or None, "single_cycle": d.single_cycle}
+                "hops_weights": tuple(d.hops_weights) or None, "single_cycle": d.single_cycle, "chain": d.chain}
     if d.task == "binding":
         return {"n_vars": d.n_vars, "hops": d.hops, "hops_min": d.hops_min, "hops_weights": tuple(d.hops_weights) or None}
     return {"digits_a": d.digits_a, "digits_b": d.digits_b}
@@ -76,14 +77,15 @@ def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: i
         rows.tokens[i, :len(ids)] = ids
         rows.attn_mask[i, :len(ids)] = 1
         rows.loss_mask[i, n_prompt:len(ids)] = 1
-        if len(ex.thoughts) > J:
-            raise ValueError(f"{d.task} example has {len(ex.thoughts)} thoughts, more than n_thoughts = {J}")
-        for j, thought in enumerate(ex.thoughts):
-            tid = tok.encode(thought)
-            if len(tid) != 1:
-                raise UserError(f"data: the {d.task} thought {thought!r} is {len(tid)} tokens for this "
-                                "tokenizer; thought targets need one token each")
-            rows.thought_targets[i, n_prompt, j] = tid[0]
+        for a, thoughts in enumerate(ex.token_thoughts or (ex.thoughts,)):   # answer token a's hops
+            if len(thoughts) > J:
+                raise ValueError(f"{d.task} example has {len(thoughts)} thoughts, more than n_thoughts = {J}")
+            for j, thought in enumerate(thoughts):
+                tid = tok.encode(thought)
+                if len(tid) != 1:
+                    raise UserError(f"data: the {d.task} thought {thought!r} is {len(tid)} tokens for this "
+                                    "tokenizer; thought targets need one token each")
+                rows.thought_targets[i, n_prompt + a, j] = tid[0]
     return rows
 
 

@@ -31,7 +31,9 @@ Formats (``prompt`` -> ``answer``):
   E.g. ``"dcab|a"`` (k=2 hidden) -> ``"b"``, thoughts ("d", "b"); ``"dcab|2a"`` shows k.
   ``single_cycle=True`` draws f among the permutations with one cycle through every letter, so
   f^k(q) != q for k < n_symbols: a model cannot score by answering the query itself (for a random
-  permutation of 8 letters, f^2(q) = q a quarter of the time).
+  permutation of 8 letters, f^2(q) = q a quarter of the time). ``chain=m`` asks for m answers,
+  each f^k of the one before (``"dcab|a"`` -> ``"bc"`` for m = 2): thinking before every answer
+  token, k look-ups each; ``token_thoughts`` holds every answer token's hops.
 * ``binding`` (kwargs ``n_vars=8`` (2*hops..26), ``hops=2`` (1..9), ``hops_min=None``):
   variable binding. n_vars distinct single-letter variables form 2..10 chains; a chain's
   first variable is bound to a digit (distinct digits per chain), each other variable to
@@ -72,6 +74,8 @@ class Example:
     prompt: str   # everything before the answer ("=" ends the multiply/add/prosqa prompts)
     answer: str   # the answer text alone
     thoughts: tuple[str, ...] = ()   # one character per hop for the first answer token; last = answer
+    # the same for every answer token, where an answer has several that each need thinking (hops chain)
+    token_thoughts: tuple[tuple[str, ...], ...] = ()
 
 
 # A sampler draws one random problem: (canonical key that identifies the problem, its Example).
@@ -179,8 +183,11 @@ def _hop_count(rng: np.random.Generator, hops: int, hops_min: int | None,
 
 def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_min: int | None = None,
           show_hops: bool = False, hops_weights: Sequence[float] | None = None,
-          single_cycle: bool = False) -> tuple[str, Example]:
-    """f^k(q) for a permutation f given as a table in context: k serial look-ups."""
+          single_cycle: bool = False, chain: int = 1) -> tuple[str, Example]:
+    """f^k(q) for a permutation f given as a table in context: k serial look-ups (chain > 1: then
+    f^k of that, `chain` answers in all, each needing its own k look-ups)."""
+    if not 1 <= chain <= 64:
+        raise ValueError(f"chain must be in 1..64, got {chain}")
     if not 2 <= n_symbols <= 26:
         raise ValueError(f"n_symbols must be in 2..26 (one letter per symbol), got {n_symbols}")
     if hops_min is not None and hops_min != hops and not show_hops:
@@ -197,12 +204,16 @@ def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_
     q = int(rng.integers(n_symbols))
     letters = string.ascii_lowercase
     table = "".join(letters[v] for v in perm)
-    thoughts, x = [], q
-    for _ in range(k):
-        x = perm[x]
-        thoughts.append(letters[x])
+    steps, x = [], q
+    for _ in range(chain):     # answer token a: its k hops from the token before it
+        path = []
+        for _ in range(k):
+            x = perm[x]
+            path.append(letters[x])
+        steps.append(tuple(path))
     prompt = f"{table}|{k if show_hops else ''}{letters[q]}"
-    return f"{table}{k}{letters[q]}", Example(prompt, thoughts[-1], tuple(thoughts))
+    answer = "".join(path[-1] for path in steps)
+    return (f"{table}{k}{letters[q]}", Example(prompt, answer, steps[0], tuple(steps) if chain > 1 else ()))
 
 
 def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2, hops_min: int | None = None,

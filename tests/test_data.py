@@ -471,3 +471,22 @@ def test_hops_weights_skew_training_not_the_held_out_set():
         C.validate(task_cfg(task="hops", hops=3, hops_min=1, show_hops=True, hops_weights=[1.0, 1.0]))
     with pytest.raises(UserError, match="eval_hops_min"):
         C.validate(task_cfg(task="hops", hops=2, eval_hops_min=3))
+
+
+def test_hops_chain_targets_at_every_answer_token():
+    """data.chain = m: m answers, each f^k of the token before it; every answer token carries its own
+    k intermediate targets (solved here from the text alone)."""
+    cfg = task_cfg(task="hops", hops=2, n_symbols=8, chain=4, single_cycle=True)
+    train, evals = build_data(cfg, TOK)
+    for rows in (train.rows, evals):
+        for i in range(len(rows.tokens)):
+            p = int(np.argmax(rows.loss_mask[i]))
+            text = TOK.decode(rows.tokens[i, :p + 4])
+            table, prev = text[:8], text[p - 1]
+            for a in range(4):
+                want = solve_from_text("hops", f"{table}|{prev}", 2)
+                assert [TOK.decode([t]) for t in rows.thought_targets[i, p + a]] == want
+                assert text[p + a] == want[-1]
+                prev = want[-1]
+            assert (rows.thought_targets[i, p + 4:] == -1).all() and (rows.thought_targets[i, :p] == -1).all()
+            assert rows.loss_mask[i, p:p + 5].sum() == 5            # four letters and end-of-text
