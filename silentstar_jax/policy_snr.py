@@ -10,7 +10,7 @@ objective (the mixed CE, L_think) through the same samples is its low-variance r
 and their cosine, on the thought projection P alone (only z depends on it) and on every parameter;
 also the cosine of two REINFORCE estimates from independent noise (its self-agreement). A cosine
 near 0 means the policy gradient is mostly noise at this batch size; the mean over batches says
-whether it points the right way at all.
+whether it points the right way at all. A zero REINFORCE gradient (every advantage 0) gives NaN.
 """
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ def gradient_agreement(cfg: Config, tok, params, batches, n_think_pos: int = 0, 
     for name in ("P", "all"):
         for m in ("cos", "self", "norm_ratio"):
             v = np.array([r[f"{m}_{name}"] for r in rows])
-            out[f"{m}_{name}"] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v)), "per_batch": v.tolist()}
+            ok = v[np.isfinite(v)]   # NaN: a zero gradient (e.g. an accuracy reward that never changes)
+            out[f"{m}_{name}"] = {"mean": float(ok.mean()) if len(ok) else float("nan"),
+                                  "std": float(ok.std()) if len(ok) else float("nan"), "per_batch": v.tolist()}
         # averaged over batches: does the estimate point the right way once its noise averages out?
         out[f"cos_of_means_{name}"] = _cos(jnp.asarray(np.mean([r[f"_rf_{name}"] for r in rows], 0)),
                                            jnp.asarray(np.mean([r[f"_pw_{name}"] for r in rows], 0)))

@@ -247,6 +247,32 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
     assert 0.0 <= res["thinking"]["exact_match"] <= 1.0
 
 
+@pytest.mark.parametrize("name,extra", [("demo", ["data.chain=3", "train.seq_len=10"]),
+                                        ("unsupervised", ["train.seq_len=10"])])
+def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
+    """configs/demo.yaml (a chain of answers, supervised) and configs/unsupervised.yaml (mixed k, no
+    targets, the hardest k held out) at micro size: a few steps, and what each evaluation reports."""
+    import json
+    import os
+
+    from conftest import ROOT
+    from silentstar_jax.trainer import Run
+    micro = ["model.n_embd=32", "model.n_head=2", "data.n_symbols=5", "data.n_train=64", "data.n_eval=16",
+             "train.steps=2", "train.batch_size=8", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
+             "mesh.data=1", "checkpoint.async_save=false", f"run.out_dir={tmp_path}", *extra]
+    run = Run(load_config(os.path.join(ROOT, "configs", f"{name}.yaml"), micro))
+    res = run.train()
+    ev = json.load(open(tmp_path / "eval.json"))
+    if name == "demo":
+        assert int((run.data.rows.thought_targets[0] >= 0).any(-1).sum()) == 3    # every answer letter
+        assert "exact_match_k1" not in ev["thinking"]
+    else:
+        assert run.data.rows.thought_targets is not None and "loss_sup" not in json.loads(
+            open(tmp_path / "metrics.jsonl").readline())                          # no supervision term
+        assert {"exact_match_k1", "exact_match_k2"} <= set(ev["thinking"]) <= set(ev["base"]) | {"exact_match"}
+        assert ev["thinking"]["exact_match"] == res["thinking"]["exact_match_k2"]   # held out: two hops only
+
+
 def test_chain_layout():
     from silentstar_jax.config import ChainLayout
     lay = ChainLayout(3, 2)                          # start, 3 thoughts, end, 1 talk token
