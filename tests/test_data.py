@@ -413,8 +413,13 @@ def test_row_iterator_batches_thought_targets():
     ({"task": "multiply", "digits_a": 3}, {"digits_a": 3, "digits_b": 2}),
     ({"task": "prosqa", "n_nodes": 8}, {"n_nodes": 8}),
     ({"task": "hops", "n_symbols": 5, "hops": 3, "hops_min": 1, "show_hops": True},
-     {"n_symbols": 5, "hops": 3, "hops_min": 1, "show_hops": True}),
-    ({"task": "binding", "n_vars": 10, "hops": 4}, {"n_vars": 10, "hops": 4, "hops_min": None}),
+     {"n_symbols": 5, "hops": 3, "hops_min": 1, "show_hops": True, "hops_weights": None, "single_cycle": False,
+      "chain": 1}),
+    ({"task": "hops", "hops": 2, "hops_min": 1, "show_hops": True, "hops_weights": [2, 1], "single_cycle": True,
+      "chain": 3},
+     {"n_symbols": 16, "hops": 2, "hops_min": 1, "show_hops": True, "hops_weights": (2, 1), "single_cycle": True,
+      "chain": 3}),
+    ({"task": "binding", "n_vars": 10, "hops": 4}, {"n_vars": 10, "hops": 4, "hops_min": None, "hops_weights": None}),
 ])
 def test_task_kwargs(data, want):
     assert task_kwargs(task_cfg(**data).data) == want
