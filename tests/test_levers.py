@@ -248,7 +248,7 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("name,extra", [("demo", ["data.chain=3", "train.seq_len=10"]),
-                                        ("unsupervised", ["train.seq_len=10"])])
+                                        ("unsupervised", ["data.chain=3", "train.seq_len=12"])])
 def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     """configs/demo.yaml (a chain of answers, supervised) and configs/unsupervised.yaml (mixed k, no
     targets, the hardest k held out) at micro size: a few steps, and what each evaluation reports."""
