@@ -176,11 +176,13 @@ def _plot(records, args, desc: str, what: str, err) -> None:
 def run_score(model, tok, ids, args, think, n_thoughts, out, err=None, desc=""):
     from silentstar_jax.display import coloured_text, legend
     from silentstar_jax.generation import score
-    s = score(model, ids, think, n_thoughts if think else None, args.show_thoughts if think else 0)
+    traced = think and (args.json or args.plot)         # the coloured text view needs no trace
+    s = score(model, ids, think, n_thoughts if think else None, args.show_thoughts if traced else 0)
+    records = score_records(s, ids, tok, think) if args.json or args.plot else None
     if args.plot:
-        _plot(score_records(s, ids, tok, think), args, desc, f"scored {args.score!r}", err)
+        _plot(records, args, desc, f"scored {args.score!r}", err)
     if args.json:
-        for rec in score_records(s, ids, tok, think):
+        for rec in records:
             print(json.dumps(rec))
         return
     deltas = s["logprob"] - s["logprob_base"]

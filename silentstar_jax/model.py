@@ -100,9 +100,7 @@ class SilentStar(nnx.Module):
             sup_logits = g.logits(put(jnp.zeros((BK, L, J, g.cfg.n_embd), y_SBQD.dtype), y_sup_BQJD))
         sources = None
         if thought_lens and n:
-            src_nBQD = y_SBQD[:n]                   # thought j is fed from step j - 1 (or h0: seed base)
-            if cfg.seed == "base":
-                src_nBQD = src_nBQD.at[0].set(take(h0_BLD))
+            src_nBQD = thought_sources(y_SBQD, take(h0_BLD), n, cfg)
             sources = put(jnp.zeros((BK, L, n, g.cfg.n_embd), y_SBQD.dtype), jnp.moveaxis(src_nBQD, 0, 2))
         return Forward(
             base_logits=base_logits, mixed_logits=g.logits(mixed_BLAD), mix_weight=w_BLA,
@@ -130,9 +128,7 @@ class SilentStar(nnx.Module):
         logits = g.logits((1 - w[:, None]) * h0_BD + w[:, None] * y_mix)
         trace = {"mix_weight": w, "value": heads.value(h0_BD)}
         if trace_top_k and n:
-            y_prev = y[:n, :, 0]   # the hidden state each thought was projected from
-            if self.think_cfg.seed == "base":
-                y_prev = y_prev.at[0].set(h0_BD)
+            y_prev = thought_sources(y[:, :, 0], h0_BD, n, self.think_cfg)
             trace.update(thought_trace(g, y_prev, z[lay.thoughts.start:lay.thoughts.stop, :, 0], trace_top_k))
         return logits, trace
 
@@ -143,6 +139,13 @@ def _grad_scaled(module, scale: float):
     graphdef, state = nnx.split(module)
     f = lambda x: x * scale + jax.lax.stop_gradient(x) * (1.0 - scale)
     return nnx.merge(graphdef, jax.tree.map(f, state))
+
+
+def thought_sources(y_S, h0, n: int, cfg: ThinkingConfig):
+    """[n, ...] the state each thought was fed from: step j - 1's output, or h0 for thought 1 under
+    thinking.seed: base. y_S: [S, ...] every chain step's output; h0: [...] the base hidden state."""
+    src = y_S[:n]
+    return src.at[0].set(h0) if cfg.seed == "base" else src
 
 
 def thought_trace(g: GPT2, y_nBD, z_nBD, k: int) -> dict:
