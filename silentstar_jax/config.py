@@ -89,8 +89,9 @@ class ThinkingConfig:
     n_ahead: int = 1
     # a thought's next input: latent = P(y); token = softmax(lens(y) / feedback_temperature) @ wte, the
     # expected token embedding (a step that learned a look-up on tokens applies it to its own result);
-    # token+latent = both summed; pause = a fixed learned embedding (the control)
-    feedback: Literal["latent", "pause", "token", "token+latent"] = "latent"
+    # token+latent = both summed; sample = the embedding of a token sampled from that softmax (Quiet-STaR's
+    # token thoughts; REINFORCE only; the argmax when deterministic); pause = a fixed learned embedding (the control)
+    feedback: Literal["latent", "pause", "token", "token+latent", "sample"] = "latent"
     feedback_temperature: float = 1.0
     estimator: Literal["reinforce", "pathwise", "both"] = "reinforce"
     reward: Literal["logprob_gain", "accuracy_gain", "accuracy"] = "logprob_gain"
@@ -369,6 +370,9 @@ def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int)
         return
     if not t.feedback_temperature > 0:
         raise UserError(f"thinking.feedback_temperature must be > 0, got {t.feedback_temperature}")
+    if t.feedback == "sample" and t.estimator != "reinforce":
+        raise UserError(f"thinking.feedback=sample draws discrete tokens, which have no pathwise gradient: "
+                        f"it needs thinking.estimator=reinforce, got {t.estimator}")
     if t.n_thoughts < 0:
         raise UserError(f"thinking.n_thoughts must be >= 0, got {t.n_thoughts}")
     if t.n_ahead < 1:

@@ -102,12 +102,13 @@ class _Chain:
         return self.key is not None and self.heads.cfg.feedback != "pause"
 
 
-def _noise(c: _Chain, i, shape):
-    """N(0, 1) noise of thought i; drawn for whole rows of noise_len and taken at pos_BL if given."""
+def _noise(c: _Chain, i, shape, draw=jax.random.normal):
+    """Noise of thought i (N(0, 1), or `draw`'s); drawn for whole rows of noise_len and taken at pos_BL
+    if given, so that one position of a row gets the same noise alone (generation) as in the row."""
     k = jax.random.fold_in(c.key, i)
     if c.noise_len is None:
-        return jax.random.normal(k, shape)
-    eps = jax.random.normal(k, (shape[0], c.noise_len, shape[-1]))
+        return draw(k, shape)
+    eps = draw(k, (shape[0], c.noise_len, shape[-1]))
     return jnp.take_along_axis(eps, c.pos_BL[..., None], axis=1)
 
 
@@ -130,6 +131,8 @@ def _thought(c: _Chain, i, y_prev_BLD):
         first = i == 1
         y_prev_BLD = (c.h0_BLD if first else y_prev_BLD) if isinstance(i, int) else \
             jnp.where(first, c.h0_BLD, y_prev_BLD)
+    if cfg.feedback == "sample":
+        return _sampled_token(c, i, y_prev_BLD)
     mu = _feedback(c, y_prev_BLD)
     if not c.sampled:
         return mu, jnp.zeros(mu.shape[:-1])
@@ -137,6 +140,18 @@ def _thought(c: _Chain, i, y_prev_BLD):
     z_raw = mu + jnp.exp(log_sigma) * _noise(c, i, mu.shape)
     z = z_raw if cfg.estimator in ("pathwise", "both") else jax.lax.stop_gradient(z_raw)
     return z, gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
+
+
+def _sampled_token(c: _Chain, i, y_prev_BLD):
+    """feedback: sample (Quiet-STaR's thoughts are tokens): the next input is the embedding of a token
+    drawn from softmax(lens(y) / feedback_temperature) (Gumbel-max), with its log-prob [B, L] as the
+    policy's; the lens's argmax when thoughts are deterministic (evaluation, generation)."""
+    logits_BLV = c.gpt2.logits(y_prev_BLD) / c.heads.cfg.feedback_temperature
+    if not c.sampled:
+        return c.gpt2.wte[...][jnp.argmax(logits_BLV, axis=-1)], jnp.zeros(logits_BLV.shape[:-1])
+    tok_BL = jnp.argmax(logits_BLV + _noise(c, i, logits_BLV.shape, jax.random.gumbel), axis=-1)
+    logp_BL = jnp.take_along_axis(jax.nn.log_softmax(logits_BLV, axis=-1), tok_BL[..., None], axis=-1)[..., 0]
+    return jax.lax.stop_gradient(c.gpt2.wte[...][tok_BL]), logp_BL
 
 
 def _step_input(c: _Chain, i, y_prev_BLD):

@@ -24,6 +24,8 @@ def _reference_feedback(g, h, cfg, y_D):
     if cfg.feedback == "latent":
         return h.project(y_D)
     logits = y_D @ g.wte[...].T
+    if cfg.feedback == "sample":    # deterministic thoughts: the lens's argmax token
+        return g.wte[...][int(np.argmax(logits))]
     p = np.exp((logits - logits.max()) / cfg.feedback_temperature)
     tok = (p / p.sum()) @ g.wte[...]
     return tok + h.project(y_D) if cfg.feedback == "token+latent" else tok
@@ -66,7 +68,9 @@ def test_wiring_options_equal_sequential_reference(seed, mix_from):
 
 @pytest.mark.parametrize("feedback,temperature,seed,chain", [("token", 1.0, "base", "unrolled"),
                                                             ("token", 0.3, "start", "scan"),
-                                                            ("token+latent", 1.0, "base", "scan")])
+                                                            ("token+latent", 1.0, "base", "scan"),
+                                                            ("sample", 1.0, "base", "scan"),
+                                                            ("sample", 0.5, "start", "unrolled")])
 def test_token_feedback_equals_sequential_reference(feedback, temperature, seed, chain):
     """thinking.feedback: token: a thought's input is its predecessor's expected token embedding under
     the logit lens at temperature tau; token+latent adds P(y)."""
@@ -82,13 +86,36 @@ def test_token_feedback_equals_sequential_reference(feedback, temperature, seed,
 
 
 @pytest.mark.parametrize("seed,mix_from,feedback", [("base", "end", "latent"), ("base", "last_thought", "latent"),
-                                                    ("base", "end", "token"), ("start", "end", "token+latent")])
+                                                    ("base", "end", "token"), ("start", "end", "token+latent"),
+                                                    ("start", "end", "sample")])
 def test_generation_equals_scoring_with_wiring_options(seed, mix_from, feedback):
     model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, feedback=feedback)
     prompt = [3, 17, 5, 9]
     events, _ = Generator(model, SamplingConfig(greedy=True), think=True).generate(prompt, 6)
     s = score(model, prompt + [e.token_id for e in events], think=True)
     np.testing.assert_allclose([e.logprob for e in events], s["logprob"][len(prompt) - 1:], atol=1e-4)
+
+
+@pytest.mark.parametrize("chain", ["unrolled", "scan"])
+def test_sampled_token_thoughts_follow_the_lens(chain):
+    """feedback: sample with a key: each thought's input is one token's embedding, drawn with the
+    probabilities softmax(lens / tau) of the state it is fed from; logp sums the drawn tokens' log-probs."""
+    tau, K = 3.0, 3000
+    model = make_model(n_thoughts=2, seed="base", chain=chain, feedback="sample", feedback_temperature=tau)
+    out = model(tokens(B=1, L=4), key=jax.random.key(3), n_samples=K, thought_lens=True)
+    wte = np.asarray(model.gpt2.wte[...])
+    z = np.asarray(out.thoughts)                                              # [K, L, n, D]
+    dist = np.abs(z[..., None, :] - wte).max(-1)                              # [K, L, n, V]
+    assert dist.min(-1).max() == 0.0                                          # every input is a token's embedding
+    tok = dist.argmin(-1)
+    logp_all = np.asarray(jax.nn.log_softmax(model.gpt2.logits(out.thought_sources) / tau, axis=-1))
+    ref_logp = np.take_along_axis(logp_all, tok[..., None], -1)[..., 0].sum(-1)
+    np.testing.assert_allclose(np.asarray(out.logp), ref_logp, atol=1e-4)
+    # thought 1 is fed from h0, the same in all K samples: the draws' frequencies are its lens's probabilities
+    p1 = np.exp(logp_all[0, :, 0])                                            # [L, V]
+    freq = np.stack([np.bincount(tok[:, t, 0], minlength=wte.shape[0]) / K for t in range(4)])
+    assert p1.max() < 0.5 and np.abs(freq - p1).max() < 0.035
+    assert len({tuple(r) for r in tok[:, 1, :]}) > 10                         # the samples differ
 
 
 def _task_batch(B=4, L=10, seed=0):

@@ -130,7 +130,8 @@ def test_causality():
 @pytest.mark.parametrize("estimator,levers", [("reinforce", {}), ("pathwise", {}),
                                               ("both", dict(seed="base", throttle=True, n_samples=2)),
                                               ("reinforce", dict(feedback="token")),
-                                              ("both", dict(feedback="token+latent", seed="base"))])
+                                              ("both", dict(feedback="token+latent", seed="base")),
+                                              ("reinforce", dict(feedback="sample", n_samples=2))])
 def test_unrolled_chain_equals_scan(estimator, levers):
     """Chunked the three ways (5 steps: one per scan iteration; 2 per iteration + 1 after the scan;
     all written out) the chain computes the same sampled thoughts, loss and gradients: the scan's
@@ -143,7 +144,8 @@ def test_unrolled_chain_equals_scan(estimator, levers):
         loss, grads = nnx.value_and_grad(loss_fn)(make_model(**think), toks)
         res.append((loss, nnx.state(grads, nnx.Param)))
     (l_ref, g_ref) = res[0]
-    assert _norm(g_ref["heads"]["proj_kernel" if levers.get("feedback") != "token" else "log_sigma"]) > 0
+    lever = {"token": "log_sigma", "sample": "mix_w1"}.get(levers.get("feedback"), "proj_kernel")
+    assert _norm(g_ref["heads"][lever]) > 0
     for loss, grads in res[1:]:
         np.testing.assert_allclose(l_ref, loss, rtol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), g_ref, grads)

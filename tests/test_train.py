@@ -38,10 +38,11 @@ def test_every_shipped_config_loads(path):
     ("thinking.estimator=magic", "not one of"),
     ("thinking.n_ahead=0", "n_ahead must be >= 1"),
     ("thinking.n_thoughts=40", "exceeds model.n_positions"),
+    ("thinking.feedback=sample thinking.estimator=both", "needs thinking.estimator=reinforce"),
 ])
 def test_config_errors_are_one_line(tmp_path, override, needle):
     out = tmp_path / "never"
-    proc = run_cli("train.py", "--config", "configs/tiny.yaml", override, f"run.out_dir={out}")
+    proc = run_cli("train.py", "--config", "configs/tiny.yaml", *override.split(), f"run.out_dir={out}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
     assert not out.exists()
