@@ -127,12 +127,12 @@ def _thought(c: _Chain, i, y_prev_BLD):
     heads, cfg = c.heads, c.heads.cfg
     if cfg.feedback == "pause":
         return jnp.broadcast_to(heads.embedding("pause"), y_prev_BLD.shape), jnp.zeros(y_prev_BLD.shape[:-1])
+    if cfg.feedback == "sample":
+        return _sampled_token(c, i, y_prev_BLD)
     if cfg.seed == "base":   # i is a Python int (written-out steps) or traced (inside the scan)
         first = i == 1
         y_prev_BLD = (c.h0_BLD if first else y_prev_BLD) if isinstance(i, int) else \
             jnp.where(first, c.h0_BLD, y_prev_BLD)
-    if cfg.feedback == "sample":
-        return _sampled_token(c, i, y_prev_BLD)
     mu = _feedback(c, y_prev_BLD)
     if not c.sampled:
         return mu, jnp.zeros(mu.shape[:-1])
@@ -145,7 +145,20 @@ def _thought(c: _Chain, i, y_prev_BLD):
 def _sampled_token(c: _Chain, i, y_prev_BLD):
     """feedback: sample (Quiet-STaR's thoughts are tokens): the next input is the embedding of a token
     drawn from softmax(lens(y) / feedback_temperature) (Gumbel-max), with its log-prob [B, L] as the
-    policy's; the lens's argmax when thoughts are deterministic (evaluation, generation)."""
+    policy's; the lens's argmax when thoughts are deterministic (evaluation, generation).
+    Under seed: base thought 1 is P(h0), deterministic: the chain starts from the context's state (h0's
+    lens predicts the next token, not a thought; a token drawn from it drops the current one), and its
+    later steps speak in tokens."""
+    if c.heads.cfg.seed == "base" and not (isinstance(i, int) and i > 1):
+        seed_BLD, zero_BL = c.heads.project(c.h0_BLD), jnp.zeros(y_prev_BLD.shape[:-1])
+        if isinstance(i, int):
+            return seed_BLD, zero_BL
+        z_BLD, lp_BL = _token_draw(c, i, y_prev_BLD)
+        return jnp.where(i == 1, seed_BLD, z_BLD), jnp.where(i == 1, zero_BL, lp_BL)
+    return _token_draw(c, i, y_prev_BLD)
+
+
+def _token_draw(c: _Chain, i, y_prev_BLD):
     logits_BLV = c.gpt2.logits(y_prev_BLD) / c.heads.cfg.feedback_temperature
     if not c.sampled:
         return c.gpt2.wte[...][jnp.argmax(logits_BLV, axis=-1)], jnp.zeros(logits_BLV.shape[:-1])

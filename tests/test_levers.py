@@ -43,7 +43,10 @@ def _reference_logits(model, toks_L, t, n):
     outs = [run()]
     for j in range(1, n + 1):
         src = h0 if (cfg.seed == "base" and j == 1) else outs[-1]
-        seq.append(_reference_feedback(g, h, cfg, src) + wpe[t + 1 + j])
+        # feedback: sample under seed: base starts from the context's state itself, P(h0)
+        z = h.project(h0) if (cfg.feedback == "sample" and cfg.seed == "base" and j == 1) else \
+            _reference_feedback(g, h, cfg, src)
+        seq.append(z + wpe[t + 1 + j])
         outs.append(run())
     seq.append(h.embedding("end") + wpe[t + n + 2])
     outs.append(run())
@@ -87,7 +90,7 @@ def test_token_feedback_equals_sequential_reference(feedback, temperature, seed,
 
 @pytest.mark.parametrize("seed,mix_from,feedback", [("base", "end", "latent"), ("base", "last_thought", "latent"),
                                                     ("base", "end", "token"), ("start", "end", "token+latent"),
-                                                    ("start", "end", "sample")])
+                                                    ("start", "end", "sample"), ("base", "end", "sample")])
 def test_generation_equals_scoring_with_wiring_options(seed, mix_from, feedback):
     model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, feedback=feedback)
     prompt = [3, 17, 5, 9]
@@ -101,7 +104,7 @@ def test_sampled_token_thoughts_follow_the_lens(chain):
     """feedback: sample with a key: each thought's input is one token's embedding, drawn with the
     probabilities softmax(lens / tau) of the state it is fed from; logp sums the drawn tokens' log-probs."""
     tau, K = 3.0, 3000
-    model = make_model(n_thoughts=2, seed="base", chain=chain, feedback="sample", feedback_temperature=tau)
+    model = make_model(n_thoughts=2, seed="start", chain=chain, feedback="sample", feedback_temperature=tau)
     out = model(tokens(B=1, L=4), key=jax.random.key(3), n_samples=K, thought_lens=True)
     wte = np.asarray(model.gpt2.wte[...])
     z = np.asarray(out.thoughts)                                              # [K, L, n, D]
@@ -111,7 +114,7 @@ def test_sampled_token_thoughts_follow_the_lens(chain):
     logp_all = np.asarray(jax.nn.log_softmax(model.gpt2.logits(out.thought_sources) / tau, axis=-1))
     ref_logp = np.take_along_axis(logp_all, tok[..., None], -1)[..., 0].sum(-1)
     np.testing.assert_allclose(np.asarray(out.logp), ref_logp, atol=1e-4)
-    # thought 1 is fed from h0, the same in all K samples: the draws' frequencies are its lens's probabilities
+    # thought 1 is fed from the start step, the same in all K samples: the draws' frequencies are its lens's
     p1 = np.exp(logp_all[0, :, 0])                                            # [L, V]
     freq = np.stack([np.bincount(tok[:, t, 0], minlength=wte.shape[0]) / K for t in range(4)])
     assert p1.max() < 0.5 and np.abs(freq - p1).max() < 0.035

@@ -131,7 +131,8 @@ def test_causality():
                                               ("both", dict(seed="base", throttle=True, n_samples=2)),
                                               ("reinforce", dict(feedback="token")),
                                               ("both", dict(feedback="token+latent", seed="base")),
-                                              ("reinforce", dict(feedback="sample", n_samples=2))])
+                                              ("reinforce", dict(feedback="sample", n_samples=2)),
+                                              ("reinforce", dict(feedback="sample", seed="base"))])
 def test_unrolled_chain_equals_scan(estimator, levers):
     """Chunked the three ways (5 steps: one per scan iteration; 2 per iteration + 1 after the scan;
     all written out) the chain computes the same sampled thoughts, loss and gradients: the scan's
