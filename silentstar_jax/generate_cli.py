@@ -270,7 +270,27 @@ def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> list:
     return events
 
 
+@contextlib.contextmanager
+def ctrl_c_interrupts():
+    """Ctrl-C raises KeyboardInterrupt, even in a process started with SIGINT ignored (what a
+    non-interactive shell does to a background job, inherited by its children): the prompt promises
+    that Ctrl-C stops a generation and asks again. The previous handler is back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def prompt_loop(gen, tok, args, think, out, err) -> None:
+    with ctrl_c_interrupts():
+        _prompt_loop(gen, tok, args, think, out, err)
+
+
+def _prompt_loop(gen, tok, args, think, out, err) -> None:
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:

@@ -43,6 +43,8 @@ def gradient_agreement(cfg: Config, tok, params, batches, n_think_pos: int = 0, 
     """Cosines per batch (lists) and their summary for `params` (a pure parameter dict of cfg's model)."""
     if not cfg.thinking.enabled or cfg.thinking.feedback == "pause" or not cfg.thinking.n_thoughts:
         raise ValueError("the policy gradient needs sampled thoughts: thinking on, feedback not pause, n_thoughts >= 1")
+    if cfg.thinking.feedback == "sample":
+        raise ValueError("thinking.feedback=sample draws discrete tokens: there is no pathwise gradient to compare with")
     none = LossConfig(base=0, think=0, policy=0, value=0, thought=0, thought_supervision=0)
 
     def grad_fn(estimator: str, **weights):
