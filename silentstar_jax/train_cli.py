@@ -77,8 +77,9 @@ def _thought_counts(text: str, eval_only: bool, cfg) -> list[int]:
     for n in counts:
         if n < 0:
             raise UserError(f"--thoughts must be >= 0, got {n}")
+        # does the chain fit the context? (mix_from=last_thought with 0 thoughts mixes the start step)
         validate(dataclasses.replace(cfg, thinking=dataclasses.replace(
-            cfg.thinking, n_thoughts=n, n_thoughts_train=[])))    # does the chain fit the context?
+            cfg.thinking, n_thoughts=n, n_thoughts_train=[], mix_from=cfg.thinking.mix_from if n else "end")))
     return counts
 
 

@@ -69,6 +69,22 @@ def test_wiring_options_equal_sequential_reference(seed, mix_from):
         np.testing.assert_allclose(out.sup_logits[0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
 
 
+def test_last_thought_with_no_thoughts_mixes_the_start_step():
+    """Test-time N = 0 under mix_from: last_thought (a trained recipe's --thoughts 0): the gate mixes the
+    start step's output, the last step before end, as the sequential reference says; --thoughts accepts it."""
+    import os
+
+    from conftest import ROOT
+    from silentstar_jax.train_cli import _thought_counts
+    model = make_model(n_thoughts=2, seed="base", mix_from="last_thought", chain="unrolled")
+    toks = tokens(B=1, L=6)
+    out = model(toks, n_thoughts=0)
+    for t in range(6):
+        np.testing.assert_allclose(out.mixed_logits[0, t, 0], _reference_logits(model, toks[0], t, 0)[0], atol=1e-5)
+    cfg = load_config(os.path.join(ROOT, "configs", "hops-reinforce.yaml"))
+    assert cfg.thinking.mix_from == "last_thought" and _thought_counts("0,2,3", True, cfg) == [0, 2, 3]
+
+
 @pytest.mark.parametrize("feedback,temperature,seed,chain", [("token", 1.0, "base", "unrolled"),
                                                             ("token", 0.3, "start", "scan"),
                                                             ("token+latent", 1.0, "base", "scan"),
@@ -278,10 +294,12 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("name,extra", [("demo", ["data.chain=3", "train.seq_len=10"]),
+                                        ("hops-reinforce", ["data.chain=3", "train.seq_len=10"]),
                                         ("unsupervised", ["data.chain=3", "train.seq_len=12"])])
 def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
-    """configs/demo.yaml (a chain of answers, supervised) and configs/unsupervised.yaml (mixed k, no
-    targets, the hardest k held out) at micro size: a few steps, and what each evaluation reports."""
+    """configs/demo.yaml (a chain of answers, supervised), configs/hops-reinforce.yaml (the same with
+    token thoughts and REINFORCE) and configs/unsupervised.yaml (mixed k, no targets, the hardest k
+    held out) at micro size: a few steps, and what each evaluation reports."""
     import json
     import os
 
@@ -293,12 +311,14 @@ def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     run = Run(load_config(os.path.join(ROOT, "configs", f"{name}.yaml"), micro))
     res = run.train()
     ev = json.load(open(tmp_path / "eval.json"))
-    if name == "demo":
+    logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    if name in ("demo", "hops-reinforce"):
         assert int((run.data.rows.thought_targets[0] >= 0).any(-1).sum()) == 3    # every answer letter
-        assert "exact_match_k1" not in ev["thinking"]
+        assert "exact_match_k1" not in ev["thinking"] and logs[0]["loss_sup"] > 0
+        # REINFORCE's policy term is live (nonzero advantages times log-probs) only with token thoughts
+        assert (max(abs(r["loss_policy"]) for r in logs) > 0) == (name == "hops-reinforce")
     else:
-        assert run.data.rows.thought_targets is not None and "loss_sup" not in json.loads(
-            open(tmp_path / "metrics.jsonl").readline())                          # no supervision term
+        assert run.data.rows.thought_targets is not None and "loss_sup" not in logs[0]   # no supervision term
         assert {"exact_match_k1", "exact_match_k2"} <= set(ev["thinking"]) <= set(ev["base"]) | {"exact_match"}
         assert ev["thinking"]["exact_match"] == res["thinking"]["exact_match_k2"]   # held out: two hops only
 
