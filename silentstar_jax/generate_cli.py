@@ -196,6 +196,20 @@ def run_score(model, tok, ids, args, think, n_thoughts, out, err=None, desc=""):
 
 
 @contextlib.contextmanager
+def _sigint_handler(handler):
+    """SIGINT goes to `handler` inside the block, the previous handler after it; only the main thread
+    can change handlers, elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+@contextlib.contextmanager
 def ctrl_c_sets_flag():
     """While generating, Ctrl-C only sets the yielded flag, which the token loop reads between tokens.
     A KeyboardInterrupt raised wherever the main thread happens to be can land inside JAX's lazy
@@ -203,14 +217,8 @@ def ctrl_c_sets_flag():
     namespace 'mhlo' is already registered"). So a long compile finishes, then the loop stops.
     The previous handler (KeyboardInterrupt, for the prompt) is back on exit."""
     stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():   # only there can handlers change
+    with _sigint_handler(lambda *_: stop.set()):
         yield stop
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def generate_once(gen, tok, prompt: str, args, think, out, err, desc: str = "") -> None:
@@ -270,19 +278,11 @@ def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> list:
     return events
 
 
-@contextlib.contextmanager
 def ctrl_c_interrupts():
     """Ctrl-C raises KeyboardInterrupt, even in a process started with SIGINT ignored (what a
     non-interactive shell does to a background job, inherited by its children): the prompt promises
-    that Ctrl-C stops a generation and asks again. The previous handler is back on exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    that Ctrl-C stops a generation and asks again."""
+    return _sigint_handler(signal.default_int_handler)
 
 
 def prompt_loop(gen, tok, args, think, out, err) -> None:

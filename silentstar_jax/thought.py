@@ -149,13 +149,13 @@ def _sampled_token(c: _Chain, i, y_prev_BLD):
     Under seed: base thought 1 is P(h0), deterministic: the chain starts from the context's state (h0's
     lens predicts the next token, not a thought; a token drawn from it drops the current one), and its
     later steps speak in tokens."""
-    if c.heads.cfg.seed == "base" and not (isinstance(i, int) and i > 1):
-        seed_BLD, zero_BL = c.heads.project(c.h0_BLD), jnp.zeros(y_prev_BLD.shape[:-1])
-        if isinstance(i, int):
-            return seed_BLD, zero_BL
-        z_BLD, lp_BL = _token_draw(c, i, y_prev_BLD)
-        return jnp.where(i == 1, seed_BLD, z_BLD), jnp.where(i == 1, zero_BL, lp_BL)
-    return _token_draw(c, i, y_prev_BLD)
+    if c.heads.cfg.seed != "base" or (isinstance(i, int) and i > 1):
+        return _token_draw(c, i, y_prev_BLD)
+    seed_BLD, zero_BL = c.heads.project(c.h0_BLD), jnp.zeros(y_prev_BLD.shape[:-1])
+    if isinstance(i, int):                      # thought 1, written out
+        return seed_BLD, zero_BL
+    z_BLD, lp_BL = _token_draw(c, i, y_prev_BLD)  # inside the scan: select
+    return jnp.where(i == 1, seed_BLD, z_BLD), jnp.where(i == 1, zero_BL, lp_BL)
 
 
 def _token_draw(c: _Chain, i, y_prev_BLD):
