@@ -181,10 +181,10 @@ def test_end_to_end_then_skip(tmp_path):
     cfg.write_text(yaml.safe_dump(MICRO))
     out = tmp_path / "exp"
     args = ["--config", str(cfg), "--seeds", "0,1", "--out", str(out), "--arms", "latent,nothink",
-            "--grid", "optim.lr=1e-3,3e-3", "--thoughts", "2", "--jobs", "2"]
+            "--grid", "optim.lr=3e-3", "--thoughts", "2", "--jobs", "2"]   # grids' cross product, best: unit tests
     proc = run_cli("experiment.py", *args, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tags = ["optim.lr=0.001", "optim.lr=0.003"]
+    tags = ["optim.lr=0.003"]
     dirs = {(a, t, s): out / "runs" / a / t / f"seed{s}" for a in ("latent", "nothink") for t in tags for s in (0, 1)}
     evals = {}
     for (arm, tag, seed), d in dirs.items():
@@ -238,14 +238,14 @@ def test_end_to_end_then_skip(tmp_path):
         xs = [json.loads((dirs["latent", best["latent"], s] / f"eval_thoughts_{n}.json").read_text())["thinking"]
               ["exact_match"] for s in (0, 1)]
         assert sc["exact_match"][str(n)]["mean"] == pytest.approx(statistics.mean(xs))
-    assert len(res["runs"]) == 8 and all(r["finished"] for r in res["runs"])
+    assert len(res["runs"]) == 4 and all(r["finished"] for r in res["runs"])
 
     # the same command again: every run skipped, nothing trained or evaluated
     logs = {k: (d / "train.log").read_text() for k, d in dirs.items()}
     again = run_cli("experiment.py", *args, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     lines = again.stderr.splitlines()
-    assert sum(" skip " in l for l in lines) == 8 and not any(" start " in l for l in lines), again.stderr
+    assert sum(" skip " in l for l in lines) == 4 and not any(" start " in l for l in lines), again.stderr
     assert all((d / "train.log").read_text() == logs[k] for k, d in dirs.items())
 
     # the report alone, from the directories
