@@ -120,6 +120,26 @@ def test_aggregation_best_and_differences():
     assert S.paired({0: 1.0, 1: 0.0, 2: 5.0}, {0: 0.5, 1: 0.5}) == S.Stat(0.0, -0.5, 0.5, 2)
 
 
+def test_thought_scaling_per_k(tmp_path):
+    """Each hop count's own held-out set gets its own test-time curve (does a k-hop problem need N >= k?);
+    the base path's per-k numbers (the same keys) are not mistaken for the thinking path's."""
+    from silentstar_jax.experiment.plots import plot_thoughts
+    th = lambda k1, k2: {"base": {"exact_match_k1": 0.9, "exact_match_k2": 0.9},   # noqa: E731
+                         "thinking": {"exact_match": k2, "exact_match_k1": k1, "exact_match_k2": k2}}
+    recs = [_rec("latent", "default", 0, 0.5, 0.1, thoughts={1: th(1.0, 0.1), 2: th(1.0, 0.8), 4: th(0.9, 0.7)}),
+            _rec("latent", "default", 1, 0.5, 0.1, thoughts={1: th(0.8, 0.0), 2: th(1.0, 0.6)})]
+    g, = S.group_runs(recs)
+    assert g.hop_counts() == [1, 2]
+    per_k = g.thought_scaling_per_k()
+    assert per_k[1][1] == S.Stat(pytest.approx(0.9), 0.8, 1.0, 2) and per_k[1][4] == S.Stat(0.9, 0.9, 0.9, 1)
+    assert per_k[2][2] == S.Stat(pytest.approx(0.7), 0.6, 0.8, 2) and per_k[2][1].max == 0.1
+    assert per_k[2] == g.thought_scaling()                       # here the held-out set is the k = 2 set
+    no_k = S.group_runs([_rec("latent", "default", 0, 0.5, 0.1, thoughts={2: {"thinking": {"exact_match": 0.5}}})])
+    assert no_k[0].hop_counts() == [] and no_k[0].thought_scaling_per_k() == {}
+    plot_thoughts([g], str(tmp_path / "t.png"))
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_flops_per_token():
     from silentstar_jax.benchmark import Shape, ideal_flops
     cfg = C.from_dict(MICRO)

@@ -1,10 +1,14 @@
-"""The report's two PNGs: exact match vs training step, and exact match vs test-time thoughts.
+"""The report's two PNGs: exact match vs training step, and exact match vs test-time thoughts (overall
+and, where the task mixes hop counts, per k).
 
 matplotlib is imported only when a plot is drawn (its Figure API: no display, no global state).
 """
 from __future__ import annotations
 
 from silentstar_jax.experiment.stats import Group, trained_thoughts
+
+
+_K_STYLES = ("s--", "^:", "v-.", "d--")
 
 
 def _band(curves: list[dict[int, float]]):
@@ -50,6 +54,10 @@ def plot_thoughts(groups: list[Group], path: str) -> None:
         ns = list(sc)
         ax.plot(ns, [sc[n].mean for n in ns], "o-", color=f"C{i}", label=f"{g.arm} ({g.tag})")
         ax.fill_between(ns, [sc[n].min for n in ns], [sc[n].max for n in ns], color=f"C{i}", alpha=0.15)
+        for j, (k, sk) in enumerate(g.thought_scaling_per_k().items()):   # each k's own held-out set
+            nk = list(sk)
+            ax.plot(nk, [sk[n].mean for n in nk], _K_STYLES[j % len(_K_STYLES)], color=f"C{i}", alpha=0.8,
+                    label=f"{g.arm}: k = {k} problems")
         tr = trained_thoughts(g.cfg)
         label = f"{g.arm}: trained with {tr[0]}" + (f"–{tr[-1]}" if len(tr) > 1 else "")
         if len(tr) > 1:

@@ -48,7 +48,8 @@ def build_report(out: str, command: str) -> dict:
     groups = group_runs(records)
     flops = {(g.arm, g.tag): flops_per_token(g.cfg) for g in groups}
     bvb = best_vs_best(groups)
-    scaling = {g.arm: {"gridtag": g.tag, "trained_n": g.cfg.thinking.n_thoughts, "exact_match": g.thought_scaling()}
+    scaling = {g.arm: {"gridtag": g.tag, "trained_n": g.cfg.thinking.n_thoughts, "exact_match": g.thought_scaling(),
+                       "exact_match_per_k": g.thought_scaling_per_k()}
                for g in groups if g.best and g.thinking}
 
     md = ["# Experiment results", "", f"Command: `{command}`", "",
@@ -83,13 +84,14 @@ def build_report(out: str, command: str) -> dict:
            "## Test-time scaling", ""]
     ns = sorted({n for v in scaling.values() for n in v["exact_match"]})
     if ns:
-        md += ["Exact match of the thinking path with N thoughts at evaluation (trained count in bold).", "",
-               "| arm (grid point) | trained n | " + " | ".join(f"N={n}" for n in ns) + " |",
-               "|---|---|" + "---|" * len(ns)]
+        md += ["Exact match of the thinking path with N thoughts at evaluation (trained count in bold): on "
+               "the held-out set, then on each hop count k's own held-out set where the task mixes them.", "",
+               "| arm (grid point) | held-out set | trained n | " + " | ".join(f"N={n}" for n in ns) + " |",
+               "|---|---|---|" + "---|" * len(ns)]
         for arm, v in scaling.items():
-            cells = [("**{}**" if n == v["trained_n"] else "{}").format(_fmt_stat(v["exact_match"].get(n)))
-                     for n in ns]
-            md.append(f"| {arm} ({v['gridtag']}) | {v['trained_n']} | " + " | ".join(cells) + " |")
+            for what, sc in [("all", v["exact_match"])] + [(f"k = {k}", s) for k, s in v["exact_match_per_k"].items()]:
+                cells = [("**{}**" if n == v["trained_n"] else "{}").format(_fmt_stat(sc.get(n))) for n in ns]
+                md.append(f"| {arm} ({v['gridtag']}) | {what} | {v['trained_n']} | " + " | ".join(cells) + " |")
     else:
         md.append("No test-time thought evaluations yet.")
     plot_steps(groups, os.path.join(out, PLOTS[0]))

@@ -94,10 +94,21 @@ class Group:
             out["gap"] = stat(list(self.gap().values()))
         return out
 
-    def thought_scaling(self) -> dict[int, Stat]:
+    def thought_scaling(self, name: str = "exact_match") -> dict[int, Stat]:
         ns = sorted({n for r in self.runs for n in r.thoughts})
-        res = {n: stat([metric(r.thoughts.get(n), "exact_match") for r in self.runs]) for n in ns}
+        res = {n: stat([metric(r.thoughts.get(n), name) for r in self.runs]) for n in ns}
         return {n: s for n, s in res.items() if s is not None}
+
+    def hop_counts(self) -> list[int]:
+        """The k of the per-k held-out sets (exact_match_k<k>) in the test-time evaluations; [] if none."""
+        names = {m for r in self.runs for ev in r.thoughts.values() for p in ev.values() if isinstance(p, dict)
+                 for m in p}
+        return sorted(int(m[len("exact_match_k"):]) for m in names
+                      if m.startswith("exact_match_k") and m[len("exact_match_k"):].isdigit())
+
+    def thought_scaling_per_k(self) -> dict[int, dict[int, Stat]]:
+        """k -> N -> exact match on k-hop held-out problems with N thoughts: does a k-hop problem need N >= k?"""
+        return {k: self.thought_scaling(f"exact_match_k{k}") for k in self.hop_counts()}
 
     @property
     def cfg(self) -> C.Config:
