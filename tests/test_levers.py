@@ -297,11 +297,12 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("name,extra", [("demo", ["data.chain=3", "train.seq_len=10"]),
                                         ("hops-reinforce", ["data.chain=3", "train.seq_len=10"]),
-                                        ("unsupervised", ["data.chain=3", "train.seq_len=12"])])
+                                        ("unsupervised", ["data.chain=3", "train.seq_len=12"]),
+                                        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12"])])
 def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     """configs/demo.yaml (a chain of answers, supervised), configs/hops-reinforce.yaml (the same with
-    token thoughts and REINFORCE) and configs/unsupervised.yaml (mixed k, no targets, the hardest k
-    held out) at micro size: a few steps, and what each evaluation reports."""
+    token thoughts and REINFORCE), configs/unsupervised.yaml (mixed k, no targets, the hardest k
+    held out) and its variable-thought-count variant at micro size: a few steps, and what each evaluation reports."""
     import json
     import os
 
