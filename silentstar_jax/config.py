@@ -137,6 +137,9 @@ class LossConfig:
     # train.steps (docs/design.md §10). [1, 1]: never annealed.
     thought_supervision: float = 0.0
     supervision_anneal: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # s thoughts per intermediate target: target j supervises thought s*j (a one-layer look-up that
+    # needs two attention steps per hop, as in binding: find the statement, then read its right side)
+    supervision_stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -431,5 +434,7 @@ def validate(cfg: Config) -> None:
     lo_hi = cfg.loss.supervision_anneal
     if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
         raise UserError(f"loss.supervision_anneal must be [start, end] fractions with 0 <= start <= end <= 1, got {lo_hi}")
+    if cfg.loss.supervision_stride < 1:
+        raise UserError(f"loss.supervision_stride must be >= 1, got {cfg.loss.supervision_stride}")
     if cfg.checkpoint.keep < 1:
         raise UserError(f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")

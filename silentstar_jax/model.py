@@ -45,7 +45,7 @@ class SilentStar(nnx.Module):
 
     def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False,
                  n_thoughts: Optional[int] = None, think_idx_BQ=None, n_supervised: int = 0,
-                 thought_lens: bool = False):
+                 supervision_stride: int = 1, thought_lens: bool = False):
         """Parallel forward over a batch of sequences (docs/design.md §3-§5) -> Forward.
 
         key None -> deterministic thoughts (z = mu), as in evaluation and generation.
@@ -53,7 +53,8 @@ class SilentStar(nnx.Module):
         n_thoughts: overrides thinking.n_thoughts (the parameters do not depend on it).
         think_idx_BQ: run chains only at these Q positions per row (index L = padding); elsewhere the
           outputs are the base model's (w = 0): the same losses when every scored target is covered.
-        n_supervised: also return sup_logits, the logit lens of thought steps 1..J.
+        n_supervised: also return sup_logits, the logit lens of thought steps 1..J; with
+          supervision_stride s, of thought steps s, 2s, .., Js (s thoughts per intermediate target).
         thought_lens: also return thought_sources, whose logit lens generation's trace shows (think_at).
         """
         g = self.gpt2
@@ -93,10 +94,12 @@ class SilentStar(nnx.Module):
         y_BLAD = put(h0_BLAD, y_BQAD)
         mixed_BLAD = (1 - w_BLA[..., None]) * h0_BLAD + w_BLA[..., None] * y_BLAD
         z_BQnD = jnp.moveaxis(z_SBQD[lay.thoughts.start:lay.thoughts.stop], 0, 2)
-        J = min(n_supervised, n)
+        s = supervision_stride
+        J = min(n_supervised, n // s)
         sup_logits = None
         if J:
-            y_sup_BQJD = jnp.moveaxis(y_SBQD[lay.thoughts.start:lay.thoughts.start + J], 0, 2)
+            first = lay.thoughts.start + s - 1
+            y_sup_BQJD = jnp.moveaxis(y_SBQD[first:first + s * (J - 1) + 1:s], 0, 2)
             sup_logits = g.logits(put(jnp.zeros((BK, L, J, g.cfg.n_embd), y_SBQD.dtype), y_sup_BQJD))
         sources = None
         if thought_lens and n:

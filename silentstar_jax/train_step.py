@@ -82,7 +82,7 @@ def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
             if n_think_pos:
                 kw["think_idx_BQ"] = think_positions(batch.attn_mask, batch.loss_mask, t.n_ahead, n_think_pos)
             if cfg.loss.thought_supervision > 0 and targets is not None:
-                kw["n_supervised"] = targets.shape[-1]
+                kw.update(n_supervised=targets.shape[-1], supervision_stride=cfg.loss.supervision_stride)
         out = model(batch.tokens, batch.attn_mask, **kw)
         return compute_loss(out, batch.tokens, batch.attn_mask, batch.loss_mask, t, cfg.loss,
                             targets, supervision_weight(cfg.loss, step_idx, cfg.train.steps))

@@ -69,6 +69,34 @@ def test_wiring_options_equal_sequential_reference(seed, mix_from):
         np.testing.assert_allclose(out.sup_logits[0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
 
 
+def test_supervision_stride_supervises_every_s_th_thought():
+    """loss.supervision_stride = s: target j is read by the lens of thought s*j (binding in one layer
+    needs two attention steps per hop), from the sequential reference, and the training step uses it."""
+    from silentstar_jax.train_step import make_loss_fn
+    model = make_model(n_thoughts=4, seed="base", chain="unrolled")
+    toks = tokens(B=1, L=6)
+    every = forward(model, toks, n_supervised=4).sup_logits
+    strided = forward(model, toks, n_supervised=2, supervision_stride=2).sup_logits
+    assert strided.shape[2] == 2
+    np.testing.assert_allclose(strided, every[:, :, 1::2], atol=1e-6)
+    _, outs = _reference_logits(model, toks[0], 3, 4)
+    for j, step in enumerate((2, 4)):
+        np.testing.assert_allclose(strided[0, 3, j], model.gpt2.logits(outs[step]), atol=1e-5)
+    assert forward(model, toks, n_supervised=3, supervision_stride=2).sup_logits.shape[2] == 2   # fits n // s
+    # the training loss reads the config: its sup CE j is thought 2j's lens CE toward target j
+    cfg = Config(model=MC, thinking=model.think_cfg, loss=LossConfig(thought_supervision=1.0, supervision_stride=2))
+    targets = np.full((1, 6, 2), -1, np.int32)
+    targets[0, 4] = np.asarray(strided[0, 3].argmax(-1))          # stored at t + 1 = 4 for the chain at t = 3
+    loss_mask = np.zeros(toks.shape, np.int32)
+    loss_mask[:, 4] = 1
+    batch = Batch(jnp.asarray(toks), jnp.ones(toks.shape, jnp.int32), jnp.asarray(loss_mask), jnp.asarray(targets))
+    graphdef, params = nnx.split(model)
+    loss_fn = make_loss_fn(graphdef, cfg)
+    got = loss_fn(params, batch, None)[1]
+    want = -jax.nn.log_softmax(strided[0, 3], -1)[jnp.arange(2), targets[0, 4]]
+    np.testing.assert_allclose([got["sup_ce_1"], got["sup_ce_2"]], want, rtol=1e-4)
+
+
 def test_last_thought_with_no_thoughts_mixes_the_start_step():
     """Test-time N = 0 under mix_from: last_thought (a trained recipe's --thoughts 0): the gate mixes the
     start step's output, the last step before end, as the sequential reference says; --thoughts accepts it."""
