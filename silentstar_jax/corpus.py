@@ -1,0 +1,157 @@
+"""A task as a user's own text: plain lines for `data.source: files`, and the score at their answers.
+
+The recipe must not need the built-in task's metadata (loss masks, thought targets, hop counts):
+
+    python corpus.py write --config configs/unsupervised.yaml --out corpus/hops
+    python train.py --config configs/unsupervised-text.yaml            # reads corpus/hops/train.txt
+    python corpus.py score --checkpoint runs/unsupervised-text --heldout corpus/hops/heldout.jsonl
+
+`write` puts the task's training problems, one per line (prompt + answer, mixed difficulty as the
+config mixes it), in train.txt, and held-out problems of each hop count k in heldout.jsonl, whose
+`prompt` field says where the answer starts (for scoring only; training never reads it). `score`
+teacher-forces each held-out line through `generation.score` (what `generate.py --score` shows) and
+reports, per k, the accuracy at the answer tokens (the share with p > 0.5) and the share of lines
+whose every answer token has p > 0.5, with and without thinking.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+from silentstar_jax.errors import UserError, cli_main
+from silentstar_jax.runtime import run_main
+
+
+def write_corpus(cfg, out: str) -> dict:
+    """train.txt (data.n_train training problems, one per line) and heldout.jsonl (data.n_eval held-out
+    problems per hop count, {text, prompt, answer, k}). Returns the paths and line counts."""
+    from silentstar_jax import tasks
+    from silentstar_jax.data import hop_counts, task_kwargs
+    d = cfg.data
+    if d.source != "task":
+        raise UserError(f"corpus write: the config's data.source is {d.source!r}; it needs a built-in task "
+                        "(data.source: task) to write out")
+    os.makedirs(out, exist_ok=True)
+    try:
+        train = tasks.make_examples(d.task, d.n_train, seed=cfg.run.seed, split="train", **task_kwargs(d))
+        one_k = lambda k: dataclasses.replace(d, hops=k, hops_min=k, eval_hops_min=None, hops_weights=[])
+        held = {k: tasks.make_examples(d.task, d.n_eval, seed=d.shuffle_seed + 1, split="eval",
+                                       **task_kwargs(one_k(k), "eval"))
+                for k in (hop_counts(d) or [None])}
+    except ValueError as e:
+        raise UserError(f"corpus write: {e}") from None
+    lines = [ex.prompt + ex.answer for ex in train]
+    if any("\n" in x for x in lines):
+        raise UserError(f"corpus write: a {d.task} problem holds a newline; it cannot be one line of text")
+    paths = {"train": os.path.join(out, "train.txt"), "heldout": os.path.join(out, "heldout.jsonl")}
+    with open(paths["train"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(paths["heldout"], "w") as f:
+        for k, exs in held.items():
+            for ex in exs:
+                f.write(json.dumps({"text": ex.prompt + ex.answer, "prompt": ex.prompt, "answer": ex.answer,
+                                    "k": k}) + "\n")
+    return {"paths": paths, "train_lines": len(lines), "heldout_lines": sum(len(v) for v in held.values())}
+
+
+def read_heldout(path: str) -> list[dict]:
+    try:
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except OSError as e:
+        raise UserError(f"--heldout {path}: {e.strerror}") from None
+    except json.JSONDecodeError:
+        raise UserError(f"--heldout {path}: not JSON lines (write it with: python corpus.py write ...)") from None
+    bad = [r for r in rows if not (isinstance(r, dict) and isinstance(r.get("text"), str)
+                                   and isinstance(r.get("prompt"), str) and r["text"].startswith(r["prompt"])
+                                   and len(r["text"]) > len(r["prompt"]))]
+    if not rows or bad:
+        raise UserError(f"--heldout {path}: each line must be {{text, prompt, k}} with text = prompt + answer")
+    return rows
+
+
+def answer_scores(model, tok, rows: list[dict], think: bool, n_thoughts=None) -> list[dict]:
+    """Per held-out line: p of each answer token given everything before it (teacher-forced), from the
+    thinking path (think) or the base path."""
+    from silentstar_jax.generation import score
+    out = []
+    for r in rows:
+        ids, n_prompt = tok.encode(r["text"]), len(tok.encode(r["prompt"]))
+        s = score(model, ids, think, n_thoughts)
+        lp = s["logprob"] if think else s["logprob_base"]      # lp[i]: log p(ids[i + 1] | ids[: i + 1])
+        out.append({"k": r.get("k"), "p": np.exp(lp[n_prompt - 1:len(ids) - 1]).tolist()})
+    return out
+
+
+def summarize(scored: list[dict]) -> dict:
+    """Per k: accuracy at the answer tokens (p > 0.5) and the share of lines with every answer token right."""
+    res = {}
+    for k in sorted({s["k"] for s in scored}, key=lambda x: (x is None, x)):
+        ps = [np.asarray(s["p"]) for s in scored if s["k"] == k]
+        res[str(k)] = {"lines": len(ps), "answer_accuracy": float(np.mean(np.concatenate(ps) > 0.5)),
+                       "exact_match": float(np.mean([bool((p > 0.5).all()) for p in ps]))}
+    return res
+
+
+def score_run(checkpoint: str, heldout: str, n_thoughts=None) -> dict:
+    """{"thinking": per-k summary, "base": per-k summary} of a run (only "base" without thinking)."""
+    from silentstar_jax.run_dir import load_run
+    if not os.path.exists(checkpoint):
+        raise UserError(f"--checkpoint {checkpoint}: no such run directory or checkpoint")
+    rows = read_heldout(heldout)
+    model, tok, _, step = load_run(checkpoint)
+    res = {"checkpoint": checkpoint, "step": step, "base": summarize(answer_scores(model, tok, rows, False))}
+    if model.heads is not None:
+        res["thinking"] = summarize(answer_scores(model, tok, rows, True, n_thoughts))
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corpus.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("write", help="write a task config's problems as text lines")
+    w.add_argument("--config", required=True, help="a config with data.source: task")
+    w.add_argument("--out", required=True, help="directory for train.txt and heldout.jsonl")
+    w.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    s = sub.add_parser("score", help="accuracy at the held-out lines' answer tokens, with and without thinking")
+    s.add_argument("--checkpoint", required=True, help="run directory or one checkpoint")
+    s.add_argument("--heldout", required=True, help="heldout.jsonl from `corpus.py write`")
+    s.add_argument("--thoughts", type=int, help="thoughts per token (default: as trained)")
+    s.add_argument("--json", help="also write the result to this file")
+    return p
+
+
+@cli_main
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "write":
+        from silentstar_jax.config import load_config
+        res = write_corpus(load_config(args.config, args.overrides), args.out)
+        print(f"wrote {res['paths']['train']} ({res['train_lines']} lines) and {res['paths']['heldout']} "
+              f"({res['heldout_lines']} held-out lines)")
+        return
+    if args.thoughts is not None and args.thoughts < 0:
+        raise UserError(f"--thoughts must be >= 0, got {args.thoughts}")
+    res = score_run(args.checkpoint, args.heldout, args.thoughts)
+    for path in ("base", "thinking"):
+        for k, v in res.get(path, {}).items():
+            print(f"{path:8s} k={k}: answer accuracy (p > 0.5) {v['answer_accuracy']:.3f}, all answer tokens "
+                  f"{v['exact_match']:.3f} over {v['lines']} lines")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    sys.stdout.flush()
+
+
+def run() -> None:
+    run_main(main)
+
+
+if __name__ == "__main__":
+    run()
