@@ -16,7 +16,6 @@ whose every answer token has p > 0.5, with and without thinking.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ def write_corpus(cfg, out: str) -> dict:
     """train.txt (data.n_train training problems, one per line) and heldout.jsonl (data.n_eval held-out
     problems per hop count, {text, prompt, answer, k}). Returns the paths and line counts."""
     from silentstar_jax import tasks
-    from silentstar_jax.data import hop_counts, task_kwargs
+    from silentstar_jax.data import hop_counts, single_k, task_kwargs
     d = cfg.data
     if d.source != "task":
         raise UserError(f"corpus write: the config's data.source is {d.source!r}; it needs a built-in task "
@@ -39,9 +38,8 @@ def write_corpus(cfg, out: str) -> dict:
     os.makedirs(out, exist_ok=True)
     try:
         train = tasks.make_examples(d.task, d.n_train, seed=cfg.run.seed, split="train", **task_kwargs(d))
-        one_k = lambda k: dataclasses.replace(d, hops=k, hops_min=k, eval_hops_min=None, hops_weights=[])
         held = {k: tasks.make_examples(d.task, d.n_eval, seed=d.shuffle_seed + 1, split="eval",
-                                       **task_kwargs(one_k(k), "eval"))
+                                       **task_kwargs(single_k(d, k), "eval"))
                 for k in (hop_counts(d) or [None])}
     except ValueError as e:
         raise UserError(f"corpus write: {e}") from None

@@ -103,9 +103,13 @@ def eval_rows_by_k(d: DataConfig, tok: Tokenizer, T: int) -> dict[int, Batch]:
     ks = hop_counts(d)
     if len(ks) < 2:
         return {}
-    one_k = lambda k: dataclasses.replace(d, hops=k, hops_min=k, eval_hops_min=None, hops_weights=[])
-    return {k: task_rows(one_k(k), tok, T, "eval", d.n_eval, d.shuffle_seed + 1)._replace(thought_targets=None)
+    return {k: task_rows(single_k(d, k), tok, T, "eval", d.n_eval, d.shuffle_seed + 1)._replace(thought_targets=None)
             for k in ks}
+
+
+def single_k(d: DataConfig, k: int) -> DataConfig:
+    """The task config of k-hop problems only (a per-k held-out set)."""
+    return dataclasses.replace(d, hops=k, hops_min=k, eval_hops_min=None, hops_weights=[])
 
 
 def _load_hf(d: DataConfig, split: str, streaming: bool):
