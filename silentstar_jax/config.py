@@ -159,6 +159,8 @@ class DataConfig:
                                           # (one per k in hops_min..hops); empty: uniform
     eval_hops_min: Optional[int] = None   # hops, binding: the held-out set's k from eval_hops_min..hops
                                           # (= hops: the hardest k only); None: as hops_min
+    hops_curriculum: list[float] = field(default_factory=list)  # easy to hard: k joins training at this
+                                          # fraction of train.steps (one per k in hops_min..hops, first 0)
     n_vars: int = 8                       # binding: variables (2*hops..26)
     n_train: int = 20000
     n_eval: int = 500
@@ -429,6 +431,14 @@ def validate(cfg: Config) -> None:
                            or min(d.hops_weights) < 0 or not sum(d.hops_weights) > 0):
         raise UserError(f"data.hops_weights must be one non-negative weight per k in data.hops_min..data.hops "
                         f"({d.hops - (d.hops_min or d.hops) + 1} here) with a positive sum, got {d.hops_weights}")
+    if d.hops_curriculum:
+        n_k = d.hops - (d.hops_min or d.hops) + 1
+        c = d.hops_curriculum
+        if (d.source != "task" or d.task not in ("hops", "binding") or len(c) != n_k or c[0] != 0
+                or any(b < a for a, b in zip(c, c[1:])) or not c[-1] < 1):
+            raise UserError(f"data.hops_curriculum must be one start fraction per k in data.hops_min..data.hops "
+                            f"({n_k} here) of a hops or binding task, the first 0, non-decreasing and < 1, "
+                            f"got {c}")
     if d.eval_hops_min is not None and not 1 <= d.eval_hops_min <= d.hops:
         raise UserError(f"data.eval_hops_min must be in 1..data.hops = 1..{d.hops}, got {d.eval_hops_min}")
     lo_hi = cfg.loss.supervision_anneal

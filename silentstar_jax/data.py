@@ -271,6 +271,46 @@ class RowIterator:
         return self
 
 
+def row_hops(rows: Batch) -> np.ndarray:
+    """[N] each task row's hop count k: how many thought targets its first answer token has."""
+    first = rows.loss_mask.argmax(axis=1)
+    return (rows.thought_targets[np.arange(len(first)), first] >= 0).sum(axis=-1)
+
+
+class CurriculumIterator:
+    """Easy to hard (data.hops_curriculum): at step t a batch is drawn from the rows whose k has joined,
+    k joining at step starts[k] * steps. Batch t is rows permutation([seed, t]) of that pool (no repeats
+    inside a batch), so the state is just the step and a resumed run draws the same batches."""
+
+    def __init__(self, rows: Batch, k_N: np.ndarray, starts: dict[int, float], steps: int, batch_size: int,
+                 seed: int):
+        self.rows, self.k_N, self.batch_size, self.seed = rows, k_N, batch_size, seed
+        self.join = {k: int(round(f * steps)) for k, f in starts.items()}
+        self.step = 0
+
+    @property
+    def state(self) -> dict:
+        return {"step": self.step}
+
+    def restore(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    def pool(self, step: int) -> np.ndarray:
+        return np.flatnonzero(np.isin(self.k_N, [k for k, t in self.join.items() if t <= step]))
+
+    def __next__(self) -> Batch:
+        pool = self.pool(self.step)
+        rng = np.random.default_rng([self.seed, self.step])
+        idx = pool[rng.permutation(len(pool))[:self.batch_size]]
+        if len(idx) < self.batch_size:     # a pool smaller than a batch: rows repeat
+            idx = pool[rng.integers(len(pool), size=self.batch_size)]
+        self.step += 1
+        return self.rows.take(idx)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+
 SHUFFLE_BLOCK_DOCS = 1000   # documents per shuffled block of a text stream
 
 
@@ -352,6 +392,9 @@ def build_data(cfg: Config, tok: Tokenizer):
     if d.source == "task":
         train = task_rows(d, tok, T, "train", d.n_train, d.shuffle_seed)
         evals = task_rows(d, tok, T, "eval", d.n_eval, d.shuffle_seed + 1)
+        if d.hops_curriculum:
+            starts = dict(zip(range(d.hops_min or d.hops, d.hops + 1), d.hops_curriculum))
+            return CurriculumIterator(train, row_hops(train), starts, cfg.train.steps, B, d.shuffle_seed), evals
         return RowIterator(train, B, d.shuffle_seed), evals
     if d.streaming:
         # held out: the first eval_docs documents of the stream (eval_split if given); training skips them

@@ -478,6 +478,29 @@ def test_hops_weights_skew_training_not_the_held_out_set():
         C.validate(task_cfg(task="hops", hops=2, eval_hops_min=3))
 
 
+@pytest.mark.parametrize("task", ["hops", "binding"])
+def test_hops_curriculum_adds_harder_k_at_its_step_and_resumes_exactly(task):
+    """data.hops_curriculum [0, 0.25, 0.5] of 20 steps: k = 1 only before step 5, k <= 2 before 10, then
+    every k (each row's k solved from its prompt text); iid draws of the pool, resumed bit for bit."""
+    from silentstar_jax.data import CurriculumIterator, row_hops
+    data = {"source": "task", "task": task, "hops": 3, "hops_min": 1, "n_train": 300, "n_eval": 16,
+            "hops_curriculum": [0.0, 0.25, 0.5], **({"show_hops": True} if task == "hops" else {})}
+    cfg = C.from_dict({"data": data, "train": {"seq_len": SEQ_LEN_TASK, "batch_size": 8, "steps": 20}})
+    make = lambda: build_data(cfg, TOK)[0]
+    it = make()
+    assert isinstance(it, CurriculumIterator)
+    np.testing.assert_array_equal(row_hops(it.rows), _ks(it.rows, task, 3))
+    seen = {}
+    for step in range(20):
+        seen.setdefault(1 if step < 5 else 2 if step < 10 else 3, set()).update(_ks(next(it), task, 3))
+    assert seen == {1: {1}, 2: {1, 2}, 3: {1, 2, 3}}
+    _resume_matches(make, 7, 6)
+    with pytest.raises(UserError, match="hops_curriculum"):
+        C.validate(C.from_dict({"data": {**data, "hops_curriculum": [0.0, 0.5, 0.25]}}))
+    with pytest.raises(UserError, match="hops_curriculum"):
+        C.validate(C.from_dict({"data": {**data, "hops_curriculum": [0.0, 0.5]}}))
+
+
 def test_hops_chain_targets_at_every_answer_token():
     """data.chain = m: m answers, each f^k of the token before it; every answer token carries its own
     k intermediate targets (solved here from the text alone)."""
