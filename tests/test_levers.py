@@ -326,11 +326,12 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
 @pytest.mark.parametrize("name,extra", [("demo", ["data.chain=3", "train.seq_len=10"]),
                                         ("hops-reinforce", ["data.chain=3", "train.seq_len=10"]),
                                         ("unsupervised", ["data.chain=3", "train.seq_len=12"]),
-                                        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12"])])
+                                        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12"]),
+                                        ("unsupervised-k3", ["data.chain=3", "train.seq_len=12"])])
 def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     """configs/demo.yaml (a chain of answers, supervised), configs/hops-reinforce.yaml (the same with
     token thoughts and REINFORCE), configs/unsupervised.yaml (mixed k, no targets, the hardest k
-    held out) and its variable-thought-count variant at micro size: a few steps, and what each evaluation reports."""
+    held out), its variable-thought-count variant and its three-hop curriculum at micro size: a few steps, and what each evaluation reports."""
     import json
     import os
 
@@ -351,7 +352,9 @@ def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     else:
         assert run.data.rows.thought_targets is not None and "loss_sup" not in logs[0]   # no supervision term
         assert {"exact_match_k1", "exact_match_k2"} <= set(ev["thinking"]) <= set(ev["base"]) | {"exact_match"}
-        assert ev["thinking"]["exact_match"] == res["thinking"]["exact_match_k2"]   # held out: two hops only
+        assert (type(run.data).__name__ == "CurriculumIterator") == (name == "unsupervised-k3")
+        k = run.cfg.data.hops                                                        # held out: the hardest k only
+        assert ev["thinking"]["exact_match"] == res["thinking"][f"exact_match_k{k}"] and f"exact_match_k{k}" in ev["base"]
 
 
 def test_chain_layout():
