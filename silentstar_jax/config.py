@@ -175,6 +175,11 @@ class DataConfig:
     tokenizer: str = "byte"               # "byte" or an HF tokenizer dir / hub name
     shuffle_seed: int = 0
 
+    @property
+    def train_hops(self) -> range:
+        """Training's hop counts k (hops, binding): hops_min..hops (one weight / start fraction per k)."""
+        return range(self.hops_min or self.hops, self.hops + 1)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -427,12 +432,11 @@ def validate(cfg: Config) -> None:
     if cfg.data.shuffle_seed < 0:
         raise UserError(f"data.shuffle_seed must be >= 0, got {cfg.data.shuffle_seed}")
     d = cfg.data
-    if d.hops_weights and (len(d.hops_weights) != d.hops - (d.hops_min or d.hops) + 1
-                           or min(d.hops_weights) < 0 or not sum(d.hops_weights) > 0):
+    n_k = len(d.train_hops)
+    if d.hops_weights and (len(d.hops_weights) != n_k or min(d.hops_weights) < 0 or not sum(d.hops_weights) > 0):
         raise UserError(f"data.hops_weights must be one non-negative weight per k in data.hops_min..data.hops "
-                        f"({d.hops - (d.hops_min or d.hops) + 1} here) with a positive sum, got {d.hops_weights}")
+                        f"({n_k} here) with a positive sum, got {d.hops_weights}")
     if d.hops_curriculum:
-        n_k = d.hops - (d.hops_min or d.hops) + 1
         c = d.hops_curriculum
         if (d.source != "task" or d.task not in ("hops", "binding") or len(c) != n_k or c[0] != 0
                 or any(b < a for a, b in zip(c, c[1:])) or not c[-1] < 1):

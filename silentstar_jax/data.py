@@ -393,7 +393,7 @@ def build_data(cfg: Config, tok: Tokenizer):
         train = task_rows(d, tok, T, "train", d.n_train, d.shuffle_seed)
         evals = task_rows(d, tok, T, "eval", d.n_eval, d.shuffle_seed + 1)
         if d.hops_curriculum:
-            starts = dict(zip(range(d.hops_min or d.hops, d.hops + 1), d.hops_curriculum))
+            starts = dict(zip(d.train_hops, d.hops_curriculum))
             return CurriculumIterator(train, row_hops(train), starts, cfg.train.steps, B, d.shuffle_seed), evals
         return RowIterator(train, B, d.shuffle_seed), evals
     if d.streaming:

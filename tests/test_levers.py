@@ -336,6 +336,7 @@ def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     import os
 
     from conftest import ROOT
+    from silentstar_jax.data import CurriculumIterator
     from silentstar_jax.trainer import Run
     micro = ["model.n_embd=32", "model.n_head=2", "data.n_symbols=5", "data.n_train=64", "data.n_eval=16",
              "train.steps=2", "train.batch_size=8", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
@@ -352,7 +353,7 @@ def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     else:
         assert run.data.rows.thought_targets is not None and "loss_sup" not in logs[0]   # no supervision term
         assert {"exact_match_k1", "exact_match_k2"} <= set(ev["thinking"]) <= set(ev["base"]) | {"exact_match"}
-        assert (type(run.data).__name__ == "CurriculumIterator") == (name == "unsupervised-k3")
+        assert isinstance(run.data, CurriculumIterator) == (name == "unsupervised-k3")
         k = run.cfg.data.hops                                                        # held out: the hardest k only
         assert ev["thinking"]["exact_match"] == res["thinking"][f"exact_match_k{k}"] and f"exact_match_k{k}" in ev["base"]
 
