@@ -49,9 +49,10 @@ class ModelConfig:
 class ChainLayout:
     """The steps of one position's chain, defined once (docs/design.md §3): step 0 = start,
     1..n = thoughts, n+1 = end, n+2..S-1 = the A-1 teacher-forced talk tokens. Step i of the chain at
-    base position t has position id t + i + 1."""
+    base position t has position id t + offset(i) (thinking.positions, §4.1)."""
     n_thoughts: int
     n_ahead: int = 1
+    positions: str = "advance"
 
     @property
     def n_steps(self) -> int:
@@ -75,6 +76,19 @@ class ChainLayout:
         if not 0 <= i < self.n_steps:
             raise IndexError(f"step {i} of a {self.n_steps}-step chain")
         return "start" if i == 0 else "thought" if i <= self.n_thoughts else "end" if i == self.end else "talk"
+
+    def offset(self, i):
+        """Position id of step i (a Python int or a traced one) minus the base position t. advance: i + 1,
+        as if the steps were written after x_t. same: start, thoughts and end all at t + 1, talk tokens
+        after it: the end step then sits where it sat in training whatever the test-time count."""
+        if self.positions == "advance":
+            return i + 1
+        return 1 + (i - self.end) * (i > self.end)
+
+    @property
+    def position_span(self) -> int:
+        """The largest offset: the chain at t uses position ids up to t + position_span."""
+        return self.offset(self.n_steps - 1)
 
     def mixed(self, mix_from: str = "end") -> list[int]:
         """The steps whose outputs are mixed with h0 for look-ahead s = 0..A-1 (thinking.mix_from)."""
@@ -114,9 +128,12 @@ class ThinkingConfig:
     n_thoughts_train: list[int] = field(default_factory=list)  # [lo, hi]: n drawn per step (empty: n_thoughts)
     think_at: Literal["all", "targets"] = "all"       # targets: chains only where a scored token is predicted
     throttle: bool = False               # the chain's gradient on the shared GPT-2 weights divided by S
+    # position ids of a chain's steps (docs/design.md §4.1): advance = t + 1, t + 2, ...; same = every step
+    # up to end at t + 1, so no step's position depends on the thought count (test-time scaling)
+    positions: Literal["advance", "same"] = "advance"
 
     def layout(self, n_thoughts: Optional[int] = None) -> ChainLayout:
-        return ChainLayout(self.n_thoughts if n_thoughts is None else n_thoughts, self.n_ahead)
+        return ChainLayout(self.n_thoughts if n_thoughts is None else n_thoughts, self.n_ahead, self.positions)
 
     @property
     def n_steps(self) -> int:
@@ -400,11 +417,13 @@ def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int)
             raise UserError(f"thinking.n_thoughts_train must be [lo, hi] with 0 <= lo <= hi, got {t.n_thoughts_train}")
     if t.mix_from == "last_thought" and t.n_thoughts < 1:
         raise UserError("thinking.mix_from=last_thought needs thinking.n_thoughts >= 1")
-    S = t.layout(max([t.n_thoughts] + list(t.n_thoughts_train))).n_steps
-    if m is not None and seq_len + S > m.n_positions:
-        raise UserError(
-            f"sequence length {seq_len} + {S} chain steps (n_thoughts + 1 + n_ahead) = "
-            f"{seq_len + S} exceeds model.n_positions = {m.n_positions}")
+    lay = t.layout(max([t.n_thoughts] + list(t.n_thoughts_train)))
+    span = lay.position_span
+    if m is not None and seq_len + span > m.n_positions:
+        what = "chain steps (n_thoughts + 1 + n_ahead)" if t.positions == "advance" else \
+            "chain position ids (positions: same: n_ahead)"
+        raise UserError(f"sequence length {seq_len} + {span} {what} = {seq_len + span} exceeds "
+                        f"model.n_positions = {m.n_positions}")
 
 
 def validate(cfg: Config) -> None:

@@ -146,7 +146,7 @@ def score_ids(model, tok, args, think, n_thoughts) -> list[int]:
         raise UserError("--score needs a text of at least two tokens")
     n_pos = model.gpt2.cfg.n_positions
     if think:
-        n_pos = token_room(n_pos, model.think_cfg.layout(n_thoughts).n_steps, n_thoughts)
+        n_pos = token_room(n_pos, model.think_cfg.layout(n_thoughts))
     if len(ids) > n_pos:
         raise UserError(f"--score text has {len(ids)} tokens; at most {n_pos} fit the context")
     return ids

@@ -38,13 +38,16 @@ def prompt_bucket(n_tokens: int, cap: Optional[int] = None) -> int:
     return bucket if cap is None else min(bucket, cap)
 
 
-def token_room(n_positions: int, chain_steps: int, n_thoughts: int) -> int:
-    """The most tokens a sequence may hold when each of its positions runs a chain of `chain_steps`
-    steps: the chain at position t uses position ids up to t + chain_steps < n_positions."""
-    room = n_positions - chain_steps
+def token_room(n_positions: int, lay: ChainLayout) -> int:
+    """The most tokens a sequence may hold when each of its positions runs the chain `lay`: the chain
+    at position t uses position ids up to t + lay.position_span < n_positions."""
+    room = n_positions - lay.position_span
     if room < 2:
-        most = n_positions - 2 - (chain_steps - n_thoughts)      # the largest count with room == 2
-        raise UserError(f"{n_thoughts} thoughts per token do not fit the model's context of "
+        if lay.positions != "advance":                          # the span does not depend on the count
+            raise UserError(f"the model's context of {n_positions} positions (n_positions) holds no token "
+                            "with a chain")
+        most = n_positions - 2 - (lay.n_steps - lay.n_thoughts)  # the largest count with room == 2
+        raise UserError(f"{lay.n_thoughts} thoughts per token do not fit the model's context of "
                         f"{n_positions} positions (n_positions); use at most {max(most, 0)}")
     return room
 
@@ -113,7 +116,8 @@ class Generator:
         self.n_thoughts = n
         # chain positions run past the token's own (generation has no talk steps)
         self.n_positions = self.gpt2.cfg.n_positions
-        self.room = token_room(self.n_positions, ChainLayout(n).n_steps, n) if think else self.n_positions
+        self.room = token_room(self.n_positions, ChainLayout(n, 1, model.think_cfg.positions)) if think \
+            else self.n_positions
         self.sampling = sampling
         graphdef, self.state = nnx.split(model)
 

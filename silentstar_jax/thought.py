@@ -1,8 +1,8 @@
 """The thinking parameters and the thought chain (docs/design.md §3 Chain layout, §4 Chain attention).
 
 A chain at base position t runs S steps: start, n continuous thoughts, end, then A-1 teacher-forced
-talk tokens. Step i (0-based) gets position id t + i + 1. The same `run_chain` serves training
-(all L positions at once, base keys = the sequence's own, causal) and generation (one position,
+talk tokens. Step i (0-based) gets position id t + i + 1 (thinking.positions: same: t + 1 up to the
+end step). The same `run_chain` serves training (all L positions at once, base keys = the sequence's own, causal) and generation (one position,
 base keys = the KV cache): only the base-key mask differs.
 """
 from __future__ import annotations
@@ -199,7 +199,7 @@ def _one_step(c: _Chain, i, y_prev_BLD, buf, n_buf, prev_k, prev_v):
         base_k, base_v, bk, bv, pk, pv = layer_kv
         return chain_attention(q, k, v, base_k, base_v, c.base_mask, bk, bv, n_buf, pk, pv), (k, v)
 
-    x = inp_BLD + c.gpt2.wpe[...][c.pos_BL + i + 1]
+    x = inp_BLD + c.gpt2.wpe[...][c.pos_BL + c.layout.offset(i)]
     x, (k_i, v_i) = c.gpt2.run_layers(x, attend, (c.base_k, c.base_v, buf_k, buf_v, prev_k, prev_v))
     return c.gpt2.final_norm(x), inp_BLD, lp_BL, k_i.astype(c.base_k.dtype), v_i.astype(c.base_v.dtype)
 
@@ -322,7 +322,7 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     cfg, mcfg = heads.cfg, gpt2.cfg
     if cfg.seed == "base" and cfg.feedback != "pause" and n_thoughts and h0_BLD is None:
         raise ValueError("thinking.seed=base needs the base hidden state h0_BLD")
-    lay = ChainLayout(n_thoughts, talk_ABLD.shape[0] + 1)
+    lay = ChainLayout(n_thoughts, talk_ABLD.shape[0] + 1, cfg.positions)
     c = _Chain(gpt2, heads, lay, pos_BL, base_k, base_v, base_mask, talk_ABLD, key, h0_BLD, noise_len)
     S, B, L = lay.n_steps, pos_BL.shape[0], pos_BL.shape[1]
     size = S if cfg.chain == "unrolled" else min(cfg.unroll, S)

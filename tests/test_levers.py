@@ -39,6 +39,7 @@ def _reference_logits(model, toks_L, t, n):
     seq = [wte[toks_L[i]] + wpe[i] for i in range(t + 1)]
     run = lambda: hidden_from_embeddings(g, jnp.stack(seq)[None])[0, -1]
     h0 = base_hidden(g, toks_L[None])[0, t]
+    step = 1 if cfg.positions == "advance" else 0     # positions: same: every step at t + 1
     seq.append(h.embedding("start") + wpe[t + 1])
     outs = [run()]
     for j in range(1, n + 1):
@@ -46,9 +47,9 @@ def _reference_logits(model, toks_L, t, n):
         # feedback: sample under seed: base starts from the context's state itself, P(h0)
         z = h.project(h0) if (cfg.feedback == "sample" and cfg.seed == "base" and j == 1) else \
             _reference_feedback(g, h, cfg, src)
-        seq.append(z + wpe[t + 1 + j])
+        seq.append(z + wpe[t + 1 + step * j])
         outs.append(run())
-    seq.append(h.embedding("end") + wpe[t + n + 2])
+    seq.append(h.embedding("end") + wpe[t + 1 + step * (n + 1)])
     outs.append(run())
     y = outs[n] if cfg.mix_from == "last_thought" else outs[n + 1]
     w = h.mix_weight(h0, y)
@@ -133,11 +134,12 @@ def test_token_feedback_equals_sequential_reference(feedback, temperature, seed,
         np.testing.assert_allclose(out.mixed_logits[0, t, 0], ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("seed,mix_from,feedback", [("base", "end", "latent"), ("base", "last_thought", "latent"),
-                                                    ("base", "end", "token"), ("start", "end", "token+latent"),
-                                                    ("start", "end", "sample"), ("base", "end", "sample")])
-def test_generation_equals_scoring_with_wiring_options(seed, mix_from, feedback):
-    model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, feedback=feedback)
+@pytest.mark.parametrize("seed,mix_from,feedback,positions", [
+    ("base", "end", "latent", "advance"), ("base", "last_thought", "latent", "advance"),
+    ("base", "end", "token", "advance"), ("start", "end", "token+latent", "advance"),
+    ("start", "end", "sample", "advance"), ("base", "end", "sample", "advance"), ("base", "end", "latent", "same")])
+def test_generation_equals_scoring_with_wiring_options(seed, mix_from, feedback, positions):
+    model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, feedback=feedback, positions=positions)
     prompt = [3, 17, 5, 9]
     events, _ = Generator(model, SamplingConfig(greedy=True), think=True).generate(prompt, 6)
     s = score(model, prompt + [e.token_id for e in events], think=True)
@@ -367,6 +369,33 @@ def test_chain_layout():
     with pytest.raises(IndexError):
         lay.kind(6)
     assert ThinkingConfig(n_thoughts=2, n_ahead=3).n_steps == ChainLayout(2, 3).n_steps == 6
+    # position ids: advance = t + i + 1; same = t + 1 up to the end step, the talk tokens after it
+    assert [lay.offset(i) for i in range(6)] == [1, 2, 3, 4, 5, 6] and lay.position_span == 6
+    same = ChainLayout(3, 2, "same")
+    assert [same.offset(i) for i in range(6)] == [1, 1, 1, 1, 1, 2] and same.position_span == 2
+    assert [int(same.offset(jnp.int32(i))) for i in range(6)] == [1, 1, 1, 1, 1, 2]     # traced steps (the scan)
+    assert ChainLayout(7, 2, "same").position_span == 2     # the span does not grow with the count
+
+
+def test_same_positions_fix_the_end_step_position_and_the_context_room():
+    """thinking.positions: same: one position id for every step up to end, so a test-time count never
+    puts the end step on an id training did not give it, and the context's room for tokens (generation,
+    config validation) does not shrink with the count."""
+    from silentstar_jax.config import validate_thinking
+    from silentstar_jax.errors import UserError
+    small = dataclasses.replace(MC, n_positions=12)
+    with pytest.raises(UserError, match="exceeds model.n_positions"):
+        validate_thinking(ThinkingConfig(n_thoughts=4), small, seq_len=7)
+    validate_thinking(ThinkingConfig(n_thoughts=4, positions="same"), small, seq_len=7)
+    for n in (2, 9):    # 9 thoughts would need 11 ids past the last token under advance
+        m = make_model(n_thoughts=2, positions="same", mc=small)
+        gen = Generator(m, SamplingConfig(greedy=True), think=True, n_thoughts=n)
+        assert gen.room == 11
+        events, _ = gen.generate([3, 17, 5], 4)
+        s = score(m, [3, 17, 5] + [e.token_id for e in events], think=True, n_thoughts=n)
+        np.testing.assert_allclose([e.logprob for e in events], s["logprob"][2:], atol=1e-4)
+    with pytest.raises(UserError, match="use at most"):
+        Generator(make_model(n_thoughts=2, mc=small), SamplingConfig(greedy=True), think=True, n_thoughts=9)
 
 
 def test_variable_count_step_is_one_program_equal_to_each_fixed_count(tmp_path):

@@ -91,17 +91,19 @@ def test_thinking_off_is_exactly_gpt2():
 
 def _reference_mixed_logits(model, toks_L, t, n, A):
     """Slow and explicit: for one position t, concatenate x_0..x_t, start, z_1..z_n, end, talk
-    tokens and run ordinary causal attention over it, one thought at a time."""
+    tokens and run ordinary causal attention over it, one thought at a time. Position ids advance by
+    one per step; under thinking.positions: same start, the thoughts and end all take t + 1."""
     g, h = model.gpt2, model.heads
     wte, wpe = g.wte[...], g.wpe[...]
     seq = [wte[toks_L[i]] + wpe[i] for i in range(t + 1)]
     pos = t + 1
+    step = 1 if model.think_cfg.positions == "advance" else 0
     run = lambda: hidden_from_embeddings(g, jnp.stack(seq)[None])[0, -1]
     seq.append(h.embedding("start") + wpe[pos])
     for _ in range(n):
-        pos += 1
+        pos += step
         seq.append(h.project(run()) + wpe[pos])                 # deterministic thought z = mu
-    pos += 1
+    pos += step
     seq.append(h.embedding("end") + wpe[pos])
     ys = [run()]
     for s in range(1, A):
@@ -116,12 +118,17 @@ def _reference_mixed_logits(model, toks_L, t, n, A):
     return jnp.stack(out)
 
 
-@pytest.mark.parametrize("chain,unroll", [("scan", 1), ("scan", 4), ("unrolled", 1)])
+@pytest.mark.parametrize("chain,unroll,positions", [("scan", 1, "advance"), ("scan", 4, "advance"),
+                                                    ("unrolled", 1, "advance"), ("scan", 1, "same"),
+                                                    ("scan", 4, "same"), ("unrolled", 1, "same")])
 @pytest.mark.parametrize("n,A", [(3, 2), (0, 1)])
-def test_parallel_forward_equals_sequential_reference(n, A, chain, unroll):
-    model = make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll)
+def test_parallel_forward_equals_sequential_reference(n, A, chain, unroll, positions):
+    model = make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll, positions=positions)
     toks = tokens(B=1, L=10)
     out = forward(model, toks)                                  # key None: deterministic thoughts
+    if positions == "same" and n:                               # the option changes the result
+        other = forward(make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll), toks).mixed_logits
+        assert np.abs(np.asarray(out.mixed_logits - other)).max() > 1e-3
     w = out.mix_weight
     assert float(w.min()) > 0.05, "mixing must be active for the comparison to mean anything"
     for t in range(10 - A + 1):
