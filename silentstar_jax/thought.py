@@ -2,8 +2,8 @@
 
 A chain at base position t runs S steps: start, n continuous thoughts, end, then A-1 teacher-forced
 talk tokens. Step i (0-based) gets position id t + i + 1 (thinking.positions: same: t + 1 up to the
-end step). The same `run_chain` serves training (all L positions at once, base keys = the sequence's own, causal) and generation (one position,
-base keys = the KV cache): only the base-key mask differs.
+end step). The same `run_chain` serves training (all L positions at once, base keys = the sequence's
+own, causal) and generation (one position, base keys = the KV cache): only the base-key mask differs.
 """
 from __future__ import annotations
 
