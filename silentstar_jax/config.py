@@ -131,6 +131,10 @@ class ThinkingConfig:
     # position ids of a chain's steps (docs/design.md §4.1): advance = t + 1, t + 2, ...; same = every step
     # up to end at t + 1, so no step's position depends on the thought count (test-time scaling)
     positions: Literal["advance", "same"] = "advance"
+    # the progressive loss (DeepThinking): at each training step the first j ~ U{0..n-1} thoughts are given
+    # as constants (their inputs, and the output thought j+1 reads, carry no gradient), so each step learns
+    # to improve on whatever state it is handed rather than co-adapting with the steps before it
+    progressive: bool = False
 
     def layout(self, n_thoughts: Optional[int] = None) -> ChainLayout:
         return ChainLayout(self.n_thoughts if n_thoughts is None else n_thoughts, self.n_ahead, self.positions)

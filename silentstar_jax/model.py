@@ -45,7 +45,7 @@ class SilentStar(nnx.Module):
 
     def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False,
                  n_thoughts: Optional[int] = None, think_idx_BQ=None, n_supervised: int = 0,
-                 supervision_stride: int = 1, thought_lens: bool = False):
+                 supervision_stride: int = 1, thought_lens: bool = False, n_detach=None):
         """Parallel forward over a batch of sequences (docs/design.md §3-§5) -> Forward.
 
         key None -> deterministic thoughts (z = mu), as in evaluation and generation.
@@ -56,6 +56,7 @@ class SilentStar(nnx.Module):
         n_supervised: also return sup_logits, the logit lens of thought steps 1..J; with
           supervision_stride s, of thought steps s, 2s, .., Js (s thoughts per intermediate target).
         thought_lens: also return thought_sources, whose logit lens generation's trace shows (think_at).
+        n_detach: thoughts 1..n_detach without gradient (thinking.progressive; the values do not change).
         """
         g = self.gpt2
         B, L = tokens_BL.shape
@@ -85,7 +86,7 @@ class SilentStar(nnx.Module):
         lay = cfg.layout(n)
         gc = g if not cfg.throttle else _grad_scaled(g, 1.0 / lay.n_steps)
         y_SBQD, z_SBQD, logp_BQ = run_chain(gc, self.heads, n, pos_BQ, k0, v0, mask_BQL[:, None], talk_ABQD, key,
-                                            take(h0_BLD), None if think_idx_BQ is None else L)
+                                            take(h0_BLD), None if think_idx_BQ is None else L, n_detach)
         h0_BLAD = jnp.stack([shift_left(h0_BLD, s) for s in range(A)], axis=2)
         y_BQAD = jnp.stack([y_SBQD[i] for i in lay.mixed(cfg.mix_from)], axis=2)
         w_BQA = self.heads.mix_weight(take(h0_BLAD), y_BQAD)

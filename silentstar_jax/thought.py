@@ -96,6 +96,7 @@ class _Chain:
     key: Optional[jax.Array]     # None: deterministic thoughts
     h0_BLD: Optional[jax.Array]  # thinking.seed: base
     noise_len: Optional[int]
+    n_detach: Optional[jax.Array] = None  # thinking.progressive: thoughts 1..n_detach are constants
 
     @property
     def sampled(self) -> bool:
@@ -122,8 +123,22 @@ def _feedback(c: _Chain, y_BLD):
     return tok_BLD + c.heads.project(y_BLD) if cfg.feedback == "token+latent" else tok_BLD
 
 
+def _detached(c: _Chain, i, x, prefix: int = 0):
+    """x without gradient at thought steps i <= n_detach + prefix when n_detach > 0 (thinking.progressive)."""
+    if c.n_detach is None:
+        return x
+    return jnp.where((c.n_detach > 0) & (i <= c.n_detach + prefix), jax.lax.stop_gradient(x), x)
+
+
 def _thought(c: _Chain, i, y_prev_BLD):
-    """Input z [B, L, D] of thought step i and its policy log-prob [B, L] (0 when not sampled)."""
+    """Input z [B, L, D] of thought step i and its policy log-prob [B, L] (0 when not sampled).
+    Under thinking.progressive thoughts 1..n_detach are constants and thought n_detach + 1 reads a
+    constant output: the gradient starts at thought n_detach + 1."""
+    z, lp = _thought_raw(c, i, _detached(c, i, y_prev_BLD, prefix=1))
+    return _detached(c, i, z), _detached(c, i, lp)
+
+
+def _thought_raw(c: _Chain, i, y_prev_BLD):
     heads, cfg = c.heads, c.heads.cfg
     if cfg.feedback == "pause":
         return jnp.broadcast_to(heads.embedding("pause"), y_prev_BLD.shape), jnp.zeros(y_prev_BLD.shape[:-1])
@@ -239,9 +254,10 @@ def _scan_chunks(c: _Chain, n_scan: int, size: int, y0_BLD, logp0_BL):
     put = lambda buf, new, ci: tuple(jax.lax.dynamic_update_slice_in_dim(b, n, ci * size, 1) for b, n in zip(buf, new))
 
     def chunk(diff, fixed, ci, y_prev, buf, logp):
-        (gpt2, heads), (base_k, base_v, talk, h0), (pos, mask, key) = nnx.merge(gdef, diff[0]), diff[1:], fixed
+        (gpt2, heads), (base_k, base_v, talk, h0), (pos, mask, key, n_detach) = \
+            nnx.merge(gdef, diff[0]), diff[1:], fixed
         cc = dataclasses.replace(c, gpt2=gpt2, heads=heads, pos_BL=pos, base_k=base_k, base_v=base_v,
-                                 base_mask=mask, talk_ABLD=talk, key=key, h0_BLD=h0)
+                                 base_mask=mask, talk_ABLD=talk, key=key, h0_BLD=h0, n_detach=n_detach)
         y_last, ks, vs, y, z, logp = _chunk(cc, ci * size, size, y_prev, buf, logp)
         return y_last, (jnp.stack(ks, 1), jnp.stack(vs, 1)), y, z, logp
 
@@ -298,11 +314,11 @@ def _scan_chunks(c: _Chain, n_scan: int, size: int, y0_BLD, logp0_BL):
 
     scan_chunks.defvjp(fwd, bwd)
     diff = (state, c.base_k, c.base_v, c.talk_ABLD, c.h0_BLD)
-    return scan_chunks(diff, (c.pos_BL, c.base_mask, c.key))
+    return scan_chunks(diff, (c.pos_BL, c.base_mask, c.key, c.n_detach))
 
 
 def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, base_v, base_mask,
-              talk_ABLD, key=None, h0_BLD=None, noise_len=None):
+              talk_ABLD, key=None, h0_BLD=None, noise_len=None, n_detach=None):
     """Run start, n thoughts, end, talk tokens at every query position in [B, L] at once.
 
     base_k/base_v: [NL, B, K, H, Dh]; base_mask: [L, K] or [B, 1, L, K]; talk_ABLD: [A-1, B, L, D]
@@ -311,6 +327,7 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     mean is P(h0) instead of P(start-step output), so thought 1 starts with the token in hand.
     noise_len: the queries are positions pos_BL of rows of this length; the noise is drawn for whole
     rows and taken at pos_BL, so chains at a subset of positions sample what all positions would.
+    n_detach: a traced int (thinking.progressive): thoughts 1..n_detach are given as constants.
     Returns y_SBLD (ln_f output of every step), z_SBLD (step inputs) and logp_BL = sum over thought
     steps of mean_d log N(stop_grad(z); mu, sigma^2).
 
@@ -323,7 +340,8 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     if cfg.seed == "base" and cfg.feedback != "pause" and n_thoughts and h0_BLD is None:
         raise ValueError("thinking.seed=base needs the base hidden state h0_BLD")
     lay = ChainLayout(n_thoughts, talk_ABLD.shape[0] + 1, cfg.positions)
-    c = _Chain(gpt2, heads, lay, pos_BL, base_k, base_v, base_mask, talk_ABLD, key, h0_BLD, noise_len)
+    c = _Chain(gpt2, heads, lay, pos_BL, base_k, base_v, base_mask, talk_ABLD, key, h0_BLD, noise_len,
+               None if n_detach is None else jnp.asarray(n_detach, jnp.int32))
     S, B, L = lay.n_steps, pos_BL.shape[0], pos_BL.shape[1]
     size = S if cfg.chain == "unrolled" else min(cfg.unroll, S)
     n_scan = S // size if size < S else 0            # full chunks under lax.scan; the rest written out

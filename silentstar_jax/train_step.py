@@ -68,6 +68,12 @@ def n_thoughts_at(cfg: Config, step: int) -> int:
     return int(np.random.default_rng([cfg.run.seed, step]).integers(lo, hi + 1))
 
 
+def progressive_prefix(key, n: int):
+    """thinking.progressive: how many leading thoughts of this step are constants, U{0..n-1} (0 if n = 0),
+    from its own stream of the step's key."""
+    return jax.random.randint(jax.random.fold_in(key, 0x5eed), (), 0, max(n, 1))
+
+
 def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
     """loss_fn(params, batch, key, n_thoughts, step). n_think_pos > 0: chains only at that many
     positions per row (thinking.think_at: targets)."""
@@ -79,6 +85,8 @@ def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
         targets = batch.thought_targets
         if t.enabled:
             kw = dict(key=key, n_samples=t.n_samples, thought_logits=cfg.loss.thought > 0, n_thoughts=n_thoughts)
+            if t.progressive:
+                kw["n_detach"] = progressive_prefix(key, t.n_thoughts if n_thoughts is None else n_thoughts)
             if n_think_pos:
                 kw["think_idx_BQ"] = think_positions(batch.attn_mask, batch.loss_mask, t.n_ahead, n_think_pos)
             if cfg.loss.thought_supervision > 0 and targets is not None:

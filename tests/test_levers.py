@@ -15,7 +15,7 @@ from silentstar_jax.data import Batch
 from silentstar_jax.generation import Generator, score
 from silentstar_jax.objective import compute_loss, supervision_loss, supervision_weight
 from silentstar_jax.sampling import SamplingConfig
-from silentstar_jax.train_step import n_think_positions, n_thoughts_at, think_positions
+from silentstar_jax.train_step import n_think_positions, n_thoughts_at, progressive_prefix, think_positions
 from test_thinking import MC, base_hidden, forward, hidden_from_embeddings, make_model, tokens, value_and_grad
 
 
@@ -31,9 +31,10 @@ def _reference_feedback(g, h, cfg, y_D):
     return tok + h.project(y_D) if cfg.feedback == "token+latent" else tok
 
 
-def _reference_logits(model, toks_L, t, n):
+def _reference_logits(model, toks_L, t, n, detach=0):
     """One position t, written out: x_0..x_t, start, z_1..z_n, end through ordinary causal attention;
-    z_1 = P(h0_t) under seed=base; the gate mixes the end step's or the last thought's output."""
+    z_1 = P(h0_t) under seed=base; the gate mixes the end step's or the last thought's output.
+    detach j > 0 (thinking.progressive): z_1..z_j are constants, and z_{j+1} is built from a constant."""
     g, h, cfg = model.gpt2, model.heads, model.think_cfg
     wte, wpe = g.wte[...], g.wpe[...]
     seq = [wte[toks_L[i]] + wpe[i] for i in range(t + 1)]
@@ -44,9 +45,11 @@ def _reference_logits(model, toks_L, t, n):
     outs = [run()]
     for j in range(1, n + 1):
         src = h0 if (cfg.seed == "base" and j == 1) else outs[-1]
+        src = jax.lax.stop_gradient(src) if detach and j <= detach + 1 else src
         # feedback: sample under seed: base starts from the context's state itself, P(h0)
         z = h.project(h0) if (cfg.feedback == "sample" and cfg.seed == "base" and j == 1) else \
             _reference_feedback(g, h, cfg, src)
+        z = jax.lax.stop_gradient(z) if j <= detach else z
         seq.append(z + wpe[t + 1 + step * j])
         outs.append(run())
     seq.append(h.embedding("end") + wpe[t + 1 + step * (n + 1)])
@@ -268,6 +271,45 @@ def test_n_thoughts_train_draws_are_deterministic_and_in_range():
     assert n_thoughts_at(Config(thinking=ThinkingConfig(n_thoughts=3)), 5) == 3
 
 
+@pytest.mark.parametrize("chain,seed", [("scan", "start"), ("unrolled", "base"), ("scan", "base")])
+def test_progressive_prefix_changes_the_gradient_not_the_values(chain, seed):
+    """thinking.progressive with n_detach = j: the same logits; the gradient is the sequential
+    reference's with z_1..z_j constants and z_{j+1} built from a constant; j = 0 is the plain gradient."""
+    n, j, L = 3, 2, 6
+    model = make_model(n_thoughts=n, chain=chain, seed=seed, progressive=True)
+    toks = tokens(B=1, L=L)
+    R = jax.random.normal(jax.random.key(3), (L, MC.vocab_size))
+    main = lambda m, nd: jnp.sum(m(toks, n_detach=nd).mixed_logits[0, :, 0] * R)
+    grad = nnx.jit(nnx.grad(main))
+    params = lambda g: nnx.state(g, nnx.Param)
+    np.testing.assert_allclose(nnx.jit(main)(model, j), nnx.jit(main)(model, None), rtol=1e-6)
+    g_plain, g_j, g_0 = params(grad(model, None)), params(grad(model, j)), params(grad(model, 0))
+    ref = lambda m: sum(jnp.sum(_reference_logits(m, toks[0], t, n, detach=j)[0] * R[t]) for t in range(L))
+    g_ref = params(nnx.grad(ref)(model))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4), g_ref, g_j)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6), g_plain, g_0)
+    diff = float(jnp.abs(g_plain["heads"]["proj_kernel"][...] - g_j["heads"]["proj_kernel"][...]).max())
+    assert diff > 1e-5, "the detached prefix must change the thought projection's gradient"
+
+
+def test_progressive_prefix_draws_and_the_policy_term():
+    """The prefix is U{0..n-1}; under REINFORCE the detached thoughts' log-probs get no gradient: with
+    every thought detached the policy term's gradient is exactly zero, with none it is not."""
+    draws = {int(progressive_prefix(jax.random.key(s), 3)) for s in range(100)}
+    assert draws == {0, 1, 2} and int(progressive_prefix(jax.random.key(0), 0)) == 0
+    tc = ThinkingConfig(n_thoughts=2, estimator="reinforce", progressive=True)
+    model = make_model(n_thoughts=2, estimator="reinforce", progressive=True)
+    toks = tokens(B=2, L=8)
+    ones = jnp.ones_like(toks)
+    policy_only = LossConfig(base=0, think=0, policy=1, value=0)
+
+    def loss(m, nd):
+        out = m(toks, key=jax.random.key(7), n_detach=nd)
+        return compute_loss(out, toks, ones, ones, tc, policy_only)[0]
+    g = lambda nd: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(nnx.state(nnx.jit(nnx.grad(loss))(model, nd), nnx.Param))))
+    assert g(0) > 0.0 and g(2) == 0.0
+
+
 def test_throttle_divides_only_the_chain_gradient_on_shared_weights(monkeypatch):
     """grad(throttle) = grad_without_chain + (grad_full - grad_without_chain) / S on GPT-2 weights;
     the thinking heads' gradients are unchanged; the loss value is unchanged."""
@@ -329,6 +371,8 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
                                         ("hops-reinforce", ["data.chain=3", "train.seq_len=10"]),
                                         ("unsupervised", ["data.chain=3", "train.seq_len=12"]),
                                         ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12"]),
+                                        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12",
+                                                                  "thinking.progressive=true"]),
                                         ("unsupervised-k3", ["data.chain=3", "train.seq_len=12"])])
 def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     """configs/demo.yaml (a chain of answers, supervised), configs/hops-reinforce.yaml (the same with
