@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import socket
+import subprocess
 import sys
 from typing import Optional
 
@@ -132,7 +133,30 @@ def json_config(cfg) -> dict:
     return json.loads(json.dumps(C.to_dict(cfg)))
 
 
-RECORDS = ("metrics.jsonl", "evals.jsonl", "eval.json", "damaged-checkpoints")
+RECORDS = ("metrics.jsonl", "evals.jsonl", "eval.json", "code.jsonl", "damaged-checkpoints")
+CODE_LOG = "code.jsonl"
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def code_version(root: str = PACKAGE_ROOT) -> dict:
+    """{"commit", "dirty"} of the git checkout whose code is running (dirty: its tracked files differ
+    from the commit), so that a result names the code that made it; {} outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {}
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": head.stdout.strip(), "dirty": status.returncode != 0 or bool(status.stdout.strip())}
+
+
+def record_code(run_dir: str, step: int) -> None:
+    """One line of code.jsonl per training session: the step it starts from and the code it runs."""
+    with open(os.path.join(run_dir, CODE_LOG), "a") as f:
+        f.write(json.dumps({"step": step, **code_version()}) + "\n")
 
 
 def records_without_checkpoint(run_dir: str) -> list[str]:

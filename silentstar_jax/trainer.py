@@ -24,8 +24,8 @@ from silentstar_jax.display import print_eval_table
 from silentstar_jax.errors import NonFiniteError, Stopped, UserError
 from silentstar_jax.evaluate import evaluate, make_eval_fn
 from silentstar_jax.model import build_model
-from silentstar_jax.run_dir import (RunLock, archive_records, config_changes, json_config, make_run_dir,
-                                    records_without_checkpoint, setup_mismatch, truncate_log)
+from silentstar_jax.run_dir import (CODE_LOG, RunLock, archive_records, config_changes, json_config, make_run_dir,
+                                    record_code, records_without_checkpoint, setup_mismatch, truncate_log)
 from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
 from silentstar_jax.tokenizer import tokenizer_for
 from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
@@ -224,8 +224,9 @@ class Run:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("run directory checked")
         if self.primary:
-            for log in ("metrics.jsonl", "evals.jsonl"):   # each step once: drop what follows the restore
+            for log in ("metrics.jsonl", "evals.jsonl", CODE_LOG):   # each step once: drop what follows the restore
                 truncate_log(os.path.join(self.out_dir, log), self.step)
+            record_code(self.out_dir, self.step)
             with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
                 f.write(C.dump_yaml(self.cfg))
 

@@ -3,13 +3,15 @@ import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from silentstar_jax import config as C
+from silentstar_jax import run_dir
 from silentstar_jax.experiment import plan as P
 from silentstar_jax.experiment import records as R
 from silentstar_jax.experiment import stats as S
@@ -173,6 +175,12 @@ def test_bad_cli_input(tmp_path, args, needle):
     assert not (tmp_path / "out").exists()
 
 
+def test_code_version_names_the_checkout_or_nothing(tmp_path):
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert run_dir.code_version()["commit"] == head and len(head) == 40
+    assert run_dir.code_version(str(tmp_path)) == {}          # not a git checkout: nothing claimed
+
+
 def test_missing_config_and_empty_report(tmp_path):
     proc = run_cli("experiment.py", "--config", str(tmp_path / "nope.yaml"), "--seeds", "0", "--out", str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: config file not found: {tmp_path / 'nope.yaml'}"
@@ -259,6 +267,12 @@ def test_end_to_end_then_skip(tmp_path):
               ["exact_match"] for s in (0, 1)]
         assert sc["exact_match"][str(n)]["mean"] == pytest.approx(statistics.mean(xs))
     assert len(res["runs"]) == 4 and all(r["finished"] for r in res["runs"])
+    # the code that trained each run, from git here; the report names it
+    git = lambda *a: subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    assert all(r["commits"] == [head] for r in res["runs"]), res["runs"]
+    assert sorted(r["dir"] for r in res["runs"]) == sorted(os.path.relpath(d, out) for d in dirs.values())
+    assert f"(`runs/` beside this file). Code: commit {head[:7]}{head[40:]} (every run)." in md
 
     # the same command again: every run skipped, nothing trained or evaluated
     logs = {k: (d / "train.log").read_text() for k, d in dirs.items()}

@@ -420,6 +420,10 @@ def test_metrics_hold_every_step_once_after_resuming_from_an_older_step(run, cap
     code, err = train(capsys, run, "train.steps=8")
     assert code == 0, err
     assert logged_steps(run) == list(range(1, 9))
+    sessions = [json.loads(line) for line in open(os.path.join(run, "code.jsonl"))]   # the code of each session
+    assert [c["step"] for c in sessions] == [0, 4]
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert all(c["commit"] == head and isinstance(c["dirty"], bool) for c in sessions), sessions
 
 
 # ---------------------------------------------------------------- 6. file system

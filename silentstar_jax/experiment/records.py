@@ -13,7 +13,7 @@ from typing import Optional
 
 from silentstar_jax import config as C
 from silentstar_jax.errors import UserError
-from silentstar_jax.run_dir import read_saved_config
+from silentstar_jax.run_dir import CODE_LOG, read_saved_config
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -72,6 +72,16 @@ class RunRecord:
     wall_s: Optional[float]
     thoughts: dict[int, dict] = field(default_factory=dict)   # N -> eval_thoughts_N.json
     evals: list[dict] = field(default_factory=list)           # evals.jsonl
+    code: list[dict] = field(default_factory=list)            # code.jsonl: each session's commit
+
+    @property
+    def commits(self) -> list[str]:
+        """The commits that trained this run, in order ("<sha>+dirty" where tracked files had changes)."""
+        seen = []
+        for c in self.code:
+            if "commit" in c and (tag := c["commit"] + ("+dirty" if c.get("dirty") else "")) not in seen:
+                seen.append(tag)
+        return seen
 
     @property
     def thinking(self) -> bool:
@@ -89,7 +99,7 @@ def load_record(run_dir: str, arm: str, tag: str, seed: int) -> RunRecord:
         if m and (ev := read_json(os.path.join(run_dir, name))) is not None:
             thoughts[int(m.group(1))] = ev
     return RunRecord(arm, tag, seed, run_dir, read_config(run_dir), final, wall, dict(sorted(thoughts.items())),
-                     _read_jsonl(os.path.join(run_dir, "evals.jsonl")))
+                     _read_jsonl(os.path.join(run_dir, "evals.jsonl")), _read_jsonl(os.path.join(run_dir, CODE_LOG)))
 
 
 def discover(out: str) -> list[RunRecord]:

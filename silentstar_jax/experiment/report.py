@@ -43,6 +43,21 @@ def _asdict(x):
     return x
 
 
+def _code_line(records) -> str:
+    """Which code trained the runs (their code.jsonl), e.g. `Code: commit 1a2b3c4 (every run).`"""
+    by_commit: dict[str, list[str]] = {}
+    for r in records:
+        for c in r.commits or ["not recorded"]:
+            by_commit.setdefault(c, []).append(f"{r.arm}/{r.tag}/seed{r.seed}")
+    if not by_commit:
+        return ""
+    if len(by_commit) == 1:
+        (c, _), = by_commit.items()
+        return f"Code: {'commit ' + c[:7] + c[40:] if c != 'not recorded' else 'not recorded'} (every run)."
+    return "Code: " + "; ".join(f"{c[:7] + c[40:] if c != 'not recorded' else 'not recorded'} ({', '.join(runs)})"
+                                for c, runs in by_commit.items()) + "."
+
+
 def build_report(out: str, command: str) -> dict:
     records = discover(out)
     groups = group_runs(records)
@@ -54,7 +69,7 @@ def build_report(out: str, command: str) -> dict:
 
     md = ["# Experiment results", "", f"Command: `{command}`", "",
           f"{sum(r.final is not None for r in records)} of {len(records)} run directories finished "
-          f"(`{os.path.join(out, 'runs')}`). Held-out metrics, over seeds: mean (min–max).", "",
+          f"(`runs/` beside this file). {_code_line(records)} Held-out metrics, over seeds: mean (min–max).", "",
           "## Arms × grid points", "",
           "| arm | grid point | seeds | answer accuracy | exact match | own base exact match | "
           "gap (thinking − own base) | train FLOPs/token | wall s/run |",
@@ -109,8 +124,8 @@ def build_report(out: str, command: str) -> dict:
                        "wall_s": _asdict(stat([r.wall_s for r in g.runs]))}
                       for g in groups],
            "best_vs_best": _asdict(bvb), "thoughts_scaling": _asdict(scaling), "plots": list(PLOTS),
-           "runs": [{"arm": r.arm, "gridtag": r.tag, "seed": r.seed, "dir": r.dir, "finished": r.final is not None,
-                     "wall_s": r.wall_s, "eval": r.final, "eval_thoughts": {str(n): e for n, e in r.thoughts.items()}}
+           "runs": [{"arm": r.arm, "gridtag": r.tag, "seed": r.seed, "dir": os.path.relpath(r.dir, out),
+                     "finished": r.final is not None, "commits": r.commits, "wall_s": r.wall_s, "eval": r.final, "eval_thoughts": {str(n): e for n, e in r.thoughts.items()}}
                     for r in sorted(records, key=lambda r: (arm_key(r.arm), tag_key(r.tag), r.seed))]}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(res, f, indent=2)
