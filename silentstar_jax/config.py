@@ -192,6 +192,8 @@ class DataConfig:
     eval_docs: int = 200                  # streaming: documents held out for evaluation
     streaming: bool = False
     files: list[str] = field(default_factory=list)
+    files_curriculum: list[float] = field(default_factory=list)  # easy to hard by file: data.files[i] joins
+                                          # training at this fraction of train.steps (one per file, first 0)
     text_field: str = "text"
     tokenizer: str = "byte"               # "byte" or an HF tokenizer dir / hub name
     shuffle_seed: int = 0
@@ -466,6 +468,13 @@ def validate(cfg: Config) -> None:
             raise UserError(f"data.hops_curriculum must be one start fraction per k in data.hops_min..data.hops "
                             f"({n_k} here) of a hops or binding task, the first 0, non-decreasing and < 1, "
                             f"got {c}")
+    if d.files_curriculum:
+        c = d.files_curriculum
+        if (d.source != "files" or d.streaming or len(c) != len(d.files) or c[0] != 0
+                or any(b < a for a, b in zip(c, c[1:])) or not c[-1] < 1):
+            raise UserError(f"data.files_curriculum must be one start fraction per file of data.files "
+                            f"({len(d.files)} here; data.source: files, not streaming), the first 0, "
+                            f"non-decreasing and < 1, got {c}")
     if d.eval_hops_min is not None and not 1 <= d.eval_hops_min <= d.hops:
         raise UserError(f"data.eval_hops_min must be in 1..data.hops = 1..{d.hops}, got {d.eval_hops_min}")
     lo_hi = cfg.loss.supervision_anneal

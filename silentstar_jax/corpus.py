@@ -7,7 +7,8 @@ The recipe must not need the built-in task's metadata (loss masks, thought targe
     python corpus.py score --checkpoint runs/unsupervised-text --heldout corpus/hops/heldout.jsonl
 
 `write` puts the task's training problems, one per line (prompt + answer, mixed difficulty as the
-config mixes it), in train.txt, and held-out problems of each hop count k in heldout.jsonl, whose
+config mixes it), in train.txt (and, where it mixes hop counts, the same lines split by k in
+train_k<k>.txt: easy to hard by file with data.files_curriculum), and held-out problems of each hop count k in heldout.jsonl, whose
 `prompt` field says where the answer starts (for scoring only; training never reads it). `score`
 teacher-forces each held-out line through `generation.score` (what `generate.py --score` shows) and
 reports, per k, the accuracy at the answer tokens (the share with p > 0.5) and the share of lines
@@ -49,6 +50,10 @@ def write_corpus(cfg, out: str) -> dict:
     paths = {"train": os.path.join(out, "train.txt"), "heldout": os.path.join(out, "heldout.jsonl")}
     with open(paths["train"], "w") as f:
         f.write("\n".join(lines) + "\n")
+    for k in hop_counts(d) if len(hop_counts(d)) > 1 else ():   # the same lines by difficulty, for
+        paths[f"train_k{k}"] = os.path.join(out, f"train_k{k}.txt")   # data.files_curriculum
+        with open(paths[f"train_k{k}"], "w") as f:
+            f.write("".join(line + "\n" for line, ex in zip(lines, train) if len(ex.thoughts) == k))
     with open(paths["heldout"], "w") as f:
         for k, exs in held.items():
             for ex in exs:
@@ -131,8 +136,10 @@ def main(argv=None) -> None:
     if args.cmd == "write":
         from silentstar_jax.config import load_config
         res = write_corpus(load_config(args.config, args.overrides), args.out)
-        print(f"wrote {res['paths']['train']} ({res['train_lines']} lines) and {res['paths']['heldout']} "
-              f"({res['heldout_lines']} held-out lines)")
+        by_k = [os.path.basename(v) for k, v in res["paths"].items() if k.startswith("train_k")]
+        print(f"wrote {res['paths']['train']} ({res['train_lines']} lines"
+              + (f"; split by hop count: {', '.join(by_k)}" if by_k else "")
+              + f") and {res['paths']['heldout']} ({res['heldout_lines']} held-out lines)")
         return
     if args.thoughts is not None and args.thoughts < 0:
         raise UserError(f"--thoughts must be >= 0, got {args.thoughts}")

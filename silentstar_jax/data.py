@@ -212,6 +212,15 @@ def _rows_from_blocks(blocks: np.ndarray) -> Batch:
     return Batch(blocks, ones, ones.copy())
 
 
+def text_rows_by_file(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Batch, np.ndarray, Batch]:
+    """data.files_curriculum: each file packed and held out on its own (its last 5% of blocks), so
+    that every training block comes from one file. Returns (train, [N] file index per row, eval)."""
+    parts = [text_rows(dataclasses.replace(d, files=[f]), tok, T) for f in d.files]
+    cat = lambda rows: Batch(*(None if x[0] is None else np.concatenate(x) for x in zip(*rows)))
+    return (cat([p[0] for p in parts]), np.concatenate([np.full(len(p[0].tokens), i) for i, p in enumerate(parts)]),
+            cat([p[1] for p in parts]))
+
+
 def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Batch, Batch]:
     """Whole (non-streaming) text dataset -> packed train and eval blocks. Eval: `eval_split`, or
     the last 5% of the blocks of `split` (which training then never sees)."""
@@ -278,8 +287,8 @@ def row_hops(rows: Batch) -> np.ndarray:
 
 
 class CurriculumIterator:
-    """Easy to hard (data.hops_curriculum): at step t a batch is drawn from the rows whose k has joined,
-    k joining at step starts[k] * steps. Batch t is rows permutation([seed, t]) of that pool (no repeats
+    """Easy to hard (data.hops_curriculum, data.files_curriculum): at step t a batch is drawn from the rows
+    whose group (hop count k, or data file) has joined, group k joining at step starts[k] * steps. Batch t is rows permutation([seed, t]) of that pool (no repeats
     inside a batch), so the state is just the step and a resumed run draws the same batches."""
 
     def __init__(self, rows: Batch, k_N: np.ndarray, starts: dict[int, float], steps: int, batch_size: int,
@@ -404,5 +413,9 @@ def build_data(cfg: Config, tok: Tokenizer):
         if len(evals.tokens) == 0:
             raise UserError(f"data: the first {d.eval_docs} documents hold no full block of {T} tokens")
         return StreamIterator(d, tok, T, B, d.shuffle_seed, skip=0 if d.eval_split else d.eval_docs), evals
+    if d.files_curriculum:
+        train, file_N, evals = text_rows_by_file(d, tok, T)
+        starts = dict(enumerate(d.files_curriculum))
+        return CurriculumIterator(train, file_N, starts, cfg.train.steps, B, d.shuffle_seed), evals
     train, evals = text_rows(d, tok, T)
     return RowIterator(train, B, d.shuffle_seed), evals

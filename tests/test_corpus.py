@@ -41,6 +41,8 @@ def test_written_lines_are_the_task_problems_and_held_out(corpus):
     assert len(lines) == res["train_lines"] == 48 and len(set(lines)) == 48
     assert all(line[5] == "|" and _answer(line, 5)[1] == line[8:] for line in lines)   # correct answers
     assert {_answer(line, 5)[0] for line in lines} == {1, 2}                             # the config's mix
+    by_k = {k: (out / f"train_k{k}.txt").read_text().splitlines() for k in (1, 2)}   # split by difficulty
+    assert by_k == {k: [x for x in lines if _answer(x, 5)[0] == k] for k in (1, 2)}
     held = [json.loads(x) for x in (out / "heldout.jsonl").read_text().splitlines()]
     assert sorted(r["k"] for r in held) == [1] * 6 + [2] * 6
     for r in held:

@@ -501,6 +501,40 @@ def test_hops_curriculum_adds_harder_k_at_its_step_and_resumes_exactly(task):
         C.validate(C.from_dict({"data": {**data, "hops_curriculum": [0.0, 0.5]}}))
 
 
+def test_files_curriculum_adds_each_file_at_its_step_and_resumes_exactly(tmp_path):
+    """data.files_curriculum [0, 0.5] of 10 steps: blocks of the first file only before step 5, of both
+    after; each file packed and held out on its own (its tail); resumed bit for bit; bad lists refused."""
+    from silentstar_jax.data import CurriculumIterator
+    docs = {"easy": make_docs(80, "easy"), "hard": [x.upper() for x in make_docs(80, "hard")]}   # no block in both
+    files = [write(tmp_path, "txt", {"text": v}, name=k) for k, v in docs.items()]
+    c = C.from_dict({"data": {"source": "files", "files": files, "files_curriculum": [0.0, 0.5]},
+                     "train": {"seq_len": SEQ_LEN, "batch_size": B, "steps": 10}})
+    C.validate(c)
+    make = lambda: build_data(c, TOK)[0]
+    it, evals = build_data(c, TOK)
+    assert isinstance(it, CurriculumIterator)
+    want = {k: packed(v).astype(np.int32) for k, v in docs.items()}
+    tail = {k: max(1, len(w) // 20) for k, w in want.items()}
+    np.testing.assert_array_equal(evals.tokens, np.concatenate([w[-tail[k]:] for k, w in want.items()]))
+    easy_blocks = {w.tobytes() for w in want["easy"][:-tail["easy"]]}
+    hard_blocks = {w.tobytes() for w in want["hard"][:-tail["hard"]]}
+    later = set()
+    for step in range(10):
+        rows = {r.tobytes() for r in next(it).tokens}
+        assert rows <= easy_blocks | hard_blocks
+        if step < 5:
+            assert not rows & hard_blocks, step
+        else:
+            later |= rows
+    assert later & hard_blocks and later & easy_blocks
+    _resume_matches(make, 3, 5)
+    for bad in ([0.5, 0.5], [0.0], [0.0, 1.0]):
+        with pytest.raises(UserError, match="files_curriculum"):
+            C.validate(C.from_dict({"data": {"source": "files", "files": files, "files_curriculum": bad}}))
+    with pytest.raises(UserError, match="files_curriculum"):
+        C.validate(C.from_dict({"data": {"source": "task", "files_curriculum": [0.0]}}))
+
+
 def test_hops_chain_targets_at_every_answer_token():
     """data.chain = m: m answers, each f^k of the token before it; every answer token carries its own
     k intermediate targets (solved here from the text alone)."""
