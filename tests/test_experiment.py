@@ -286,7 +286,11 @@ def test_end_to_end_then_skip(tmp_path):
     (out / "results.json").unlink()
     rep = run_cli("experiment.py", "--out", str(out), "--report-only")
     assert rep.returncode == 0, rep.stderr
-    assert json.loads((out / "results.json").read_text())["groups"] == res["groups"]
+    rebuilt = json.loads((out / "results.json").read_text())
+    assert rebuilt["groups"] == res["groups"]
+    trained = shlex.join(["python", "experiment.py", *args])        # run twice, recorded once
+    assert rebuilt["training_commands"] == res["training_commands"] == [trained]
+    assert f"```bash\n{trained}\n```" in (out / "results.md").read_text()
 
 
 def test_failed_run_reported_others_continue(tmp_path):

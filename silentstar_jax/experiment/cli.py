@@ -10,7 +10,7 @@ from typing import Optional
 from silentstar_jax import experiment
 from silentstar_jax.errors import UserError, cli_main
 from silentstar_jax.experiment.plan import int_list, parse_arms, parse_grid, plan_runs
-from silentstar_jax.experiment.report import build_report
+from silentstar_jax.experiment.report import build_report, record_command
 from silentstar_jax.experiment.runner import Runner
 from silentstar_jax.runtime import run_main
 
@@ -46,6 +46,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         thoughts = int_list(args.thoughts, "--thoughts") if args.thoughts is not None else None
         specs = plan_runs(args.config, args.overrides, parse_arms(args.arms), parse_grid(args.grid), seeds)
         os.makedirs(args.out, exist_ok=True)
+        record_command(args.out, command)
         runner = Runner(args.config, args.overrides, args.out, thoughts, len(specs))
         failures = runner.run_all(specs, args.jobs)
     elif not os.path.isdir(os.path.join(args.out, "runs")):

@@ -43,6 +43,25 @@ def _asdict(x):
     return x
 
 
+COMMANDS = "commands.txt"
+
+
+def record_command(out: str, command: str) -> None:
+    """OUT/commands.txt: every training command that wrote into OUT, once each, in order (an experiment is
+    often built by several: lanes, added seeds, a second grid), so a rebuilt report still names them."""
+    if command not in read_commands(out):
+        with open(os.path.join(out, COMMANDS), "a") as f:
+            f.write(command + "\n")
+
+
+def read_commands(out: str) -> list[str]:
+    try:
+        with open(os.path.join(out, COMMANDS)) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except OSError:
+        return []
+
+
 def _code_line(records) -> str:
     """Which code trained the runs (their code.jsonl), e.g. `Code: commit 1a2b3c4 (every run).`"""
     by_commit: dict[str, list[str]] = {}
@@ -67,7 +86,10 @@ def build_report(out: str, command: str) -> dict:
                        "exact_match_per_k": g.thought_scaling_per_k()}
                for g in groups if g.best and g.thinking}
 
-    md = ["# Experiment results", "", f"Command: `{command}`", "",
+    trained_by = read_commands(out)
+    md = ["# Experiment results", "",
+          *(["Training commands (every one that wrote here, in order):", "", "```bash", *trained_by, "```", "",
+             f"Report: `{command}`"] if trained_by and trained_by != [command] else [f"Command: `{command}`"]), "",
           f"{sum(r.final is not None for r in records)} of {len(records)} run directories finished "
           f"(`runs/` beside this file). {_code_line(records)} Held-out metrics, over seeds: mean (min–max).", "",
           "## Arms × grid points", "",
@@ -118,7 +140,7 @@ def build_report(out: str, command: str) -> dict:
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(md))
 
-    res = {"command": command,
+    res = {"command": command, "training_commands": trained_by,
            "groups": [{"arm": g.arm, "gridtag": g.tag, "best": g.best, "seeds": [r.seed for r in g.runs],
                        "metrics": _asdict(g.metrics()), "flops_per_token": flops[g.arm, g.tag],
                        "wall_s": _asdict(stat([r.wall_s for r in g.runs]))}
