@@ -2,6 +2,7 @@
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -291,6 +292,18 @@ def test_end_to_end_then_skip(tmp_path):
     trained = shlex.join(["python", "experiment.py", *args])        # run twice, recorded once
     assert rebuilt["training_commands"] == res["training_commands"] == [trained]
     assert f"```bash\n{trained}\n```" in (out / "results.md").read_text()
+
+    # a run directory copied into another experiment is evaluated where it is, though its config.yaml
+    # still names the original directory
+    src = dirs["latent", tags[0], 0]
+    copy = tmp_path / "copy" / "runs" / "latent" / tags[0] / "seed0"
+    shutil.copytree(src, copy)
+    (copy / "eval_thoughts_2.json").unlink()
+    stamp = (src / "eval_thoughts_2.json").stat().st_mtime_ns
+    again = run_cli("experiment.py", "--config", str(cfg), "--seeds", "0", "--out", str(tmp_path / "copy"),
+                    "--arms", "latent", "--grid", "optim.lr=3e-3", "--thoughts", "2", timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (copy / "eval_thoughts_2.json").exists() and (src / "eval_thoughts_2.json").stat().st_mtime_ns == stamp
 
 
 def test_failed_run_reported_others_continue(tmp_path):
