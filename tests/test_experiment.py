@@ -176,6 +176,19 @@ def test_bad_cli_input(tmp_path, args, needle):
     assert not (tmp_path / "out").exists()
 
 
+def test_code_line_names_each_commit_and_its_runs():
+    from silentstar_jax.experiment.report import _code_line
+    a, b = "a" * 40, "b" * 40
+    rec = lambda arm, seed, *code: R.RunRecord(arm, "default", seed, "d", None, None, None,
+                                               code=[{"step": s, "commit": c, "dirty": dirty} for s, c, dirty in code])
+    recs = [rec("nothink", 0, (0, b, True)), rec("latent", 1, (0, a, False)), rec("latent", 0, (0, a, False), (4, b, True)),
+            rec("pause", 0)]
+    assert recs[2].commits == [a, b + "+dirty"]           # resumed at step 4 by other code: both named
+    assert _code_line(recs) == ("Code: aaaaaaa (latent/default seeds 0,1); bbbbbbb+dirty (latent/default seeds 0, "
+                                "nothink/default seeds 0); not recorded (pause/default seeds 0).")
+    assert _code_line(recs[1:2]) == "Code: commit aaaaaaa (every run)."
+
+
 def test_code_version_names_the_checkout_or_nothing(tmp_path):
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert run_dir.code_version()["commit"] == head and len(head) == 40

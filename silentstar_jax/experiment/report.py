@@ -64,17 +64,19 @@ def read_commands(out: str) -> list[str]:
 
 def _code_line(records) -> str:
     """Which code trained the runs (their code.jsonl), e.g. `Code: commit 1a2b3c4 (every run).`"""
-    by_commit: dict[str, list[str]] = {}
-    for r in records:
+    by_commit: dict[str, dict[str, list[int]]] = {}     # commit -> arm/gridtag -> seeds
+    for r in sorted(records, key=lambda r: (arm_key(r.arm), tag_key(r.tag), r.seed)):
         for c in r.commits or ["not recorded"]:
-            by_commit.setdefault(c, []).append(f"{r.arm}/{r.tag}/seed{r.seed}")
+            by_commit.setdefault(c, {}).setdefault(f"{r.arm}/{r.tag}", []).append(r.seed)
+    name = lambda c: c if c == "not recorded" else c[:7] + c[40:]
     if not by_commit:
         return ""
     if len(by_commit) == 1:
         (c, _), = by_commit.items()
-        return f"Code: {'commit ' + c[:7] + c[40:] if c != 'not recorded' else 'not recorded'} (every run)."
-    return "Code: " + "; ".join(f"{c[:7] + c[40:] if c != 'not recorded' else 'not recorded'} ({', '.join(runs)})"
-                                for c, runs in by_commit.items()) + "."
+        return f"Code: {'commit ' + name(c) if c != 'not recorded' else 'not recorded'} (every run)."
+    return "Code: " + "; ".join(name(c) + " (" + ", ".join(f"{g} seeds {','.join(map(str, seeds))}"
+                                                         for g, seeds in groups.items()) + ")"
+                                for c, groups in by_commit.items()) + "."
 
 
 def build_report(out: str, command: str) -> dict:
