@@ -477,6 +477,9 @@ def validate(cfg: Config) -> None:
                             f"non-decreasing and < 1, got {c}")
     if d.eval_hops_min is not None and not 1 <= d.eval_hops_min <= d.hops:
         raise UserError(f"data.eval_hops_min must be in 1..data.hops = 1..{d.hops}, got {d.eval_hops_min}")
+    if not cfg.thinking.enabled and cfg.loss.base == 0:
+        raise UserError("loss.base is 0 with thinking off: the model would have no loss (the no-think control "
+                        "of a loss.base: 0 recipe trains with loss.base=1, its only loss)")
     lo_hi = cfg.loss.supervision_anneal
     if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
         raise UserError(f"loss.supervision_anneal must be [start, end] fractions with 0 <= start <= end <= 1, got {lo_hi}")

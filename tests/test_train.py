@@ -39,6 +39,7 @@ def test_every_shipped_config_loads(path):
     ("thinking.n_ahead=0", "n_ahead must be >= 1"),
     ("thinking.n_thoughts=40", "exceeds model.n_positions"),
     ("loss.supervision_stride=0", "supervision_stride must be >= 1"),
+    ("thinking.enabled=false loss.base=0", "the model would have no loss"),
     ("thinking.feedback=sample thinking.estimator=both", "needs thinking.estimator=reinforce"),
 ])
 def test_config_errors_are_one_line(tmp_path, override, needle):
