@@ -461,17 +461,16 @@ def validate(cfg: Config) -> None:
     if d.hops_weights and (len(d.hops_weights) != n_k or min(d.hops_weights) < 0 or not sum(d.hops_weights) > 0):
         raise UserError(f"data.hops_weights must be one non-negative weight per k in data.hops_min..data.hops "
                         f"({n_k} here) with a positive sum, got {d.hops_weights}")
+    schedule = lambda c: c[0] == 0 and all(a <= b for a, b in zip(c, c[1:])) and c[-1] < 1   # first 0, up, < 1
     if d.hops_curriculum:
         c = d.hops_curriculum
-        if (d.source != "task" or d.task not in ("hops", "binding") or len(c) != n_k or c[0] != 0
-                or any(b < a for a, b in zip(c, c[1:])) or not c[-1] < 1):
+        if d.source != "task" or d.task not in ("hops", "binding") or len(c) != n_k or not schedule(c):
             raise UserError(f"data.hops_curriculum must be one start fraction per k in data.hops_min..data.hops "
                             f"({n_k} here) of a hops or binding task, the first 0, non-decreasing and < 1, "
                             f"got {c}")
     if d.files_curriculum:
         c = d.files_curriculum
-        if (d.source != "files" or d.streaming or len(c) != len(d.files) or c[0] != 0
-                or any(b < a for a, b in zip(c, c[1:])) or not c[-1] < 1):
+        if d.source != "files" or d.streaming or len(c) != len(d.files) or not schedule(c):
             raise UserError(f"data.files_curriculum must be one start fraction per file of data.files "
                             f"({len(d.files)} here; data.source: files, not streaming), the first 0, "
                             f"non-decreasing and < 1, got {c}")

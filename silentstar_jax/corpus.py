@@ -8,7 +8,8 @@ The recipe must not need the built-in task's metadata (loss masks, thought targe
 
 `write` puts the task's training problems, one per line (prompt + answer, mixed difficulty as the
 config mixes it), in train.txt (and, where it mixes hop counts, the same lines split by k in
-train_k<k>.txt: easy to hard by file with data.files_curriculum), and held-out problems of each hop count k in heldout.jsonl, whose
+train_k<k>.txt: easy to hard by file with data.files_curriculum), and held-out problems of each hop
+count k in heldout.jsonl, whose
 `prompt` field says where the answer starts (for scoring only; training never reads it). `score`
 teacher-forces each held-out line through `generation.score` (what `generate.py --score` shows) and
 reports, per k, the accuracy at the answer tokens (the share with p > 0.5) and the share of lines
@@ -50,8 +51,9 @@ def write_corpus(cfg, out: str) -> dict:
     paths = {"train": os.path.join(out, "train.txt"), "heldout": os.path.join(out, "heldout.jsonl")}
     with open(paths["train"], "w") as f:
         f.write("\n".join(lines) + "\n")
-    for k in hop_counts(d) if len(hop_counts(d)) > 1 else ():   # the same lines by difficulty, for
-        paths[f"train_k{k}"] = os.path.join(out, f"train_k{k}.txt")   # data.files_curriculum
+    ks = hop_counts(d)
+    for k in ks if len(ks) > 1 else ():   # the same lines by difficulty, for data.files_curriculum
+        paths[f"train_k{k}"] = os.path.join(out, f"train_k{k}.txt")
         with open(paths[f"train_k{k}"], "w") as f:
             f.write("".join(line + "\n" for line, ex in zip(lines, train) if len(ex.thoughts) == k))
     with open(paths["heldout"], "w") as f:

@@ -288,8 +288,9 @@ def row_hops(rows: Batch) -> np.ndarray:
 
 class CurriculumIterator:
     """Easy to hard (data.hops_curriculum, data.files_curriculum): at step t a batch is drawn from the rows
-    whose group (hop count k, or data file) has joined, group k joining at step starts[k] * steps. Batch t is rows permutation([seed, t]) of that pool (no repeats
-    inside a batch), so the state is just the step and a resumed run draws the same batches."""
+    whose group (hop count k, or data file) has joined, group k joining at step starts[k] * steps. Batch t
+    is rows permutation([seed, t]) of that pool (no repeats inside a batch), so the state is just the step
+    and a resumed run draws the same batches."""
 
     def __init__(self, rows: Batch, k_N: np.ndarray, starts: dict[int, float], steps: int, batch_size: int,
                  seed: int):

@@ -133,8 +133,8 @@ def json_config(cfg) -> dict:
     return json.loads(json.dumps(C.to_dict(cfg)))
 
 
-RECORDS = ("metrics.jsonl", "evals.jsonl", "eval.json", "code.jsonl", "damaged-checkpoints")
 CODE_LOG = "code.jsonl"
+RECORDS = ("metrics.jsonl", "evals.jsonl", "eval.json", CODE_LOG, "damaged-checkpoints")
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

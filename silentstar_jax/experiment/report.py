@@ -68,12 +68,12 @@ def _code_line(records) -> str:
     for r in sorted(records, key=lambda r: (arm_key(r.arm), tag_key(r.tag), r.seed)):
         for c in r.commits or ["not recorded"]:
             by_commit.setdefault(c, {}).setdefault(f"{r.arm}/{r.tag}", []).append(r.seed)
-    name = lambda c: c if c == "not recorded" else c[:7] + c[40:]
+    name = lambda c: c if c == "not recorded" else c[:7] + c[40:]          # short sha, "+dirty" kept
     if not by_commit:
         return ""
     if len(by_commit) == 1:
         (c, _), = by_commit.items()
-        return f"Code: {'commit ' + name(c) if c != 'not recorded' else 'not recorded'} (every run)."
+        return f"Code: {'' if c == 'not recorded' else 'commit '}{name(c)} (every run)."
     return "Code: " + "; ".join(name(c) + " (" + ", ".join(f"{g} seeds {','.join(map(str, seeds))}"
                                                          for g, seeds in groups.items()) + ")"
                                 for c, groups in by_commit.items()) + "."

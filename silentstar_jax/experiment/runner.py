@@ -93,9 +93,9 @@ class Runner:
         todo = [n for n in counts if not os.path.isfile(os.path.join(d, f"eval_thoughts_{n}.json"))]
         if self.stop.is_set() or not todo:
             return None
-        cmd = [*TRAIN_CMD, "--config", os.path.join(d, "config.yaml"), "--eval-only",   # one process: one data
-               "--thoughts", ",".join(map(str, todo)), f"run.out_dir={d}"]   # build, one restore; here, even
-                                                                              # if the directory was copied
+        # one process: one data build, one restore; out_dir = d, so a copied directory is evaluated in place
+        cmd = [*TRAIN_CMD, "--config", os.path.join(d, "config.yaml"), "--eval-only",
+               "--thoughts", ",".join(map(str, todo)), f"run.out_dir={d}"]
         rc, wall = self._call(cmd, d)
         self._add_wall(d, "thoughts_wall_s", wall)
         for n in todo:
