@@ -432,6 +432,15 @@ def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int)
                         f"model.n_positions = {m.n_positions}")
 
 
+def check_eval_thoughts(cfg: Config, n: int) -> None:
+    """Raises UserError unless an evaluation of cfg with n thoughts (test-time scaling) fits the context."""
+    if n < 0:
+        raise UserError(f"--thoughts must be >= 0, got {n}")
+    # mix_from=last_thought with 0 thoughts mixes the start step
+    validate(dataclasses.replace(cfg, thinking=dataclasses.replace(
+        cfg.thinking, n_thoughts=n, n_thoughts_train=[], mix_from=cfg.thinking.mix_from if n else "end")))
+
+
 def validate(cfg: Config) -> None:
     validate_model(cfg.model)
     # the model runs on blocks of seq_len + 1 tokens (inputs and their next-token targets)

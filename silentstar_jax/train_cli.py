@@ -63,8 +63,7 @@ def main(argv=None) -> None:
 
 def _thought_counts(text: str, eval_only: bool, cfg) -> list[int]:
     """--thoughts 0,2,6 -> [0, 2, 6], each checked to fit the model's context."""
-    import dataclasses
-    from silentstar_jax.config import validate
+    from silentstar_jax.config import check_eval_thoughts
     from silentstar_jax.errors import UserError
     if not eval_only:
         raise UserError("--thoughts N is for --eval-only (training uses thinking.n_thoughts)")
@@ -75,11 +74,7 @@ def _thought_counts(text: str, eval_only: bool, cfg) -> list[int]:
     except ValueError:
         raise UserError(f"--thoughts: expected counts like 0,2,4, got {text!r}") from None
     for n in counts:
-        if n < 0:
-            raise UserError(f"--thoughts must be >= 0, got {n}")
-        # does the chain fit the context? (mix_from=last_thought with 0 thoughts mixes the start step)
-        validate(dataclasses.replace(cfg, thinking=dataclasses.replace(
-            cfg.thinking, n_thoughts=n, n_thoughts_train=[], mix_from=cfg.thinking.mix_from if n else "end")))
+        check_eval_thoughts(cfg, n)
     return counts
 
 

@@ -85,6 +85,20 @@ def test_arm_commands_and_configs(tmp_path):
                                         "nothink/default/seed1", "latent/thinking.n_thoughts=2/seed1"]
 
 
+def test_thought_counts_checked_before_training(tmp_path):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(MICRO))          # block of 13 tokens in 32 positions, chain of n + 2 steps
+    with pytest.raises(UserError, match=r"--thoughts 18 \(latent, default\).*n_positions"):
+        P.plan_runs(str(cfg_path), [], ["nothink", "latent"], [], [0], thoughts=[0, 17, 18])
+    assert len(P.plan_runs(str(cfg_path), [], ["latent"], [], [0], thoughts=[0, 17])) == 1
+    assert len(P.plan_runs(str(cfg_path), [], ["nothink"], [], [0], thoughts=[99])) == 1   # no chain to fit
+    # the default counts 0 .. 2n keep those that fit: 13 + N + 2 <= 18 -> N <= 3
+    small = C.load_config(str(cfg_path), ["model.n_positions=18", "thinking.n_thoughts=2"])
+    assert P.default_thoughts(small) == ([0, 1, 2, 3], [4])
+    ranged = C.load_config(str(cfg_path), ["thinking.n_thoughts_train=[1,3]"])
+    assert P.default_thoughts(ranged) == (list(range(7)), [])
+
+
 def _rec(arm, tag, seed, think_em, base_em, thinking=True, thoughts=None):
     ev = {"step": 4, "base": {"answer_accuracy": base_em + 0.5, "exact_match": base_em}}
     if thinking:

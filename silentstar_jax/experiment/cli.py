@@ -31,7 +31,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--arms", default="latent,pause,nothink", help="subset of latent,pause,nothink")
     p.add_argument("--grid", action="append", default=[], help="key=v1,v2 (repeatable; cross product)")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (default 1)")
-    p.add_argument("--thoughts", help="test-time thought counts (default 0..2x the trained n_thoughts)")
+    p.add_argument("--thoughts", help="test-time thought counts, checked up front (default 0..2x the trained n_thoughts, those that fit)")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from OUT/runs, no training")
     p.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. train.steps=500")
     args = p.parse_intermixed_args(argv)
@@ -44,7 +44,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise UserError(f"--jobs must be >= 1, got {args.jobs}")
         seeds = int_list(args.seeds, "--seeds")
         thoughts = int_list(args.thoughts, "--thoughts") if args.thoughts is not None else None
-        specs = plan_runs(args.config, args.overrides, parse_arms(args.arms), parse_grid(args.grid), seeds)
+        specs = plan_runs(args.config, args.overrides, parse_arms(args.arms), parse_grid(args.grid), seeds,
+                           thoughts)
         os.makedirs(args.out, exist_ok=True)
         record_command(args.out, command)
         runner = Runner(args.config, args.overrides, args.out, thoughts, len(specs))

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import yaml
 
@@ -140,12 +141,33 @@ def train_command(config: str, overrides: list[str], spec: RunSpec, out: str) ->
 
 
 def plan_runs(config: str, overrides: list[str], arms: list[str], axes: list[GridAxis],
-              seeds: list[int]) -> list[RunSpec]:
-    """Every run, after checking that each arm x grid point config loads (one-line errors up front)."""
+              seeds: list[int], thoughts: Optional[list[int]] = None) -> list[RunSpec]:
+    """Every run, after checking that each arm x grid point config loads and that each --thoughts count
+    fits its context (one-line errors up front, not after the trainings)."""
     specs = []
     for a, arm in enumerate(arms):
         for g, point in enumerate(grid_points(axes, arm)):
-            C.load_config(config, [*overrides, *ARM_OVERRIDES[arm], *point.overrides])
+            cfg = C.load_config(config, [*overrides, *ARM_OVERRIDES[arm], *point.overrides])
+            for n in (thoughts or []) if cfg.thinking.enabled else []:
+                try:
+                    C.check_eval_thoughts(cfg, n)
+                except UserError as e:
+                    raise UserError(f"--thoughts {n} ({arm}, {point.tag}): {e}") from None
             specs += [((si, g, a), RunSpec(arm, point, s)) for si, s in enumerate(seeds)]
     # seed-major: every arm's first seed lands first, so a partial experiment already compares arms
     return [spec for _, spec in sorted(specs, key=lambda x: x[0])]
+
+
+def default_thoughts(cfg: C.Config) -> tuple[list[int], list[int]]:
+    """Test-time counts when --thoughts is not given: 0 .. 2x the largest trained count, split into
+    (those that fit the context, those that do not)."""
+    t = cfg.thinking
+    top = 2 * max(t.n_thoughts_train or [t.n_thoughts])
+    fits, left = [], []
+    for n in range(top + 1):
+        try:
+            C.check_eval_thoughts(cfg, n)
+            fits.append(n)
+        except UserError:
+            left.append(n)
+    return fits, left

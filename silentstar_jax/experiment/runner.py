@@ -16,10 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from silentstar_jax.experiment.plan import TRAIN_CMD, RunSpec, train_command
+from silentstar_jax.experiment.plan import TRAIN_CMD, RunSpec, default_thoughts, train_command
 from silentstar_jax.experiment.records import finished_eval, metric, read_config, read_json
 from silentstar_jax.experiment.report import fmt
-from silentstar_jax.experiment.stats import trained_thoughts
 
 
 STOPPED = (130, 143)   # train.py's exit codes after SIGINT / SIGTERM (checkpoint saved)
@@ -89,7 +88,11 @@ class Runner:
         cfg = read_config(d)
         if not cfg.thinking.enabled:
             return None
-        counts = self.thoughts if self.thoughts is not None else range(2 * max(trained_thoughts(cfg)) + 1)
+        counts = self.thoughts
+        if counts is None:                      # --thoughts counts were checked by plan_runs
+            counts, left = default_thoughts(cfg)
+            if left:
+                self.say(f"    {spec.label}: thoughts {','.join(map(str, left))} skipped (beyond model.n_positions)")
         todo = [n for n in counts if not os.path.isfile(os.path.join(d, f"eval_thoughts_{n}.json"))]
         if self.stop.is_set() or not todo:
             return None
