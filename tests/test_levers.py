@@ -373,11 +373,12 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
                                         ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12"]),
                                         ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12",
                                                                   "thinking.progressive=true"]),
+                                        ("unsupervised-k2", ["data.chain=3", "train.seq_len=12"]),
                                         ("unsupervised-k3", ["data.chain=3", "train.seq_len=12"])])
 def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     """configs/demo.yaml (a chain of answers, supervised), configs/hops-reinforce.yaml (the same with
     token thoughts and REINFORCE), configs/unsupervised.yaml (mixed k, no targets, the hardest k
-    held out), its variable-thought-count variant and its three-hop curriculum at micro size: a few steps, and what each evaluation reports."""
+    held out), its variable-thought-count variant and its two- and three-hop curricula at micro size: a few steps, and what each evaluation reports."""
     import json
     import os
 
@@ -399,7 +400,7 @@ def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     else:
         assert run.data.rows.thought_targets is not None and "loss_sup" not in logs[0]   # no supervision term
         assert {"exact_match_k1", "exact_match_k2"} <= set(ev["thinking"]) <= set(ev["base"]) | {"exact_match"}
-        assert isinstance(run.data, CurriculumIterator) == (name == "unsupervised-k3")
+        assert isinstance(run.data, CurriculumIterator) == (name in ("unsupervised-k2", "unsupervised-k3"))
         k = run.cfg.data.hops                                                        # held out: the hardest k only
         assert ev["thinking"]["exact_match"] == res["thinking"][f"exact_match_k{k}"] and f"exact_match_k{k}" in ev["base"]
 
