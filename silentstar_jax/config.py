@@ -182,7 +182,8 @@ class DataConfig:
                                           # (= hops: the hardest k only); None: as hops_min
     hops_curriculum: list[float] = field(default_factory=list)  # easy to hard: k joins training at this
                                           # fraction of train.steps (one per k in hops_min..hops, first 0)
-    n_vars: int = 8                       # binding: variables (2*hops..26)
+    n_vars: int = 8                       # binding: variables (max(2, queries)*hops..26)
+    queries: int = 1                      # binding: distinct query variables per problem, each answered
     n_train: int = 20000
     n_eval: int = 500
     dataset: Optional[str] = None         # hub name for source=hf

@@ -51,7 +51,8 @@ def task_kwargs(d: DataConfig, split: str = "train") -> dict:
         return {"n_symbols": d.n_symbols, "hops": d.hops, "hops_min": d.hops_min, "show_hops": d.show_hops,
                 "hops_weights": tuple(d.hops_weights) or None, "single_cycle": d.single_cycle, "chain": d.chain}
     if d.task == "binding":
-        return {"n_vars": d.n_vars, "hops": d.hops, "hops_min": d.hops_min, "hops_weights": tuple(d.hops_weights) or None}
+        return {"n_vars": d.n_vars, "hops": d.hops, "hops_min": d.hops_min, "hops_weights": tuple(d.hops_weights) or None,
+                "queries": d.queries}
     return {"digits_a": d.digits_a, "digits_b": d.digits_b}
 
 
@@ -77,6 +78,8 @@ def task_rows(d: DataConfig, tok: Tokenizer, T: int, split: str, n: int, seed: i
         rows.tokens[i, :len(ids)] = ids
         rows.attn_mask[i, :len(ids)] = 1
         rows.loss_mask[i, n_prompt:len(ids)] = 1
+        if ex.scored:   # the answer's unscored tokens (e.g. binding's later queries); end-of-text stays scored
+            rows.loss_mask[i, n_prompt:n_prompt + len(ex.scored)] = ex.scored
         for a, thoughts in enumerate(ex.token_thoughts or (ex.thoughts,)):   # answer token a's hops
             if len(thoughts) > J:
                 raise ValueError(f"{d.task} example has {len(thoughts)} thoughts, more than n_thoughts = {J}")

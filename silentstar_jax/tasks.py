@@ -40,7 +40,10 @@ Formats (``prompt`` -> ``answer``):
   the previous one. The statements ``x=3`` / ``y=x`` are shuffled, each followed by ``;``,
   then come ``?`` and a query variable exactly k hops from its digit (drawn uniformly among all
   such variables; at least two chains are long enough, so no chain stands out).
-  E.g. ``"c=a;a=7;d=c;b=2;?d"`` -> ``"7"``, thoughts ("c", "a", "7").
+  E.g. ``"c=a;a=7;d=c;b=2;?d"`` -> ``"7"``, thoughts ("c", "a", "7"). ``queries=m`` asks m distinct
+  variables k hops from their digits, each followed by its answer (``"...;?d"`` -> ``"7?b2"`` at k = 1 with
+  ``"d=7"``, ``"b=2"``): a denser signal, as in multi-query associative recall; only the digits are scored
+  (``Example.scored``), and at least max(2, m) chains are long enough.
 
 ``hops_min`` (1..hops; None means hops) draws k uniformly from hops_min..hops for each
 example (mixed difficulty), or with ``hops_weights`` (one weight per k, e.g. skewed toward
@@ -76,6 +79,8 @@ class Example:
     thoughts: tuple[str, ...] = ()   # one character per hop for the first answer token; last = answer
     # the same for every answer token, where an answer has several that each need thinking (hops chain)
     token_thoughts: tuple[tuple[str, ...], ...] = ()
+    # which answer tokens are scored (empty: all); binding's later query letters are not predictable
+    scored: tuple[bool, ...] = ()
 
 
 # A sampler draws one random problem: (canonical key that identifies the problem, its Example).
@@ -217,17 +222,21 @@ def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_
 
 
 def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2, hops_min: int | None = None,
-             hops_weights: Sequence[float] | None = None) -> tuple[str, Example]:
-    """The digit a query variable is bound to through a chain of k variable-to-variable bindings."""
+             hops_weights: Sequence[float] | None = None, queries: int = 1) -> tuple[str, Example]:
+    """The digit a query variable is bound to through a chain of k variable-to-variable bindings
+    (queries > 1: that many distinct query variables, each answered in turn, "?d7?b2")."""
     k = _hop_count(rng, hops, hops_min, hops_weights)
-    if not 2 * hops <= n_vars <= 26:
-        raise ValueError(f"n_vars must be in 2*hops..26 = {2 * hops}..26 (two chains of hops variables, "
-                         f"one letter per variable), got {n_vars}")
-    while True:   # chain lengths: a random composition of n_vars, at least two chains of >= k variables
+    need = max(2, queries)   # chains of >= k variables: one per query, and at least two (none stands out)
+    if not 1 <= queries <= 10:
+        raise ValueError(f"queries must be in 1..10 (one digit per chain), got {queries}")
+    if not need * hops <= n_vars <= 26:
+        raise ValueError(f"n_vars must be in {need}*hops..26 = {need * hops}..26 ({need} chains of hops "
+                         f"variables, one letter per variable), got {n_vars}")
+    while True:   # chain lengths: a random composition of n_vars, at least `need` chains of >= k variables
         n_chains = int(rng.integers(2, min(10, n_vars) + 1))   # one distinct digit per chain
         cuts = sorted((rng.choice(n_vars - 1, n_chains - 1, replace=False) + 1).tolist())
         lengths = [b - a for a, b in zip([0, *cuts], [*cuts, n_vars])]
-        if sum(length >= k for length in lengths) >= 2:
+        if sum(length >= k for length in lengths) >= need:
             break
     names = [string.ascii_lowercase[i] for i in rng.permutation(26)[:n_vars]]
     digits = [str(d) for d in rng.permutation(10)[:n_chains]]
@@ -238,12 +247,19 @@ def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2, hops_m
         chains.append((chain, digit))
         statements += [f"{chain[0]}={digit}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, length)]
     long_enough = [c for c in chains if len(c[0]) >= k]
-    chain, digit = long_enough[int(rng.integers(len(long_enough)))]
-    query = chain[k - 1]   # chain[i] is i + 1 hops from the digit
-    thoughts = tuple(reversed(chain[:k - 1])) + (digit,)
-    key = ";".join(sorted(statements)) + f"?{query}"
-    shown = [statements[i] for i in rng.permutation(len(statements))]
-    return key, Example("".join(f"{st};" for st in shown) + f"?{query}", digit, thoughts)
+    picks = [int(rng.integers(len(long_enough)))] if queries == 1 else \
+        rng.permutation(len(long_enough))[:queries].tolist()
+    asked = [(chain[k - 1], digit, tuple(reversed(chain[:k - 1])) + (digit,))   # chain[i]: i + 1 hops
+             for chain, digit in (long_enough[i] for i in picks)]                # from the digit
+    key = ";".join(sorted(statements)) + "".join(f"?{query}" for query, _, _ in asked)
+    shown = "".join(f"{statements[i]};" for i in rng.permutation(len(statements)))
+    (query, digit, thoughts), rest = asked[0], asked[1:]
+    if not rest:
+        return key, Example(f"{shown}?{query}", digit, thoughts)
+    answer = digit + "".join(f"?{q}{d}" for q, d, _ in rest)   # scored: the digits (a query is not
+    scored = (True,) + (False, False, True) * len(rest)          # predictable, its answer is)
+    per_token = (thoughts,) + sum((((), (), t) for _, _, t in rest), ())
+    return key, Example(f"{shown}?{query}", answer, thoughts, per_token, scored)
 
 
 TASKS: dict[str, Sampler] = {"multiply": _multiply, "add": _add, "prosqa": _prosqa, "hops": _hops,

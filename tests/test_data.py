@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from silentstar_jax import config as C
-from silentstar_jax.data import StreamIterator, build_data, task_kwargs
+from silentstar_jax.data import StreamIterator, build_data, task_kwargs, task_rows
 from silentstar_jax.errors import UserError
 from silentstar_jax.tokenizer import ByteTokenizer
 
@@ -409,6 +409,28 @@ def test_row_iterator_batches_thought_targets():
     assert seen == 40 * B
 
 
+def test_binding_queries_score_only_the_digits():
+    """queries > 1: the later query letters are inputs, not targets (no loss, no thought targets, not in
+    exact match); every digit answer is scored and carries its own hops as thought targets."""
+    d = task_cfg(task="binding", n_vars=8, hops=2, queries=3).data
+    rows = task_rows(d, TOK, 48, "train", 32, seed=0)
+    for b in range(32):
+        p = int(np.argmax(rows.loss_mask[b]))
+        n = int(rows.attn_mask[b].sum())
+        text = TOK.decode(rows.tokens[b, :n - 1])     # without end-of-text
+        bound = dict(st.split("=") for st in text[:text.index("?")].rstrip(";").split(";"))
+        scored = [i for i in range(p, n) if rows.loss_mask[b, i]]
+        assert scored == [p, p + 3, p + 6, n - 1]        # three digits and end-of-text
+        for i in scored[:-1]:
+            q, path = TOK.decode(rows.tokens[b, i - 1:i]), []
+            while not q.isdigit():
+                q = bound[q]
+                path.append(q)
+            assert TOK.decode(rows.tokens[b, i:i + 1]) == path[-1] and len(path) == 2
+            assert [TOK.decode([t]) for t in rows.thought_targets[b, i]] == path
+        assert (rows.thought_targets[b] >= 0).sum() == 3 * 2      # nowhere else
+
+
 @pytest.mark.parametrize("data,want", [
     ({"task": "multiply", "digits_a": 3}, {"digits_a": 3, "digits_b": 2}),
     ({"task": "prosqa", "n_nodes": 8}, {"n_nodes": 8}),
@@ -419,7 +441,8 @@ def test_row_iterator_batches_thought_targets():
       "chain": 3},
      {"n_symbols": 16, "hops": 2, "hops_min": 1, "show_hops": True, "hops_weights": (2, 1), "single_cycle": True,
       "chain": 3}),
-    ({"task": "binding", "n_vars": 10, "hops": 4}, {"n_vars": 10, "hops": 4, "hops_min": None, "hops_weights": None}),
+    ({"task": "binding", "n_vars": 10, "hops": 4}, {"n_vars": 10, "hops": 4, "hops_min": None, "hops_weights": None,
+                                                    "queries": 1}),
 ])
 def test_task_kwargs(data, want):
     assert task_kwargs(task_cfg(**data).data) == want

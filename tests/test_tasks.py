@@ -282,6 +282,36 @@ def test_binding_mixed_difficulty():
     assert all(500 < c < 830 for c in counts.values()), counts
 
 
+@pytest.mark.parametrize("kw", [{"hops": 1, "n_vars": 12, "queries": 4}, {"hops": 2, "n_vars": 8, "queries": 3},
+                                {"hops": 3, "n_vars": 12, "hops_min": 1, "queries": 2}])
+def test_binding_queries(kw):
+    """queries = m: m distinct variables, each exactly k hops from its digit, each followed by its answer;
+    only the digits are scored, and each digit carries its own hops."""
+    m = kw["queries"]
+    for ex in gen("binding", 300, 4, "train", **kw):
+        bound, q = parse_binding(ex.prompt)
+        asked = [q] + list(ex.answer[2::3])
+        assert ex.answer[0::3] == "".join(follow(bound, v)[-1] for v in asked) and ex.answer[1::3] == "?" * (m - 1)
+        paths = [follow(bound, v) for v in asked]
+        assert len(set(asked)) == m and len({len(p) for p in paths}) == 1   # distinct queries, one k
+        assert ex.scored == tuple(i % 3 == 0 for i in range(len(ex.answer)))
+        assert [t for t, s in zip(ex.token_thoughts, ex.scored) if s] == paths and ex.thoughts == paths[0]
+        assert not any(t for t, s in zip(ex.token_thoughts, ex.scored) if not s)
+
+
+def test_binding_one_query_is_the_original_task():
+    """queries = 1 draws exactly the problems it drew before the option existed (seeded runs stay comparable)."""
+    pinned = [("b=r;v=9;r=g;u=0;l=h;s=8;h=7;g=3;?r", "3"), ("u=x;n=2;z=q;b=8;h=b;q=9;o=6;x=5;?z", "9"),
+              ("e=8;w=3;p=0;o=7;r=2;k=o;j=h;h=5;?k", "7")]   # drawn by the generator before `queries`
+    assert [(e.prompt, e.answer) for e in gen("binding", 3, 2, "train", queries=1)] == pinned
+    mixed = [(e.prompt, e.answer) for e in gen("binding", 2, 2, "eval", hops=3, n_vars=9, hops_min=1)]
+    assert mixed == [("w=m;n=a;a=t;m=9;t=1;b=g;u=z;g=u;z=n;?t", "1"), ("h=x;p=i;i=r;r=9;z=4;y=7;d=3;l=p;x=0;?i", "9")]
+    ex = gen("binding", 1, 0, "train")[0]
+    assert ex.scored == () and ex.token_thoughts == ()
+    with pytest.raises(ValueError, match="n_vars"):
+        make_examples("binding", 1, seed=0, split="train", n_vars=8, hops=3, queries=3)
+
+
 def test_binding_split_by_problem_not_order():
     """Canonical form = the set of statements + query: a reordered problem stays in its split."""
     def canon(ex):
