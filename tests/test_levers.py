@@ -405,6 +405,31 @@ def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
         assert ev["thinking"]["exact_match"] == res["thinking"][f"exact_match_k{k}"] and f"exact_match_k{k}" in ev["base"]
 
 
+def test_binding_queries_recipe_trains_end_to_end(tmp_path):
+    """configs/binding-mq.yaml at micro size: several queries per problem, only their digits scored, each
+    digit thinking with its own supervised hops (the later query letters neither think nor carry targets)."""
+    import json
+    import os
+
+    from conftest import ROOT
+    from silentstar_jax.trainer import Run
+    micro = ["model.n_embd=32", "model.n_head=2", "data.n_vars=6", "data.queries=2", "data.n_train=64",
+             "data.n_eval=16", "train.seq_len=30", "train.steps=2", "train.batch_size=8", "train.log_every=1",
+             "train.eval_every=0", "train.save_every=0", "mesh.data=1", "checkpoint.async_save=false",
+             f"run.out_dir={tmp_path}"]
+    run = Run(load_config(os.path.join(ROOT, "configs", "binding-mq.yaml"), micro))
+    rows = run.data.rows
+    scored = rows.loss_mask.astype(bool) & rows.attn_mask.astype(bool)
+    targets = (rows.thought_targets >= 0).any(-1)
+    assert (scored.sum(1) == 3).all() and (targets.sum(1) == 2).all()    # two digits + end-of-text; two with hops
+    assert not (targets & ~scored).any()
+    run.train()
+    ev = json.load(open(tmp_path / "eval.json"))
+    logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert logs[0]["loss_sup"] > 0 and {"sup_ce_1", "sup_ce_2"} <= set(logs[0])
+    assert 0.0 <= ev["thinking"]["exact_match"] <= ev["thinking"]["answer_accuracy"] <= 1.0
+
+
 def test_chain_layout():
     from silentstar_jax.config import ChainLayout
     lay = ChainLayout(3, 2)                          # start, 3 thoughts, end, 1 talk token
