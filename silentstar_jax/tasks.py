@@ -258,7 +258,7 @@ def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2, hops_m
         return key, Example(f"{shown}?{query}", digit, thoughts)
     answer = digit + "".join(f"?{q}{d}" for q, d, _ in rest)   # scored: the digits (a query is not
     scored = (True,) + (False, False, True) * len(rest)          # predictable, its answer is)
-    per_token = (thoughts,) + sum((((), (), t) for _, _, t in rest), ())
+    per_token = (thoughts,) + tuple(x for _, _, t in rest for x in ((), (), t))   # "?", the query, its digit
     return key, Example(f"{shown}?{query}", answer, thoughts, per_token, scored)
 
 
