@@ -7,7 +7,7 @@ parameter; and two REINFORCE estimates' agreement with each other.
     python bench/policy_gradient_snr.py --config configs/hops.yaml thinking.n_samples=8 thinking.baseline=group_mean
     python bench/policy_gradient_snr.py ... --json                                # + one JSON line
 
-The run's (or config's) reward, baseline, samples per position, clipping and normalisation are used;
+The run's (or config's) baseline, samples per position and clipping are used;
 its estimator is not (both gradients are computed). Prints a table: mean (std) over batches, and the
 cosine of the batch means.
 """
@@ -69,8 +69,8 @@ def main(argv=None):
         res = gradient_agreement(cfg, tok, params, list(itertools.islice(data, args.batches)), q, args.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(f"{what}: reward {t.reward}, baseline {t.baseline}, K={t.n_samples}, clip_negative="
-          f"{t.clip_negative_advantages}, normalize={t.normalize_advantages}; {res['batches']} batches")
+    print(f"{what}: baseline {t.baseline}, K={t.n_samples}, clip_negative="
+          f"{t.clip_negative_advantages}; {res['batches']} batches")
     print(f"{'parameters':<12}{'cos(RF, PW)':>16}{'cos(RF, RF2)':>16}{'|RF|/|PW|':>14}{'cos of means':>14}")
     for name, label in (("P", "projection"), ("all", "all")):
         cell = lambda m: f"{res[f'{m}_{name}']['mean']:+.3f} ({res[f'{m}_{name}']['std']:.3f})"

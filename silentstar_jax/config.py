@@ -20,20 +20,20 @@ from silentstar_jax.errors import UserError
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "run"
-    out_dir: str = "runs/run"
-    seed: int = 0
+    name: str = "run"                     # label in logs and the live display
+    out_dir: str = "runs/run"             # run directory: config, logs, checkpoints (resumed when it has records)
+    seed: int = 0                         # parameters, data order and thought noise
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """GPT-2 shape (ignored where `init_from` supplies it) and numerics."""
-    vocab_size: int = 260
-    n_positions: int = 128
-    n_embd: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    layer_norm_epsilon: float = 1e-5
+    vocab_size: int = 260                 # 260 = 256 bytes + specials for the byte tokenizer
+    n_positions: int = 128                # context length, thought steps included (seq_len + chain steps)
+    n_embd: int = 64                      # width D
+    n_layer: int = 2                      # transformer blocks
+    n_head: int = 4                       # attention heads (n_embd divisible by it)
+    layer_norm_epsilon: float = 1e-5      # GPT-2's 1e-5; read from config.json with init_from
     init_from: Optional[str] = None      # HF directory or hub name
     allow_pickle: bool = False           # opt-in for pytorch_model.bin (pickle runs code when loaded)
     dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
@@ -98,26 +98,20 @@ class ChainLayout:
 @dataclass(frozen=True)
 class ThinkingConfig:
     """Latent thinking (docs/design.md §3-§7, levers §10). S = n_thoughts + 2 + (n_ahead - 1) chain steps."""
-    enabled: bool = True
-    n_thoughts: int = 2
-    n_ahead: int = 1
+    enabled: bool = True                  # false: plain GPT-2, the no-think control (--arm nothink)
+    n_thoughts: int = 2                   # thoughts per position before each prediction
+    n_ahead: int = 1                      # look-ahead targets per chain (Quiet-STaR's n_true); 1: the next token only
     # a thought's next input: latent = P(y); token = softmax(lens(y) / feedback_temperature) @ wte, the
     # expected token embedding (a step that learned a look-up on tokens applies it to its own result);
     # token+latent = both summed; sample = the embedding of a token sampled from that softmax (Quiet-STaR's
     # token thoughts; REINFORCE only; the argmax when deterministic); pause = a fixed learned embedding (the control)
     feedback: Literal["latent", "pause", "token", "token+latent", "sample"] = "latent"
-    feedback_temperature: float = 1.0
-    estimator: Literal["reinforce", "pathwise", "both"] = "reinforce"
-    reward: Literal["logprob_gain", "accuracy_gain", "accuracy"] = "logprob_gain"
-    baseline: Literal["value", "group_mean", "value+group_mean"] = "value"
+    feedback_temperature: float = 1.0     # τ of the lens softmax for token feedback
+    estimator: Literal["reinforce", "pathwise", "both"] = "reinforce"  # how thoughts learn: reinforce (score function, value baseline), pathwise (through z), both
+    baseline: Literal["value", "group_mean", "value+group_mean"] = "value"  # REINFORCE baseline: the value head, the leave-one-out mean of K chains, or their average
     n_samples: int = 1                   # K sampled chains per position (group_mean needs K > 1)
-    clip_negative_advantages: bool = False
-    normalize_advantages: bool = False
-    emb_grad_scale: float = 100.0        # start/end/pause stored as value/scale, used as scale*param
+    clip_negative_advantages: bool = False  # Quiet-STaR: only chains better than the baseline are reinforced
     sigma_init: float = 0.1              # policy std, relative to the RMS of the token embeddings
-    sigma_per_dim: bool = False          # log_sigma of shape [D] instead of a scalar
-    log_sigma_min: float = -10.0
-    log_sigma_max: float = 2.0
     mix_init_bias: float = -4.0          # sigmoid(-4) = 0.018: training starts at the base model
     remat: bool = False                  # jax.checkpoint on each chain step
     chain: Literal["scan", "unrolled"] = "scan"   # unrolled: faster steps, compile time grows with n
@@ -157,7 +151,7 @@ class LossConfig:
     # target j (data thought_targets), weight annealed linearly to 0 between the two fractions of
     # train.steps (docs/design.md §10). [1, 1]: never annealed.
     thought_supervision: float = 0.0
-    supervision_anneal: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    supervision_anneal: list[float] = field(default_factory=lambda: [1.0, 1.0])  # [start_frac, end_frac] of train.steps over which thought_supervision goes to 0
     # s thoughts per intermediate target: target j supervises thought s*j (a one-layer look-up that
     # needs two attention steps per hop, as in binding: find the statement, then read its right side)
     supervision_stride: int = 1
@@ -165,10 +159,10 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["task", "hf", "files"] = "task"
-    task: Literal["multiply", "add", "prosqa", "hops", "binding"] = "multiply"
+    source: Literal["task", "hf", "files"] = "task"  # task: built-in generator; hf: a datasets hub dataset; files: local .txt / .jsonl / parquet
+    task: Literal["multiply", "add", "prosqa", "hops", "binding"] = "multiply"  # built-in task family for source=task
     digits_a: int = 2                     # multiply, add
-    digits_b: int = 2
+    digits_b: int = 2                     # multiply, add: digits of the second operand
     n_nodes: int = 12                     # prosqa
     n_symbols: int = 16                   # hops: table size (2..26)
     hops: int = 2                         # hops, binding: look-ups per example (1..9)
@@ -184,20 +178,20 @@ class DataConfig:
                                           # fraction of train.steps (one per k in hops_min..hops, first 0)
     n_vars: int = 8                       # binding: variables (max(2, queries)*hops..26)
     queries: int = 1                      # binding: distinct query variables per problem, each answered
-    n_train: int = 20000
-    n_eval: int = 500
+    n_train: int = 20000                  # task: training problems drawn (held-out problems never among them)
+    n_eval: int = 500                     # task: held-out problems
     dataset: Optional[str] = None         # hub name for source=hf
-    dataset_config: Optional[str] = None
-    split: str = "train"
+    dataset_config: Optional[str] = None  # source=hf: the dataset's configuration name
+    split: str = "train"                  # source=hf: training split
     eval_split: Optional[str] = None      # default: hold out the tail of `split` (streaming: its head)
     eval_docs: int = 200                  # streaming: documents held out for evaluation
-    streaming: bool = False
-    files: list[str] = field(default_factory=list)
+    streaming: bool = False               # source=hf: stream instead of downloading the whole split
+    files: list[str] = field(default_factory=list)  # source=files: paths (.txt: lines; .jsonl: text_field; .parquet)
     files_curriculum: list[float] = field(default_factory=list)  # easy to hard by file: data.files[i] joins
                                           # training at this fraction of train.steps (one per file, first 0)
     text_field: str = "text"
     tokenizer: str = "byte"               # "byte" or an HF tokenizer dir / hub name
-    shuffle_seed: int = 0
+    shuffle_seed: int = 0                 # order of training examples / documents
 
     @property
     def train_hops(self) -> range:
@@ -207,25 +201,25 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3
-    thinking_lr_mult: float = 1.0
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    b1: float = 0.9
-    b2: float = 0.95
-    grad_clip: float = 1.0
+    lr: float = 1e-3                      # peak learning rate (warmup, then cosine to lr * min_lr_ratio)
+    thinking_lr_mult: float = 1.0         # lr multiplier for the thinking heads (ThinkParams: start/end/pause, P, σ, gate, value)
+    warmup_steps: int = 50                # linear warmup from 0
+    min_lr_ratio: float = 0.1             # the cosine decay's floor, as a fraction of lr
+    weight_decay: float = 0.01            # AdamW decay, on matrices only (not biases or layer-norm scales)
+    b1: float = 0.9                       # Adam β1
+    b2: float = 0.95                      # Adam β2
+    grad_clip: float = 1.0                # global gradient norm clip
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
-    seq_len: int = 32
-    grad_accum: int = 1
-    log_every: int = 10
-    eval_every: int = 0
-    save_every: int = 500
+    steps: int = 1000                     # optimizer steps
+    batch_size: int = 32                  # sequences per step (global, across devices)
+    seq_len: int = 32                     # tokens per sequence (a block is seq_len + 1 with its next-token target)
+    grad_accum: int = 1                   # micro-batches per step (the same update as one big batch)
+    log_every: int = 10                   # steps between metrics.jsonl lines
+    eval_every: int = 0                   # steps between held-out evaluations (evals.jsonl); 0: at the end only
+    save_every: int = 500                 # steps between checkpoints; 0: at the end (and on SIGTERM / Ctrl-C) only
     # a non-finite loss or gradient: the update is never applied; "stop" ends the run (exit code 3),
     # "skip" goes on with the next batch
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -234,7 +228,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class MeshConfig:
     data: int = -1    # -1: all devices not used by fsdp
-    fsdp: int = 1
+    fsdp: int = 1                         # devices each parameter is sharded over
     # several hosts: jax.distributed.initialize() (coordinator from the cluster environment:
     # SLURM, Open MPI, TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)
     distributed: bool = False
@@ -242,8 +236,8 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    keep: int = 3
-    async_save: bool = True
+    keep: int = 3                         # newest checkpoints kept (older ones deleted after a good save)
+    async_save: bool = True               # write checkpoints in a background thread while training goes on
 
 
 @dataclass(frozen=True)
@@ -306,8 +300,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp} at {where}")
 
 
-# Keys of removed fields that older runs' config.yaml still holds: accepted and ignored (never read).
-_RETIRED_KEYS = {"train.eval_batches"}
+# Keys of removed fields that older runs' config.yaml still holds: accepted and ignored at the value the code
+# now hard-wires (any value for _ANY), refused otherwise, so a setting is never dropped unseen. Why each went:
+# results/README.md ("Removed knobs").
+_ANY = object()
+_RETIRED_KEYS = {"train.eval_batches": _ANY, "thinking.reward": "logprob_gain",
+                 "thinking.normalize_advantages": False, "thinking.sigma_per_dim": False,
+                 "thinking.emb_grad_scale": 100.0, "thinking.log_sigma_min": -10.0, "thinking.log_sigma_max": 2.0}
 
 
 def _build(cls, data: Any, where: str):
@@ -319,6 +318,9 @@ def _build(cls, data: Any, where: str):
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if path in _RETIRED_KEYS:
+            if _RETIRED_KEYS[path] is not _ANY and value != _RETIRED_KEYS[path]:
+                raise UserError(f"'{path}' was removed (only {_RETIRED_KEYS[path]!r}, now built in, is accepted; "
+                                f"see results/README.md), got {value!r}")
             continue
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
@@ -417,8 +419,6 @@ def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int)
         raise UserError(f"thinking.baseline={t.baseline} needs thinking.n_samples >= 2")
     if t.unroll < 1:
         raise UserError(f"thinking.unroll must be >= 1, got {t.unroll}")
-    if t.log_sigma_min > t.log_sigma_max:
-        raise UserError("thinking.log_sigma_min must be <= thinking.log_sigma_max")
     if t.n_thoughts_train:
         if len(t.n_thoughts_train) != 2 or not 0 <= t.n_thoughts_train[0] <= t.n_thoughts_train[1]:
             raise UserError(f"thinking.n_thoughts_train must be [lo, hi] with 0 <= lo <= hi, got {t.n_thoughts_train}")

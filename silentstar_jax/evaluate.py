@@ -15,6 +15,7 @@ from flax import nnx
 
 from silentstar_jax.align import shift_left
 from silentstar_jax.data import Batch
+from silentstar_jax.model import ChainOptions
 from silentstar_jax.objective import target_weights, token_logprob
 
 
@@ -26,8 +27,7 @@ def make_eval_fn(graphdef, n_thoughts=None):
     def eval_fn(params, batch):
         model = nnx.merge(graphdef, params)
         tokens, attn, lmask = batch.tokens, batch.attn_mask, batch.loss_mask
-        out = model(tokens, attn) if n_thoughts is None or model.heads is None else \
-            model(tokens, attn, n_thoughts=n_thoughts)
+        out = model(tokens, attn, ChainOptions(n_thoughts=n_thoughts))
         target = shift_left(tokens, 1)
         w_tok = target_weights(attn, jnp.ones_like(attn), 1)[..., 0]
         w_ans = target_weights(attn, lmask, 1)[..., 0]

@@ -14,7 +14,7 @@ from flax import nnx
 
 from silentstar_jax.config import ChainLayout
 from silentstar_jax.errors import UserError
-from silentstar_jax.model import thought_trace
+from silentstar_jax.model import ChainOptions, forward_thought_sources, thought_trace
 from silentstar_jax.objective import token_logprob
 from silentstar_jax.sampling import SamplingConfig, sample
 
@@ -83,7 +83,7 @@ def _score_fn(graphdef, think: bool, n_thoughts: Optional[int], trace_top_k: int
     @jax.jit
     def fn(state, tokens, mask):
         m = nnx.merge(graphdef, state)
-        out = m(tokens, mask, n_thoughts=n_thoughts, thought_lens=bool(trace_top_k)) if think else m(tokens, mask)
+        out = m(tokens, mask, ChainOptions(n_thoughts=n_thoughts)) if think else m(tokens, mask)
         target = jnp.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1)
 
         def lp(logits):
@@ -93,9 +93,10 @@ def _score_fn(graphdef, think: bool, n_thoughts: Optional[int], trace_top_k: int
         if think and out.thinking:
             res.update(logprob=lp(out.mixed_logits[:, :, 0]), mix_weight=out.mix_weight[:, :, 0],
                        value=out.value)
-            if out.thought_sources is not None:     # [1, L, n, D] -> the trace of each position
+            if trace_top_k and out.layout.n_thoughts:     # [1, L, n, D] -> the trace of each position
                 flat = lambda a: jnp.moveaxis(a[0], 1, 0)                       # [n, L, D]
-                trace = thought_trace(m.gpt2, flat(out.thought_sources), flat(out.thoughts), trace_top_k)
+                sources = forward_thought_sources(out, m.think_cfg)
+                trace = thought_trace(m.gpt2, flat(sources), flat(out.thoughts), trace_top_k)
                 res.update({k: v[None] for k, v in trace.items()})
         else:
             res.update(logprob=res["logprob_base"], mix_weight=jnp.zeros_like(res["logprob_base"]))

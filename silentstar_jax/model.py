@@ -9,17 +9,31 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from silentstar_jax.align import repeat_samples, shift_left
-from silentstar_jax.config import ModelConfig, ThinkingConfig
+from silentstar_jax.config import ChainLayout, ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
 from silentstar_jax.thought import ThoughtHeads, run_chain
 
 
 @struct.dataclass
+class ChainOptions:
+    """How `SilentStar.__call__` runs its chains, as one value; the defaults are evaluation's (deterministic
+    thoughts, one chain per position, thinking.n_thoughts, every position thinking)."""
+    key: Optional[jax.Array] = None             # None: deterministic thoughts z = mu (evaluation, generation)
+    think_idx_BQ: Optional[jax.Array] = None    # [B, Q] chains only at these positions (index L = padding);
+                                                # elsewhere the base model (w = 0): thinking.think_at: targets
+    n_detach: Optional[jax.Array] = None        # thoughts 1..n_detach without gradient (thinking.progressive)
+    n_samples: int = struct.field(pytree_node=False, default=1)              # K chains per position
+    n_thoughts: Optional[int] = struct.field(pytree_node=False, default=None)  # None: thinking.n_thoughts
+
+
+@struct.dataclass
 class Forward:
-    """SilentStar's parallel forward. BK = B * n_samples (each sequence's chains sampled n_samples
-    times: rows b*K .. b*K+K-1); A = thinking.n_ahead, n = thoughts, J = supervised thoughts.
-    The thinking fields are None when thinking is off; thought_logits / sup_logits when asked for."""
+    """SilentStar's parallel forward: outputs only; the objective (objective.py) turns them into losses.
+    BK = B * n_samples (each sequence's chains sampled n_samples times: rows b*K .. b*K+K-1);
+    A = thinking.n_ahead, n = thoughts, S = chain steps (layout.n_steps). The thinking fields are None
+    when thinking is off."""
     base_logits: jax.Array                      # [B, L, V] plain GPT-2: position t predicts x_{t+1}
+    hidden: jax.Array                           # [B, L, D] the base hidden state h0 (after ln_f)
     mixed_logits: Optional[jax.Array] = None    # [BK, L, A, V] chain at t, talk step s predicts x_{t+1+s}
     mix_weight: Optional[jax.Array] = None      # [BK, L, A] weight of the thought path
     value: Optional[jax.Array] = None           # [BK, L] value-head baseline
@@ -27,9 +41,9 @@ class Forward:
     thoughts: Optional[jax.Array] = None        # [BK, L, n, D] thought inputs z
     think_mask: Optional[jax.Array] = None      # [BK, L] positions that ran a chain
     sigma: Optional[jax.Array] = None           # [] mean policy scale
-    thought_logits: Optional[jax.Array] = None  # [BK, L, A, V] the thought path alone (unmixed)
-    sup_logits: Optional[jax.Array] = None      # [BK, L, J, V] logit lens of thought steps 1..J
-    thought_sources: Optional[jax.Array] = None  # [BK, L, n, D] the state each thought was fed from
+    chain_out: Optional[jax.Array] = None       # [BK, L, A, D] the thought path's state, unmixed (h0 where no chain)
+    steps: Optional[jax.Array] = None           # [BK, L, S, D] every chain step's output (0 where no chain)
+    layout: Optional[ChainLayout] = struct.field(pytree_node=False, default=None)   # which step is which
 
     @property
     def thinking(self) -> bool:
@@ -43,40 +57,27 @@ class SilentStar(nnx.Module):
         self.think_cfg = think_cfg
         self.heads = ThoughtHeads(self.gpt2, think_cfg, rngs=rngs) if think_cfg.enabled else None
 
-    def __call__(self, tokens_BL, attn_mask_BL=None, key=None, n_samples: int = 1, thought_logits: bool = False,
-                 n_thoughts: Optional[int] = None, think_idx_BQ=None, n_supervised: int = 0,
-                 supervision_stride: int = 1, thought_lens: bool = False, n_detach=None):
-        """Parallel forward over a batch of sequences (docs/design.md §3-§5) -> Forward.
-
-        key None -> deterministic thoughts (z = mu), as in evaluation and generation.
-        thought_logits: also return the thought path alone (unmixed).
-        n_thoughts: overrides thinking.n_thoughts (the parameters do not depend on it).
-        think_idx_BQ: run chains only at these Q positions per row (index L = padding); elsewhere the
-          outputs are the base model's (w = 0): the same losses when every scored target is covered.
-        n_supervised: also return sup_logits, the logit lens of thought steps 1..J; with
-          supervision_stride s, of thought steps s, 2s, .., Js (s thoughts per intermediate target).
-        thought_lens: also return thought_sources, whose logit lens generation's trace shows (think_at).
-        n_detach: thoughts 1..n_detach without gradient (thinking.progressive; the values do not change).
-        """
+    def __call__(self, tokens_BL, attn_mask_BL=None, chain: ChainOptions = ChainOptions()) -> Forward:
+        """Parallel forward over a batch of sequences (docs/design.md §3-§5): every position's chain at once."""
         g = self.gpt2
         B, L = tokens_BL.shape
         h0_BLD, (k0, v0) = g.forward_hidden(tokens_BL, attn_mask_BL)
         base_logits = g.logits(h0_BLD)
         if self.heads is None:
-            return Forward(base_logits=base_logits)
-        cfg = self.think_cfg
-        K, A = n_samples, cfg.n_ahead
+            return Forward(base_logits=base_logits, hidden=h0_BLD)
+        cfg, hidden = self.think_cfg, h0_BLD
+        K, A = chain.n_samples, cfg.n_ahead
         BK = B * K
-        n = cfg.n_thoughts if n_thoughts is None else n_thoughts
+        n = cfg.n_thoughts if chain.n_thoughts is None else chain.n_thoughts
         rep = lambda x, axis=0: repeat_samples(x, K, axis)
         tokens_BL, h0_BLD = rep(tokens_BL), rep(h0_BLD)
         k0, v0 = rep(k0, 1), rep(v0, 1)
         key_mask_BL = jnp.ones((BK, L), bool) if attn_mask_BL is None else rep(attn_mask_BL).astype(bool)
-        if think_idx_BQ is None:                                            # every position thinks
+        if chain.think_idx_BQ is None:                                      # every position thinks
             idx_BQ = pos_BQ = jnp.broadcast_to(jnp.arange(L), (BK, L))
             take, put = (lambda x: x), (lambda full, part: part)
         else:                                                               # [BK, Q], L = padding
-            idx_BQ = rep(think_idx_BQ)
+            idx_BQ = rep(chain.think_idx_BQ)
             pos_BQ = jnp.minimum(idx_BQ, L - 1)
             take = lambda x: jnp.take_along_axis(x, pos_BQ.reshape(pos_BQ.shape + (1,) * (x.ndim - 2)), axis=1)
             put = lambda full, part: full.at[jnp.arange(BK)[:, None], idx_BQ].set(part, mode="drop")
@@ -85,8 +86,9 @@ class SilentStar(nnx.Module):
             else jnp.zeros((0,) + pos_BQ.shape + (g.cfg.n_embd,))
         lay = cfg.layout(n)
         gc = g if not cfg.throttle else _grad_scaled(g, 1.0 / lay.n_steps)
-        y_SBQD, z_SBQD, logp_BQ = run_chain(gc, self.heads, n, pos_BQ, k0, v0, mask_BQL[:, None], talk_ABQD, key,
-                                            take(h0_BLD), None if think_idx_BQ is None else L, n_detach)
+        y_SBQD, z_SBQD, logp_BQ = run_chain(gc, self.heads, n, pos_BQ, k0, v0, mask_BQL[:, None], talk_ABQD,
+                                            chain.key, take(h0_BLD), None if chain.think_idx_BQ is None else L,
+                                            chain.n_detach)
         h0_BLAD = jnp.stack([shift_left(h0_BLD, s) for s in range(A)], axis=2)
         y_BQAD = jnp.stack([y_SBQD[i] for i in lay.mixed(cfg.mix_from)], axis=2)
         w_BQA = self.heads.mix_weight(take(h0_BLAD), y_BQAD)
@@ -95,25 +97,14 @@ class SilentStar(nnx.Module):
         y_BLAD = put(h0_BLAD, y_BQAD)
         mixed_BLAD = (1 - w_BLA[..., None]) * h0_BLAD + w_BLA[..., None] * y_BLAD
         z_BQnD = jnp.moveaxis(z_SBQD[lay.thoughts.start:lay.thoughts.stop], 0, 2)
-        s = supervision_stride
-        J = min(n_supervised, n // s)
-        sup_logits = None
-        if J:
-            first = lay.thoughts.start + s - 1
-            y_sup_BQJD = jnp.moveaxis(y_SBQD[first:first + s * (J - 1) + 1:s], 0, 2)
-            sup_logits = g.logits(put(jnp.zeros((BK, L, J, g.cfg.n_embd), y_SBQD.dtype), y_sup_BQJD))
-        sources = None
-        if thought_lens and n:
-            src_nBQD = thought_sources(y_SBQD, take(h0_BLD), n, cfg)
-            sources = put(jnp.zeros((BK, L, n, g.cfg.n_embd), y_SBQD.dtype), jnp.moveaxis(src_nBQD, 0, 2))
+        D = g.cfg.n_embd
         return Forward(
-            base_logits=base_logits, mixed_logits=g.logits(mixed_BLAD), mix_weight=w_BLA,
+            base_logits=base_logits, hidden=hidden, mixed_logits=g.logits(mixed_BLAD), mix_weight=w_BLA,
             value=self.heads.value(h0_BLD), logp=put(jnp.zeros((BK, L), logp_BQ.dtype), logp_BQ),
-            thoughts=put(jnp.zeros((BK, L, n, g.cfg.n_embd), z_SBQD.dtype), z_BQnD),
+            thoughts=put(jnp.zeros((BK, L, n, D), z_SBQD.dtype), z_BQnD),
             think_mask=put(jnp.zeros((BK, L), bool), jnp.ones(pos_BQ.shape, bool)),
-            sigma=jnp.exp(self.heads.sigma_log()).mean(),
-            thought_logits=g.logits(y_BLAD) if thought_logits else None, sup_logits=sup_logits,
-            thought_sources=sources)
+            sigma=jnp.exp(self.heads.sigma_log()).mean(), chain_out=y_BLAD,
+            steps=put(jnp.zeros((BK, L, lay.n_steps, D), y_SBQD.dtype), jnp.moveaxis(y_SBQD, 0, 2)), layout=lay)
 
     def think_at(self, h0_BD, cache, pos, n_thoughts: Optional[int] = None, trace_top_k: int = 0):
         """Generation: the chain (start, n thoughts, end) for one position `pos` per row, against the
@@ -150,6 +141,15 @@ def thought_sources(y_S, h0, n: int, cfg: ThinkingConfig):
     thinking.seed: base. y_S: [S, ...] every chain step's output; h0: [...] the base hidden state."""
     src = y_S[:n]
     return src.at[0].set(h0) if cfg.seed == "base" else src
+
+
+def forward_thought_sources(out: Forward, cfg: ThinkingConfig):
+    """[BK, L, n, D] the state each thought of a parallel forward was fed from (its logit lens is what the
+    trace shows); positions without a chain hold zeros (h0 under thinking.seed: base)."""
+    K = out.steps.shape[0] // out.hidden.shape[0]
+    n = out.layout.n_thoughts
+    src = thought_sources(jnp.moveaxis(out.steps, 2, 0), repeat_samples(out.hidden, K), n, cfg)
+    return jnp.moveaxis(src, 0, 2)
 
 
 def thought_trace(g: GPT2, y_nBD, z_nBD, k: int) -> dict:

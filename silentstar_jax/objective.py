@@ -31,17 +31,10 @@ def target_weights(attn_mask_BL, loss_mask_BL, A: int):
     return lookahead(m, A, 0.0)
 
 
-def rewards(lp_mix, lp_base, hit_mix, hit_base, weights, kind: str):
-    """Per-position reward [BK, L] summed over the look-ahead targets; no gradient."""
-    if kind == "logprob_gain":
-        gain = lp_mix - lp_base
-    elif kind == "accuracy_gain":
-        gain = hit_mix - hit_base
-    elif kind == "accuracy":
-        gain = hit_mix
-    else:
-        raise ValueError(kind)
-    return sg(jnp.sum(weights * gain, axis=-1))
+def rewards(lp_mix, lp_base, weights):
+    """Per-position reward [BK, L]: the chain's log-prob gain over the base path, summed over the look-ahead
+    targets; no gradient."""
+    return sg(jnp.sum(weights * (lp_mix - lp_base), axis=-1))
 
 
 def advantages(r_BL, v_BL, pos_mask, cfg: ThinkingConfig, K: int):
@@ -56,10 +49,6 @@ def advantages(r_BL, v_BL, pos_mask, cfg: ThinkingConfig, K: int):
     a = r_BL - b
     if cfg.clip_negative_advantages:
         a = jnp.maximum(a, 0.0)
-    if cfg.normalize_advantages:
-        mean = masked_mean(a, pos_mask)
-        std = jnp.sqrt(masked_mean(jnp.square(a - mean), pos_mask))
-        a = (a - mean) / (std + 1e-6)
     return sg(a)
 
 
@@ -84,13 +73,11 @@ def per_position(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfi
     weights = rep(target_weights(attn_mask, loss_mask, A))
     next_BL = targets[::K, :, 0]
     lp_base = rep(token_logprob(out.base_logits, next_BL))
-    hit_base = rep((jnp.argmax(out.base_logits, -1) == next_BL).astype(jnp.float32))
-    # base log-prob / hit of x_{t+1+s} is the base model's prediction at position t+s
+    # base log-prob of x_{t+1+s} is the base model's prediction at position t+s
     lp_base_s = sg(jnp.stack([shift_left(lp_base, s) for s in range(A)], -1))
-    hit_base_s = jnp.stack([shift_left(hit_base, s) for s in range(A)], -1)
     lp_mix = token_logprob(out.mixed_logits, targets)
     hit_mix = (jnp.argmax(out.mixed_logits, -1) == targets).astype(jnp.float32)
-    r = rewards(lp_mix, lp_base_s, hit_mix, hit_base_s, weights, tcfg.reward)
+    r = rewards(lp_mix, lp_base_s, weights)
     complete = lookahead(attn_mask.astype(jnp.float32), A)[..., -1]         # all A targets exist
     pos_mask = rep(attn_mask.astype(jnp.float32) * complete) * (weights.sum(-1) > 0)
     return PerPosition(targets_BLA=targets, weights_BLA=weights, lp_mix_BLA=lp_mix, hit_mix_BLA=hit_mix,
@@ -121,10 +108,32 @@ def supervision_weight(lcfg: LossConfig, step, total_steps: int):
     return lcfg.thought_supervision * jnp.clip((end - frac) / (end - start), 0.0, 1.0)
 
 
+def uses_policy(tcfg: ThinkingConfig) -> bool:
+    """The score-function term exists: sampled (non-pause) thoughts under reinforce or both."""
+    return tcfg.feedback != "pause" and tcfg.estimator in ("reinforce", "both")
+
+
+def uses_value(tcfg: ThinkingConfig) -> bool:
+    """The value head is read: as the policy term's baseline (value or value+group_mean)."""
+    return uses_policy(tcfg) and tcfg.baseline != "group_mean"
+
+
+def supervised_steps(out: Forward, n_targets: int, stride: int = 1):
+    """[BK, L, J, D] the outputs of thought steps s, 2s, .., Js (s = loss.supervision_stride: s thoughts per
+    intermediate target; J = the targets that fit, min(n_targets, n // s)); None when none fits."""
+    J = min(n_targets, out.layout.n_thoughts // stride)
+    if not J:
+        return None
+    first = out.layout.thoughts.start + stride - 1
+    return out.steps[:, :, first:first + stride * (J - 1) + 1:stride]
+
+
 def compute_loss(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, lcfg: LossConfig,
-                 thought_targets=None, sup_weight=0.0):
+                 thought_targets=None, sup_weight=0.0, lens=None):
     """Total loss and a dict of every metric, from the forward outputs (model.Forward).
-    thought_targets [B, L, J] and sup_weight (a traced scalar): the thought supervision term."""
+    thought_targets [B, L, J] and sup_weight (a traced scalar): the thought supervision term.
+    lens: the tied LM head (GPT2.logits), for the terms that read a chain state through it (loss.thought,
+    thought supervision)."""
     next_token = shift_left(tokens, 1)
     w0 = target_weights(attn_mask, loss_mask, 1)[..., 0]
     lp_base = token_logprob(out.base_logits, next_token)                    # [B, L]
@@ -139,18 +148,22 @@ def compute_loss(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfi
     weights, r, pos_mask = p.weights_BLA, p.r_BL, p.pos_mask_BL
     w0 = weights[..., 0]
     loss_think = -masked_mean(p.lp_mix_BLA, weights)
-    loss_value = masked_mean(jnp.square(out.value - r), pos_mask)
+    use_policy = uses_policy(tcfg)
+    # the value head is a REINFORCE baseline and nothing else reads it: trained only where one reads it
+    loss_value = masked_mean(jnp.square(out.value - r), pos_mask) if uses_value(tcfg) else jnp.zeros(())
     a = advantages(r, out.value, pos_mask, tcfg, p.K)
-    use_policy = tcfg.feedback != "pause" and tcfg.estimator in ("reinforce", "both")
     loss_policy = -masked_mean(a * out.logp, pos_mask) if use_policy else jnp.zeros(())
 
     total = lcfg.base * loss_base + lcfg.think * loss_think + lcfg.policy * loss_policy + lcfg.value * loss_value
-    if out.thought_logits is not None:
-        loss_thought = -masked_mean(token_logprob(out.thought_logits, p.targets_BLA), weights)
+    if lcfg.thought > 0:
+        loss_thought = -masked_mean(token_logprob(lens(out.chain_out), p.targets_BLA), weights)
         total = total + lcfg.thought * loss_thought
         metrics["loss_thought"] = loss_thought
-    if out.sup_logits is not None and thought_targets is not None and thought_targets.shape[-1]:
-        loss_sup, per_j = supervision_loss(out.sup_logits, thought_targets)
+    sup = None
+    if lcfg.thought_supervision > 0 and thought_targets is not None and thought_targets.shape[-1]:
+        sup = supervised_steps(out, thought_targets.shape[-1], lcfg.supervision_stride)
+    if sup is not None:
+        loss_sup, per_j = supervision_loss(lens(sup), thought_targets)
         total = total + sup_weight * loss_sup
         metrics.update(loss_sup=loss_sup, sup_weight=jnp.asarray(sup_weight, jnp.float32),
                        **{f"sup_ce_{j + 1}": v for j, v in enumerate(per_j)})

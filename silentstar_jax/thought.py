@@ -32,6 +32,12 @@ def _mlp(x, w1, b1, w2, b2):
     return jax.nn.relu(x @ w1 + b1) @ w2 + b2
 
 
+# start/end/pause are stored as value / EMB_GRAD_SCALE and used as EMB_GRAD_SCALE * param, so these three
+# vectors learn that many times faster than the learning rate says (docs/design.md §3)
+EMB_GRAD_SCALE = 100.0
+LOG_SIGMA_RANGE = (-10.0, 2.0)     # log σ clamped before the exp: no overflow or zero σ
+
+
 class ThoughtHeads(nnx.Module):
     """start/end/pause embeddings (stored value/scale, used scale*param), thought projection P,
     policy scale log_sigma, mixing head [2D -> D -> 1] and value head [D -> D/4 -> 1]."""
@@ -42,7 +48,7 @@ class ThoughtHeads(nnx.Module):
         wte = gpt2.wte[...]
         emb_rms = jnp.sqrt(jnp.mean(jnp.square(wte)))
         rows = jax.random.choice(rngs.params(), wte.shape[0], (3,), replace=False)
-        scale = cfg.emb_grad_scale
+        scale = EMB_GRAD_SCALE
         # start/end/pause begin as real token embeddings: in-distribution inputs for a pretrained model
         tp = lambda value, *axes: param(value, axes, ThinkParam)
         self.start = tp(wte[rows[0]] / scale, "embed")
@@ -52,8 +58,7 @@ class ThoughtHeads(nnx.Module):
         ln_rms = jnp.sqrt(jnp.mean(jnp.square(gpt2.ln_f_scale[...])))
         self.proj_kernel = tp(jnp.eye(D) * (emb_rms / ln_rms), "think_in", "embed")
         self.proj_bias = tp(jnp.zeros((D,)), "embed")
-        sigma_axes = ("embed",) if cfg.sigma_per_dim else ()
-        self.log_sigma = tp(jnp.full((D,) if cfg.sigma_per_dim else (), jnp.log(cfg.sigma_init * emb_rms)), *sigma_axes)
+        self.log_sigma = tp(jnp.log(cfg.sigma_init * emb_rms))   # one scalar policy scale
         normal = lambda shape, std: std * jax.random.normal(rngs.params(), shape)
         H = max(D // 4, 1)
         self.mix_w1, self.mix_b1 = tp(normal((2 * D, D), 0.02), "think_in", "embed"), tp(jnp.zeros((D,)), "embed")
@@ -64,10 +69,10 @@ class ThoughtHeads(nnx.Module):
         self.value_w2, self.value_b2 = tp(jnp.zeros((H, 1)), "think_hidden", "think_out"), tp(jnp.zeros((1,)), "think_out")
 
     def embedding(self, name: str):
-        return self.cfg.emb_grad_scale * getattr(self, name)[...]
+        return EMB_GRAD_SCALE * getattr(self, name)[...]
 
     def sigma_log(self):
-        return jnp.clip(self.log_sigma[...], self.cfg.log_sigma_min, self.cfg.log_sigma_max)  # clamp *before* exp
+        return jnp.clip(self.log_sigma[...], *LOG_SIGMA_RANGE)  # clamp *before* exp
 
     def project(self, y):
         return y @ self.proj_kernel[...] + self.proj_bias[...]

@@ -1,4 +1,4 @@
-"""`python train.py --config configs/NAME.yaml [key=value ...] [--eval-only]`."""
+"""`python train.py --config configs/NAME.yaml [--arm nothink|pause] [key=value ...] [--eval-only]`."""
 from __future__ import annotations
 
 import argparse
@@ -21,10 +21,17 @@ def main(argv=None) -> None:
     p.add_argument("--restart", action="store_true",
                    help="train the run directory from step 0: its earlier records and checkpoints are moved "
                         "to run.out_dir/archive/<time>/ (without it, a directory with records is resumed or refused)")
+    p.add_argument("--arm", default=None, metavar="nothink|pause",
+                   help="train a control of the config as experiment.py derives it: nothink (thinking disabled) or "
+                        "pause (pause thoughts, same compute), in run.out_dir-<arm>")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=20 mesh.data=4")
     args = p.parse_intermixed_args(argv)     # flags and key=value overrides in any order
-    from silentstar_jax.config import load_config
-    cfg = load_config(args.config, args.overrides)
+    if args.arm is not None:
+        from silentstar_jax.experiment.plan import arm_config
+        cfg = arm_config(args.config, args.overrides, args.arm)
+    else:
+        from silentstar_jax.config import load_config
+        cfg = load_config(args.config, args.overrides)
 
     if cfg.mesh.distributed:
         from silentstar_jax.runtime import init_distributed

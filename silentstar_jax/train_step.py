@@ -13,6 +13,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from silentstar_jax.config import Config, MeshConfig
 from silentstar_jax.errors import UserError
+from silentstar_jax.model import ChainOptions
 from silentstar_jax.objective import compute_loss, supervision_weight, target_weights
 
 BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
@@ -81,19 +82,17 @@ def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
 
     def loss_fn(params, batch, key, n_thoughts=None, step_idx=0):
         model = nnx.merge(graphdef, params)
-        kw = {}
-        targets = batch.thought_targets
+        chain = ChainOptions()
         if t.enabled:
-            kw = dict(key=key, n_samples=t.n_samples, thought_logits=cfg.loss.thought > 0, n_thoughts=n_thoughts)
-            if t.progressive:
-                kw["n_detach"] = progressive_prefix(key, t.n_thoughts if n_thoughts is None else n_thoughts)
-            if n_think_pos:
-                kw["think_idx_BQ"] = think_positions(batch.attn_mask, batch.loss_mask, t.n_ahead, n_think_pos)
-            if cfg.loss.thought_supervision > 0 and targets is not None:
-                kw.update(n_supervised=targets.shape[-1], supervision_stride=cfg.loss.supervision_stride)
-        out = model(batch.tokens, batch.attn_mask, **kw)
-        return compute_loss(out, batch.tokens, batch.attn_mask, batch.loss_mask, t, cfg.loss,
-                            targets, supervision_weight(cfg.loss, step_idx, cfg.train.steps))
+            chain = ChainOptions(
+                key=key, n_samples=t.n_samples, n_thoughts=n_thoughts,
+                n_detach=progressive_prefix(key, t.n_thoughts if n_thoughts is None else n_thoughts)
+                if t.progressive else None,
+                think_idx_BQ=think_positions(batch.attn_mask, batch.loss_mask, t.n_ahead, n_think_pos)
+                if n_think_pos else None)
+        out = model(batch.tokens, batch.attn_mask, chain)
+        return compute_loss(out, batch.tokens, batch.attn_mask, batch.loss_mask, t, cfg.loss, batch.thought_targets,
+                            supervision_weight(cfg.loss, step_idx, cfg.train.steps), lens=model.gpt2.logits)
 
     return loss_fn
 

@@ -13,7 +13,8 @@ from silentstar_jax import model as model_lib
 from silentstar_jax.config import Config, LossConfig, ThinkingConfig, load_config
 from silentstar_jax.data import Batch
 from silentstar_jax.generation import Generator, score
-from silentstar_jax.objective import compute_loss, supervision_loss, supervision_weight
+from silentstar_jax.model import ChainOptions, forward_thought_sources
+from silentstar_jax.objective import compute_loss, supervised_steps, supervision_loss, supervision_weight
 from silentstar_jax.sampling import SamplingConfig
 from silentstar_jax.train_step import n_think_positions, n_thoughts_at, progressive_prefix, think_positions
 from test_thinking import MC, base_hidden, forward, hidden_from_embeddings, make_model, tokens, value_and_grad
@@ -63,14 +64,15 @@ def _reference_logits(model, toks_L, t, n, detach=0):
 def test_wiring_options_equal_sequential_reference(seed, mix_from):
     model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, chain="unrolled")
     toks = tokens(B=1, L=8)
-    out = forward(model, toks, n_supervised=2)
+    out = forward(model, toks)
+    sup_logits = model.gpt2.logits(supervised_steps(out, 2))
     default = forward(make_model(n_thoughts=2, chain="unrolled"), toks).mixed_logits
     assert np.abs(np.asarray(out.mixed_logits - default)).max() > 1e-3    # the option changes the result
     for t in range(8):
         ref, outs = _reference_logits(model, toks[0], t, 2)
         np.testing.assert_allclose(out.mixed_logits[0, t, 0], ref, atol=1e-5)
         # sup_logits: thought j's logit lens = the tied head on step j's output
-        np.testing.assert_allclose(out.sup_logits[0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
+        np.testing.assert_allclose(sup_logits[0, t, 1], model.gpt2.logits(outs[2]), atol=1e-5)
 
 
 def test_supervision_stride_supervises_every_s_th_thought():
@@ -79,18 +81,19 @@ def test_supervision_stride_supervises_every_s_th_thought():
     from silentstar_jax.train_step import make_loss_fn
     model = make_model(n_thoughts=4, seed="base", chain="unrolled")
     toks = tokens(B=1, L=6)
-    every = forward(model, toks, n_supervised=4).sup_logits
-    strided = forward(model, toks, n_supervised=2, supervision_stride=2).sup_logits
+    out = forward(model, toks)
+    every = supervised_steps(out, 4)
+    strided = supervised_steps(out, 2, stride=2)
     assert strided.shape[2] == 2
     np.testing.assert_allclose(strided, every[:, :, 1::2], atol=1e-6)
     _, outs = _reference_logits(model, toks[0], 3, 4)
     for j, step in enumerate((2, 4)):
-        np.testing.assert_allclose(strided[0, 3, j], model.gpt2.logits(outs[step]), atol=1e-5)
-    assert forward(model, toks, n_supervised=3, supervision_stride=2).sup_logits.shape[2] == 2   # fits n // s
+        np.testing.assert_allclose(model.gpt2.logits(strided[0, 3, j]), model.gpt2.logits(outs[step]), atol=1e-5)
+    assert supervised_steps(out, 3, stride=2).shape[2] == 2                                   # fits n // s
     # the training loss reads the config: its sup CE j is thought 2j's lens CE toward target j
     cfg = Config(model=MC, thinking=model.think_cfg, loss=LossConfig(thought_supervision=1.0, supervision_stride=2))
     targets = np.full((1, 6, 2), -1, np.int32)
-    targets[0, 4] = np.asarray(strided[0, 3].argmax(-1))          # stored at t + 1 = 4 for the chain at t = 3
+    targets[0, 4] = np.asarray(model.gpt2.logits(strided[0, 3]).argmax(-1))   # at t + 1 = 4 for the chain at t = 3
     loss_mask = np.zeros(toks.shape, np.int32)
     loss_mask[:, 4] = 1
     batch = Batch(jnp.asarray(toks), jnp.ones(toks.shape, jnp.int32), jnp.asarray(loss_mask), jnp.asarray(targets))
@@ -155,13 +158,13 @@ def test_sampled_token_thoughts_follow_the_lens(chain):
     probabilities softmax(lens / tau) of the state it is fed from; logp sums the drawn tokens' log-probs."""
     tau, K = 3.0, 3000
     model = make_model(n_thoughts=2, seed="start", chain=chain, feedback="sample", feedback_temperature=tau)
-    out = forward(model, tokens(B=1, L=4), key=jax.random.key(3), n_samples=K, thought_lens=True)
+    out = forward(model, tokens(B=1, L=4), key=jax.random.key(3), n_samples=K)
     wte = np.asarray(model.gpt2.wte[...])
     z = np.asarray(out.thoughts)                                              # [K, L, n, D]
     dist = np.abs(z[..., None, :] - wte).max(-1)                              # [K, L, n, V]
     assert dist.min(-1).max() == 0.0                                          # every input is a token's embedding
     tok = dist.argmin(-1)
-    logp_all = np.asarray(jax.nn.log_softmax(model.gpt2.logits(out.thought_sources) / tau, axis=-1))
+    logp_all = np.asarray(jax.nn.log_softmax(model.gpt2.logits(forward_thought_sources(out, model.think_cfg)) / tau, axis=-1))
     ref_logp = np.take_along_axis(logp_all, tok[..., None], -1)[..., 0].sum(-1)
     np.testing.assert_allclose(np.asarray(out.logp), ref_logp, atol=1e-4)
     # thought 1 is fed from the start step, the same in all K samples: the draws' frequencies are its lens's
@@ -194,8 +197,8 @@ def test_think_at_targets_same_loss_and_gradients(A):
     assert idx.shape == (4, Q) and int((idx < toks.shape[1]).sum()) < toks.size   # fewer chains than positions
 
     def loss(model, think_idx):
-        out = model(toks, attn, key=jax.random.key(3), thought_logits=True, think_idx_BQ=think_idx)
-        return compute_loss(out, toks, attn, lmask, tc, LossConfig(thought=1.0))[0]
+        out = model(toks, attn, ChainOptions(key=jax.random.key(3), think_idx_BQ=think_idx))
+        return compute_loss(out, toks, attn, lmask, tc, LossConfig(thought=1.0), lens=model.gpt2.logits)[0]
 
     model = make_model(**dataclasses.asdict(tc))
     l_all, g_all = value_and_grad(loss)(model, None)
@@ -244,8 +247,8 @@ def test_supervised_thoughts_get_the_supervision_gradient():
     lc = LossConfig(base=0.0, think=0.0, policy=0.0, value=0.0, thought_supervision=1.0)
 
     def loss(model, w):
-        out = model(toks, attn, n_supervised=2)
-        return compute_loss(out, toks, attn, lmask, tc, lc, jnp.asarray(tt), w)[0]
+        out = model(toks, attn)
+        return compute_loss(out, toks, attn, lmask, tc, lc, jnp.asarray(tt), w, lens=model.gpt2.logits)[0]
 
     model = make_model(**dataclasses.asdict(tc))
     g1 = nnx.jit(nnx.grad(loss))(model, 1.0)
@@ -279,7 +282,7 @@ def test_progressive_prefix_changes_the_gradient_not_the_values(chain, seed):
     model = make_model(n_thoughts=n, chain=chain, seed=seed, progressive=True)
     toks = tokens(B=1, L=L)
     R = jax.random.normal(jax.random.key(3), (L, MC.vocab_size))
-    main = lambda m, nd: jnp.sum(m(toks, n_detach=nd).mixed_logits[0, :, 0] * R)
+    main = lambda m, nd: jnp.sum(m(toks, None, ChainOptions(n_detach=nd)).mixed_logits[0, :, 0] * R)
     grad = nnx.jit(nnx.grad(main))
     params = lambda g: nnx.state(g, nnx.Param)
     np.testing.assert_allclose(nnx.jit(main)(model, j), nnx.jit(main)(model, None), rtol=1e-6)
@@ -304,7 +307,7 @@ def test_progressive_prefix_draws_and_the_policy_term():
     policy_only = LossConfig(base=0, think=0, policy=1, value=0)
 
     def loss(m, nd):
-        out = m(toks, key=jax.random.key(7), n_detach=nd)
+        out = m(toks, None, ChainOptions(key=jax.random.key(7), n_detach=nd))
         return compute_loss(out, toks, ones, ones, tc, policy_only)[0]
     g = lambda nd: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(nnx.state(nnx.jit(nnx.grad(loss))(model, nd), nnx.Param))))
     assert g(0) > 0.0 and g(2) == 0.0

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from silentstar_jax.config import LossConfig, ModelConfig, ThinkingConfig
-from silentstar_jax.model import SilentStar
+from silentstar_jax.model import ChainOptions, SilentStar
 from silentstar_jax.objective import compute_loss
 
 # bf16 has an 8-bit mantissa (~3 significant digits): losses of order 4 agree to ~2e-2.
@@ -22,7 +22,7 @@ def test_bf16_loss_matches_fp32():
     for dtype in ("float32", "bfloat16"):
         model = SilentStar(dataclasses.replace(mc, dtype=dtype), tc, rngs=nnx.Rngs(0))
         assert model.gpt2.wte[...].dtype == jnp.float32          # parameters stay float32
-        out = model(toks, key=jax.random.key(1))
+        out = model(toks, None, ChainOptions(key=jax.random.key(1)))
         assert out.mixed_logits.dtype == jnp.float32          # logits / softmax / loss in float32
         losses[dtype] = compute_loss(out, toks, ones, ones, tc, LossConfig())[1]
     for k in ("loss_base", "loss_think"):

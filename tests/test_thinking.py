@@ -11,7 +11,7 @@ from flax import nnx
 from silentstar_jax.attention import causal_attention
 from silentstar_jax.config import LossConfig, ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
-from silentstar_jax.model import SilentStar
+from silentstar_jax.model import ChainOptions, SilentStar
 from silentstar_jax.objective import compute_loss, per_position
 from silentstar_jax.thought import gaussian_logprob
 
@@ -51,14 +51,15 @@ def base_hidden(gpt2, toks_BL):
     return gpt2.forward_hidden(toks_BL)[0]
 
 
-@functools.partial(nnx.jit, static_argnums=5)
-def _forward(model, toks, attn, key, think_idx_BQ, static):
-    return model(toks, attn, key=key, think_idx_BQ=think_idx_BQ, **dict(static))
+@functools.partial(nnx.jit, static_argnums=(5, 6))
+def _forward(model, toks, attn, key, think_idx_BQ, n_samples, n_thoughts):
+    return model(toks, attn, ChainOptions(key=key, think_idx_BQ=think_idx_BQ, n_samples=n_samples,
+                                          n_thoughts=n_thoughts))
 
 
-def forward(model, toks, attn=None, key=None, think_idx_BQ=None, **static):
-    """model(toks, attn, key=..., **static), compiled; static: the int / bool options of SilentStar.__call__."""
-    return _forward(model, toks, attn, key, think_idx_BQ, tuple(sorted(static.items())))
+def forward(model, toks, attn=None, key=None, think_idx_BQ=None, n_samples=1, n_thoughts=None):
+    """model(toks, attn, ChainOptions(...)), compiled."""
+    return _forward(model, toks, attn, key, think_idx_BQ, n_samples, n_thoughts)
 
 
 def value_and_grad(loss_fn):
@@ -71,7 +72,7 @@ def tokens(B=2, L=12, seed=1):
 
 def loss_fn_for(tc, lc=LossConfig(), key=jax.random.key(7), n_samples=1):
     def loss_fn(model, toks):
-        out = model(toks, key=key, n_samples=n_samples)
+        out = model(toks, None, ChainOptions(key=key, n_samples=n_samples))
         ones = jnp.ones_like(toks)
         return compute_loss(out, toks, ones, ones, tc, lc)[0]
     return loss_fn

@@ -204,12 +204,20 @@ def test_gradient_accumulation_equals_full_batch(tmp_path):
     assert abs(la[2] - lb[2]) < 1e-5
 
 
-@pytest.mark.parametrize("family", ["hops", "demo"])
 @pytest.mark.parametrize("arm,override", [("nothink", "thinking.enabled=false"), ("pause", "thinking.feedback=pause")])
-def test_controls_differ_only_in_thinking(family, arm, override):
-    """configs/<family>-<arm>.yaml is <family>.yaml with the experiment runner's arm override: it cannot drift."""
-    control = C.load_config(os.path.join(ROOT, "configs", f"{family}-{arm}.yaml"))
-    derived = C.load_config(os.path.join(ROOT, "configs", f"{family}.yaml"), [override])
-    same_run = dataclasses.replace(derived, run=control.run)
-    assert control == same_run
-    assert control.run.out_dir != derived.run.out_dir
+def test_arm_control_is_the_experiment_arm(arm, override):
+    """`train.py --arm A` is the config with experiment.py's arm override and nothing else, in its own directory."""
+    from silentstar_jax.experiment.plan import ARM_OVERRIDES, arm_config
+    path = os.path.join(ROOT, "configs", "demo.yaml")
+    control = arm_config(path, ["train.steps=7"], arm)
+    derived = C.load_config(path, ["train.steps=7", override])
+    assert ARM_OVERRIDES[arm] == (override,)
+    assert control == dataclasses.replace(derived, run=dataclasses.replace(derived.run, out_dir=control.run.out_dir))
+    assert control.run.out_dir == derived.run.out_dir + "-" + arm
+    assert control.thinking != C.load_config(path, ["train.steps=7"]).thinking     # the arm changed something
+
+
+def test_arm_flag_refuses_unknown_arm(tmp_path):
+    proc = run_cli("train.py", "--config", "configs/tiny.yaml", "--arm", "nothing", f"run.out_dir={tmp_path / 'x'}")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "choose from" in proc.stderr
+    assert not (tmp_path / "x").exists()

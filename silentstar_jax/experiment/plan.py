@@ -117,6 +117,16 @@ def parse_grid(specs: list[str]) -> list[GridAxis]:
     return axes
 
 
+def arm_config(config: str, overrides: list[str], arm: str) -> C.Config:
+    """`train.py --arm ARM`: the config's control exactly as experiment.py derives it (ARM_OVERRIDES),
+    trained in run.out_dir-ARM so it never resumes the thinking run's directory."""
+    if arm not in ARM_OVERRIDES:
+        raise UserError(f"--arm: unknown arm {arm!r} (choose from {', '.join(ARM_OVERRIDES)})")
+    base = C.load_config(config, overrides)
+    out_dir = base.run.out_dir.rstrip("/") + ("" if arm == "latent" else f"-{arm}")
+    return C.load_config(config, [*overrides, *ARM_OVERRIDES[arm], f"run.out_dir={_yaml_str(out_dir)}"])
+
+
 def grid_points(axes: list[GridAxis], arm: str) -> list[GridPoint]:
     """Cross product of the axes; `nothink` ignores thinking.* axes (they would change nothing)."""
     axes = [a for a in axes if not (arm == "nothink" and a.key.startswith("thinking."))]
