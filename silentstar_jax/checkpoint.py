@@ -153,7 +153,7 @@ class Checkpointer:
         return None
 
     def _damaged(self, step: int, e: Exception, warn, set_aside: bool) -> list[str]:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:120]
+        reason = damage_reason(e)
         moved = [self._set_aside(step)] if set_aside else []
         warn(f"checkpoint step {step} is damaged ({reason}); skipping it" + (f"; moved to {moved[0]}" if moved else ""))
         return moved
@@ -263,6 +263,15 @@ def _drained_on_failure(quiet_s: float = 0.3, max_s: float = 3.0):
             held.seek(0)
             py_err.write(held.read().decode("utf-8", "replace") + sink.getvalue())
         held.close()
+
+
+def damage_reason(e: BaseException) -> str:
+    """Why a restore failed, in a short line: the innermost error's text (Orbax wraps TensorStore's
+    error in one whose message holds `<bound method ...>`, the repr of a method it never called)."""
+    while (inner := e.__cause__ or e.__context__) is not None:
+        e = inner
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text.split(" [tensorstore_spec")[0].split("<bound method")[0].strip(" .:")[:200] or type(e).__name__
 
 
 def abstract_like(tree, shardings):

@@ -560,6 +560,26 @@ def test_yaml_with_python_object_tags_is_refused(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content,needle", [
+    ("optim: {lr: 2e-3, lr: 5}\n", "key 'lr' appears twice in one mapping (lines 1 and 1)"),
+    ("train:\n  steps: 2\noptim:\n  lr: 0.001\ntrain:\n  steps: 9\n",
+     "key 'train' appears twice in one mapping (lines 1 and 5)"),
+])
+def test_a_key_written_twice_is_refused(tmp_path, capsys, content, needle):
+    """Fault: a key given twice in one mapping (it used to be read as the last one: lr 5, the second
+    train: block). Promise: one line naming the key and both lines, exit 2, nothing created."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(content)
+    code, err = train(capsys, str(tmp_path / "r"), config=str(cfg))
+    assert code == 2 and len(error_lines(err)) == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text(content)     # a run's saved config: the same loader
+    from silentstar_jax.run_dir import read_saved_config
+    with pytest.raises(UserError, match="appears twice"):
+        read_saved_config(str(tmp_path / "r"))
+
+
 @pytest.mark.parametrize("content,needle", [(b"- 1\n- 2\n", "must be a YAML mapping"),
                                             (b"just a string\n", "must be a YAML mapping"),
                                             (bytes(range(256)) * 4, "not a text file")])
