@@ -14,11 +14,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import glob
 import io
 import logging
 import os
 import shutil
 import sys
+import threading
 import time
 import weakref
 import zlib
@@ -28,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from silentstar_jax.errors import UserError
+from silentstar_jax.errors import UserError, is_disk_full
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 _OPEN: "weakref.WeakSet[Checkpointer]" = weakref.WeakSet()
@@ -47,6 +49,7 @@ class Checkpointer:
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                             create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=opts)
+        self._saving: Optional[int] = None     # the step an asynchronous save is writing
         _OPEN.add(self)
 
     def latest_step(self) -> Optional[int]:
@@ -56,11 +59,47 @@ class Checkpointer:
         return sorted(self.manager.all_steps(), reverse=True)
 
     def save(self, step: int, params, opt_state, meta: dict) -> None:
+        if self._saving is not None:      # the previous save's failure is its own, reported as such
+            self.wait()
         meta = {**meta, "checksums": {"params": checksums(params), "opt_state": checksums(opt_state)},
                 "shapes": shapes(params)}
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:  # noqa: BLE001 - Orbax raises many types for a failed write
+            raise self._save_failed(step, e) from None
+        self._saving = step
+
+    def poll(self) -> None:
+        """Raises (as `wait`) once an asynchronous save has failed, so that training stops at the
+        next step rather than after every later step's work is lost too."""
+        if self._saving is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def _save_failed(self, step: int, e: Exception) -> Exception:
+        """The error of a failed save of `step`, in one line, after its half-written directory
+        (`<step>.orbax-checkpoint-tmp*`) is removed; earlier steps are not touched. A full disk:
+        DiskFull (exit 4); another OSError: UserError; anything else: `e` itself."""
+        from silentstar_jax.fs import disk_full, remove
+        for t in threading.enumerate():    # Orbax's writers of this step end before its files are removed
+            if t is not threading.current_thread() and type(t).__module__.startswith("orbax"):
+                t.join(timeout=10)
+        partial = glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*"))
+        left = [p for p in partial if not remove(p)]
+        with contextlib.suppress(Exception):
+            self.manager.reload()
+        older = [s for s in self.all_steps() if s < step]
+        kept = f"the newest earlier checkpoint (step {older[0]}) is intact" if older else "no earlier checkpoint"
+        half = (f"the half-written {', '.join(left)} could not be removed" if left
+                else "its half-written files were removed" if partial else "nothing of it was kept")
+        doing = f"saving checkpoint step {step} in {self.directory}"
+        if is_disk_full(e):
+            return disk_full(doing, self.directory, f"{half}; {kept}; free space, then the same command "
+                                                    "resumes from it")
+        if isinstance(e, OSError):
+            return UserError(f"{doing} failed ({e.strerror or e}); {half}; {kept}")
+        return e
 
     def restore(self, step: int, params_target, opt_target) -> tuple[Any, Any, dict]:
         """Targets: pytrees of jax.ShapeDtypeStruct carrying the wanted shardings."""
@@ -114,7 +153,7 @@ class Checkpointer:
         return None
 
     def _damaged(self, step: int, e: Exception, warn, set_aside: bool) -> list[str]:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:120]
+        reason = damage_reason(e)
         moved = [self._set_aside(step)] if set_aside else []
         warn(f"checkpoint step {step} is damaged ({reason}); skipping it" + (f"; moved to {moved[0]}" if moved else ""))
         return moved
@@ -131,13 +170,24 @@ class Checkpointer:
         return dst
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Until the asynchronous save is written; a failed one raises (see `_save_failed`)."""
+        step, self._saving = self._saving, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            if step is None:
+                raise
+            raise self._save_failed(step, e) from None
 
     def close(self) -> None:
+        """Never raises: a failed save was reported by `wait` / `poll`, or the program is already
+        stopping on another error (its half-written step is still removed)."""
         if self in _OPEN:
             _OPEN.discard(self)
-            self.manager.wait_until_finished()
-            self.manager.close()
+            with contextlib.suppress(Exception):
+                self.wait()
+            with contextlib.suppress(Exception):
+                self.manager.close()
 
 
 def _orbax_teardown_noise(exc: BaseException, obj) -> bool:
@@ -164,8 +214,18 @@ class _AbandonedReadLog(logging.Filter):
         return not ("never retrieved" in text and "orbax" in text)
 
 
+class _FailedSaveLog(logging.Filter):
+    """Orbax logs a failed write (with its traceback) from each thread it failed in; a full disk is
+    said in one line by `Checkpointer._save_failed` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and is_disk_full(exc) or is_disk_full(Exception(record.getMessage())))
+
+
 sys.unraisablehook = _filtered_unraisable(sys.unraisablehook)
 logging.getLogger("asyncio").addFilter(_AbandonedReadLog())
+logging.getLogger("absl").addFilter(_FailedSaveLog())
 
 
 @contextlib.contextmanager
@@ -203,6 +263,15 @@ def _drained_on_failure(quiet_s: float = 0.3, max_s: float = 3.0):
             held.seek(0)
             py_err.write(held.read().decode("utf-8", "replace") + sink.getvalue())
         held.close()
+
+
+def damage_reason(e: BaseException) -> str:
+    """Why a restore failed, in a short line: the innermost error's text (Orbax wraps TensorStore's
+    error in one whose message holds `<bound method ...>`, the repr of a method it never called)."""
+    while (inner := e.__cause__ or e.__context__) is not None:
+        e = inner
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text.split(" [tensorstore_spec")[0].split("<bound method")[0].strip(" .:")[:200] or type(e).__name__
 
 
 def abstract_like(tree, shardings):

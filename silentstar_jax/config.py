@@ -190,6 +190,8 @@ class DataConfig:
     files_curriculum: list[float] = field(default_factory=list)  # easy to hard by file: data.files[i] joins
                                           # training at this fraction of train.steps (one per file, first 0)
     text_field: str = "text"
+    skip_bad_lines: bool = False          # .json/.jsonl files: a line that is not a JSON object with text_field
+                                          # stops with file:line (false), or is skipped and counted (true)
     tokenizer: str = "byte"               # "byte" or an HF tokenizer dir / hub name
     shuffle_seed: int = 0                 # order of training examples / documents
 
@@ -334,9 +336,37 @@ def _build(cls, data: Any, where: str):
     return cls(**kwargs)
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags that build Python objects) that refuses a key written twice in
+    one mapping (`optim: {lr: 2e-3, lr: 5}`, two `train:` blocks), which plain YAML loading resolves
+    silently to the last one. Merge keys (`<<:`) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}                  # key -> the line it was first written on
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
+                            f"{line}); keep one", key_node.start_mark)
+                    seen[key] = line
+                except TypeError:              # an unhashable key: the base loader says so
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(stream) -> Any:
+    """Every config read (a config file, a run's saved config.yaml, an override's value) goes through here."""
+    return yaml.load(stream, Loader=StrictLoader)   # noqa: S506 - StrictLoader is a SafeLoader
+
+
 def _parse_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -371,7 +401,7 @@ def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:
             raise UserError(f"config file not found: {path}")
         try:
             with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}     # safe: YAML tags that build Python objects are refused
+                raw = load_yaml(f) or {}     # safe: YAML tags that build Python objects are refused
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         except UnicodeDecodeError:

@@ -37,7 +37,6 @@ def write_corpus(cfg, out: str) -> dict:
     if d.source != "task":
         raise UserError(f"corpus write: the config's data.source is {d.source!r}; it needs a built-in task "
                         "(data.source: task) to write out")
-    os.makedirs(out, exist_ok=True)
     try:
         train = tasks.make_examples(d.task, d.n_train, seed=cfg.run.seed, split="train", **task_kwargs(d))
         held = {k: tasks.make_examples(d.task, d.n_eval, seed=d.shuffle_seed + 1, split="eval",
@@ -48,19 +47,23 @@ def write_corpus(cfg, out: str) -> dict:
     lines = [ex.prompt + ex.answer for ex in train]
     if any("\n" in x for x in lines):
         raise UserError(f"corpus write: a {d.task} problem holds a newline; it cannot be one line of text")
-    paths = {"train": os.path.join(out, "train.txt"), "heldout": os.path.join(out, "heldout.jsonl")}
-    with open(paths["train"], "w") as f:
-        f.write("\n".join(lines) + "\n")
+    from silentstar_jax.fs import staged
+    names = {"train": "train.txt", "heldout": "heldout.jsonl"}
     ks = hop_counts(d)
     for k in ks if len(ks) > 1 else ():   # the same lines by difficulty, for data.files_curriculum
-        paths[f"train_k{k}"] = os.path.join(out, f"train_k{k}.txt")
-        with open(paths[f"train_k{k}"], "w") as f:
-            f.write("".join(line + "\n" for line, ex in zip(lines, train) if len(ex.thoughts) == k))
-    with open(paths["heldout"], "w") as f:
-        for k, exs in held.items():
-            for ex in exs:
-                f.write(json.dumps({"text": ex.prompt + ex.answer, "prompt": ex.prompt, "answer": ex.answer,
-                                    "k": k}) + "\n")
+        names[f"train_k{k}"] = f"train_k{k}.txt"
+    with staged(out, "the corpus", is_dir=True) as tmp:     # all of it, or nothing (files already there stay)
+        with open(os.path.join(tmp, names["train"]), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        for k in ks if len(ks) > 1 else ():
+            with open(os.path.join(tmp, names[f"train_k{k}"]), "w") as f:
+                f.write("".join(line + "\n" for line, ex in zip(lines, train) if len(ex.thoughts) == k))
+        with open(os.path.join(tmp, names["heldout"]), "w") as f:
+            for k, exs in held.items():
+                for ex in exs:
+                    f.write(json.dumps({"text": ex.prompt + ex.answer, "prompt": ex.prompt, "answer": ex.answer,
+                                        "k": k}) + "\n")
+    paths = {key: os.path.join(out, name) for key, name in names.items()}
     return {"paths": paths, "train_lines": len(lines), "heldout_lines": sum(len(v) for v in held.values())}
 
 
@@ -106,8 +109,6 @@ def summarize(scored: list[dict]) -> dict:
 def score_run(checkpoint: str, heldout: str, n_thoughts=None) -> dict:
     """{"thinking": per-k summary, "base": per-k summary} of a run (only "base" without thinking)."""
     from silentstar_jax.run_dir import load_run
-    if not os.path.exists(checkpoint):
-        raise UserError(f"--checkpoint {checkpoint}: no such run directory or checkpoint")
     rows = read_heldout(heldout)
     model, tok, _, step = load_run(checkpoint)
     res = {"checkpoint": checkpoint, "step": step, "base": summarize(answer_scores(model, tok, rows, False))}

@@ -14,7 +14,9 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import itertools
+import json
 import os
+import sys
 from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -142,6 +144,8 @@ def _load_hf(d: DataConfig, split: str, streaming: bool):
             builder = builders.pop()
             for f in d.files:
                 _check_readable(f, builder)
+            if builder == "json":     # read here, line by line: every bad line is named (or counted)
+                return _json_dataset(d, streaming)
             try:
                 return datasets.load_dataset(builder, data_files=list(d.files), split="train", streaming=streaming)
             except Exception as e:  # noqa: BLE001 - a file the checks above let through: still named
@@ -181,6 +185,70 @@ def _check_readable(path: str, builder: str) -> None:
         ok = False
     if not ok:
         raise UserError(f"data.files: {path} is not UTF-8 text (a binary file?)")
+
+
+def _json_dataset(d: DataConfig, streaming: bool):
+    """data.files of JSON lines as a dataset of their text field alone. Every line is checked first
+    (also for streaming): one that is not a JSON object holding text in `data.text_field` stops with
+    `file:line`, or with `data.skip_bad_lines` is left out and the count said in one warning."""
+    import datasets
+    bad: list[str] = []
+    texts = [doc[d.text_field] for doc in _json_docs(d.files, d.text_field, d.skip_bad_lines, bad)]
+    if bad:
+        print(f"warning: data.files: skipped {len(bad)} bad line{'s' if len(bad) > 1 else ''} "
+              f"(data.skip_bad_lines): {'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''}", file=sys.stderr)
+    if not streaming:
+        return datasets.Dataset.from_dict({d.text_field: texts})
+    del texts    # streamed: read again, lazily (the check above has counted the bad lines)
+    return datasets.IterableDataset.from_generator(
+        _json_docs, gen_kwargs={"files": list(d.files), "field": d.text_field, "skip_bad": True})
+
+
+def _json_docs(files: list[str], field: str, skip_bad: bool, bad: Optional[list] = None) -> Iterator[dict]:
+    """{field: text} of each line of JSON-lines files (a .json file may also be one JSON list). A bad
+    line raises UserError naming `file:line`, or (skip_bad) is left out and its `file:line: why`
+    appended to `bad`."""
+    for path in files:
+        for where, rec, why in _json_records(path):
+            if why is None and not isinstance(rec, dict):
+                why = "not a JSON object"
+            if why is None and field not in rec:
+                why = f"data.text_field {field!r} is not in this line (its fields: {', '.join(map(str, rec))})"
+            elif why is None and rec[field] is not None and not isinstance(rec[field], str):
+                why = f"data.text_field {field!r} holds {type(rec[field]).__name__} values, not text"
+            if why is None:
+                yield {field: rec[field]}
+            elif not skip_bad:
+                raise UserError(f"{where}: {why}; fix the line, or set data.skip_bad_lines: true to skip "
+                                "such lines")
+            elif bad is not None:
+                bad.append(f"{where}: {why}")
+
+
+def _json_records(path: str) -> Iterator[tuple[str, object, Optional[str]]]:
+    """(where, parsed record, None) or (where, None, why it does not parse) per non-blank line; a .json
+    file holding one JSON list: per item."""
+    with open(path, encoding="utf-8") as f:
+        if path.lower().endswith(".json") and f.read(1 << 12).lstrip().startswith("["):
+            f.seek(0)
+            try:
+                items = json.load(f)
+            except ValueError as e:
+                yield f"{path}:{getattr(e, 'lineno', '?')}", None, f"not JSON ({getattr(e, 'msg', e)})"
+                return
+            yield from ((f"{path}: item {i}", x, None) for i, x in enumerate(items)) if isinstance(items, list) \
+                else [(f"{path}:1", None, "not a JSON list of objects")]
+            return
+        f.seek(0)
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                yield f"{path}:{n}", None, f"not JSON ({getattr(e, 'msg', e)})"
+                continue
+            yield f"{path}:{n}", rec, None
 
 
 def _text(ex: dict, field: str) -> str:

@@ -29,14 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_dir_of(path: str) -> str:
-    """The run directory of a run directory or of one of its checkpoints (RUN/checkpoints/STEP)."""
-    norm = os.path.normpath(path)
-    if os.path.basename(norm).isdigit():
-        return os.path.dirname(os.path.dirname(norm))
-    return norm
-
-
 def check_out_dir(out: str, force: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out}: exists and is not a directory")
@@ -47,17 +39,17 @@ def check_out_dir(out: str, force: bool) -> None:
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    from silentstar_jax.run_dir import latest_run, load_run
+    from silentstar_jax.run_dir import latest_run, load_run, resolve_checkpoint
     run = args.checkpoint or latest_run(args.runs)
     if run is None:
         raise UserError(f"no trained run found under {args.runs}/; train one with: {TRAIN_HINT}")
-    if not os.path.exists(run):
-        raise UserError(f"{run}: no such run directory or checkpoint")
-    out = args.out or os.path.join(run_dir_of(run), EXPORT_SUBDIR)
+    out = args.out or os.path.join(resolve_checkpoint(run)[0], EXPORT_SUBDIR)
     check_out_dir(out, args.force)
     model, tok, _, step = load_run(run)
+    from silentstar_jax.fs import staged
     from silentstar_jax.hf import export_gpt2
-    export_gpt2(model.gpt2, out, tok)
+    with staged(out, f"the export of {run} (step {step})", is_dir=True) as tmp:   # --out: whole or untouched
+        export_gpt2(model.gpt2, tmp, tok)
     saved_tok = os.path.isfile(os.path.join(out, "tokenizer_config.json"))
     tok_note = "with its tokenizer" if saved_tok else f"without tokenizer files ({tok.name} tokenizer)"
     print(f"wrote {out}: the base GPT-2 of {run} (step {step}) for transformers' "

@@ -195,9 +195,10 @@ def read_saved_config(run_dir: str) -> Optional[dict]:
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return None
+    from silentstar_jax.config import load_yaml
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = load_yaml(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UserError(f"{path}: cannot read this run's saved config ({str(e).splitlines()[0][:120]}); "
                         "restore it or start a new run.out_dir") from None
@@ -246,6 +247,34 @@ def latest_run(root: str = "runs") -> Optional[str]:
     return max(runs, key=lambda r: os.path.getmtime(os.path.join(r, "checkpoints")), default=None)
 
 
+def resolve_checkpoint(path: str) -> tuple[str, Optional[int]]:
+    """What a `--checkpoint` path names, as (run directory, step or None for its newest valid step):
+    a run directory (config.yaml or checkpoints/ in it, whatever its name: `runs/42` too), or
+    `RUN/checkpoints/<step>`. The one reading of such paths (generate, corpus score, export); anything
+    else, a checkpoint set aside as damaged or a half-written one included, is refused in one line."""
+    norm = os.path.normpath(path)
+    parent, name = os.path.split(norm)
+    is_run = os.path.isfile(os.path.join(norm, "config.yaml")) or os.path.isdir(os.path.join(norm, "checkpoints"))
+    if os.path.basename(parent) == "checkpoints" and name.isdigit() and os.path.isdir(parent) \
+            and not os.path.isfile(norm) and not is_run:   # a step; one that is gone: load_run lists those there are
+        return os.path.dirname(parent), int(name)
+    if not os.path.exists(norm):
+        raise UserError(f"{path}: no such run directory or checkpoint")
+    if not os.path.isdir(norm):
+        raise UserError(f"{path}: is a file; --checkpoint takes a run directory or RUN/checkpoints/<step>")
+    if os.path.basename(parent) == "damaged-checkpoints":
+        raise UserError(f"{path}: a checkpoint set aside as damaged (a restore found it unreadable or not "
+                        "matching its checksums); it is never loaded: use its run directory or another "
+                        "RUN/checkpoints/<step>")
+    if ".orbax-checkpoint-tmp" in name:
+        raise UserError(f"{path}: a half-written checkpoint (its save never finished); it is never loaded: "
+                        "use its run directory or a finished RUN/checkpoints/<step>")
+    if is_run:
+        return norm, None
+    raise UserError(f"{path}: not a training run (no config.yaml, no checkpoints/); --checkpoint takes a "
+                    "run directory or RUN/checkpoints/<step>")
+
+
 def load_run(path: str):
     """(SilentStar with the latest checkpoint's parameters, tokenizer, config, step) of a run dir, or
     of one step (`RUN/checkpoints/<step>`). The model is built from config.yaml (or, where it is gone,
@@ -255,23 +284,20 @@ def load_run(path: str):
     from flax import nnx
 
     from silentstar_jax import config as C
-    from silentstar_jax.checkpoint import Checkpointer, abstract_like, shapes
+    from silentstar_jax.checkpoint import Checkpointer, abstract_like, damage_reason, shapes
     from silentstar_jax.model import build_model
     from silentstar_jax.sharding import param_specs, shardings
     from silentstar_jax.tokenizer import tokenizer_for
     from silentstar_jax.train_step import make_mesh
-    run_dir = path
-    if os.path.basename(os.path.normpath(path)).isdigit():          # .../checkpoints/<step>
-        run_dir = os.path.dirname(os.path.dirname(os.path.normpath(path)))
+    run_dir, wanted = resolve_checkpoint(path)
     raw = read_saved_config(run_dir)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if raw is None and not os.path.isdir(ckpt_dir):
-        raise UserError(f"{path}: not a training run (no config.yaml, no checkpoints)")
+    if not os.path.isdir(ckpt_dir):
+        raise UserError(f"{run_dir}: no checkpoint yet")
     with contextlib.closing(Checkpointer(ckpt_dir, 1)) as ckpt:
         steps = ckpt.all_steps()
         if not steps:
             raise UserError(f"{run_dir}: no checkpoint yet")
-        wanted = int(os.path.basename(os.path.normpath(path))) if run_dir != path else None
         if wanted is not None and wanted not in steps:
             raise UserError(f"{path}: no checkpoint at step {wanted} (this run has steps {sorted(steps)})")
         if raw is None:
@@ -295,22 +321,18 @@ def load_run(path: str):
             try:
                 meta = ckpt.read_meta(wanted)
             except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged data
-                raise UserError(f"{path}: checkpoint is damaged ({_reason(e)})") from None
+                raise UserError(f"{path}: checkpoint is damaged ({damage_reason(e)})") from None
             check(wanted, meta)
             try:
                 params, _ = ckpt.restore_params(wanted, target)
             except Exception as e:  # noqa: BLE001
-                raise UserError(f"{path}: checkpoint is damaged ({_reason(e)})") from None
+                raise UserError(f"{path}: checkpoint is damaged ({damage_reason(e)})") from None
             step = wanted
         else:
             warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)
             step, (params, _) = ckpt.restore_newest_valid(lambda s: ckpt.restore_params(s, target), warn,
                                                           check=check)
     return nnx.merge(graphdef, params), tok, cfg, step
-
-
-def _reason(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def _config_from_checkpoints(ckpt, steps: list[int], run_dir: str) -> dict:

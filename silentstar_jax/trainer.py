@@ -21,8 +21,9 @@ from silentstar_jax import config as C
 from silentstar_jax.checkpoint import Checkpointer, abstract_like, shapes
 from silentstar_jax.data import Batch, build_data, eval_rows_by_k
 from silentstar_jax.display import print_eval_table
-from silentstar_jax.errors import NonFiniteError, Stopped, UserError
+from silentstar_jax.errors import NonFiniteError, Stopped, UserError, is_disk_full
 from silentstar_jax.evaluate import evaluate, make_eval_fn
+from silentstar_jax.fs import disk_full, staged
 from silentstar_jax.model import build_model
 from silentstar_jax.run_dir import (CODE_LOG, RunLock, archive_records, config_changes, json_config, make_run_dir,
                                     record_code, records_without_checkpoint, setup_mismatch, truncate_log)
@@ -130,13 +131,19 @@ class Run:
     def save(self) -> None:
         meta = {"step": self.step, "seed": self.cfg.run.seed, "data": self.data.state, "wall_s": self.wall_s,
                 "config": C.to_dict(self.cfg)}
-        try:
-            self.ckpt.save(self.step, self.params, self.opt_state, meta)
-        except OSError as e:
-            older = [s for s in self.ckpt.all_steps() if s < self.step]
-            kept = f"the newest earlier checkpoint (step {older[0]}) is intact" if older else "no earlier checkpoint"
-            raise UserError(f"saving checkpoint step {self.step} in {self.ckpt.directory} failed "
-                            f"({e.strerror or e}); {kept}") from None
+        self.ckpt.save(self.step, self.params, self.opt_state, meta)   # a failed save: one line (checkpoint.py)
+
+    def write_failed(self, path: str, e: OSError) -> Exception:
+        """A log or evaluation that could not be written during training: a full disk stops with one
+        line naming the disk, the step and the newest checkpoint (exit 4); other errors go on as they are."""
+        if not is_disk_full(e):
+            return e
+        return disk_full(f"writing {path} at step {self.step}", path, self._resumes_from())
+
+    def _resumes_from(self) -> str:
+        good = self.ckpt.latest_step()
+        kept = f"the newest checkpoint (step {good}) is intact" if good is not None else "no checkpoint yet"
+        return f"{kept}; free space, then the same command resumes from it"
 
     def _nonfinite(self, bad: list[int]) -> None:
         """Steps whose update was not applied (non-finite): skipped with a warning, or training stops."""
@@ -238,14 +245,19 @@ class Run:
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
         stack.callback(writer.close)
-        return stack.enter_context(open(os.path.join(self.out_dir, "metrics.jsonl"), "a")), writer
+        f = open(os.path.join(self.out_dir, "metrics.jsonl"), "a")
+        stack.callback(_close_quietly, f)
+        return f, writer
 
     def _log_step(self, metrics, tps: float, metrics_f, writer) -> str:
         """One line of metrics.jsonl (every metric the objective returns) and TensorBoard; the progress text."""
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         rec = _json_safe({"step": self.step, **m, "tokens_per_second": tps})   # NaN (undefined) -> null
-        metrics_f.write(json.dumps(rec, allow_nan=False) + "\n")
-        metrics_f.flush()
+        try:
+            metrics_f.write(json.dumps(rec, allow_nan=False) + "\n")
+            metrics_f.flush()
+        except OSError as e:
+            raise self.write_failed(metrics_f.name, e) from None
         for k, v in rec.items():
             if k != "step" and v is not None:
                 writer.add_scalar(f"train/{k}", v, self.step)
@@ -258,8 +270,12 @@ class Run:
         """One line of evals.jsonl (held-out metrics vs step) and the TensorBoard scalars."""
         if not self.primary:
             return
-        with open(os.path.join(self.out_dir, "evals.jsonl"), "a") as f:
-            f.write(json.dumps(_json_safe({"step": self.step, **result}), allow_nan=False) + "\n")
+        path = os.path.join(self.out_dir, "evals.jsonl")
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(_json_safe({"step": self.step, **result}), allow_nan=False) + "\n")
+        except OSError as e:
+            raise self.write_failed(path, e) from None
         if writer is not None:
             for path, vals in result.items():
                 for k, v in vals.items():
@@ -274,7 +290,8 @@ class Run:
                          Console(file=sys.stdout))
         path = os.path.join(self.out_dir, name)
         try:
-            with open(path, "w") as f:
+            with staged(path, f"the evaluation of step {self.step}",     # an earlier eval.json stays whole
+                        then=f"it is printed above; {self._resumes_from()}") as tmp, open(tmp, "w") as f:
                 json.dump(_json_safe({"step": self.step, "wall_s": self.wall_s, **result}), f, indent=2,
                           allow_nan=False)
         except OSError as e:
@@ -340,6 +357,8 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
         while step < tc.steps and stopper.signum is None:
             if stop_after is not None and step - first_step >= stop_after:
                 break
+            for r in runs:
+                r.ckpt.poll()        # an asynchronous save that failed stops training here
             batch = r0.put_batch(next(r0.data))
             n = n_thoughts_at(cfg, step) if cfg.thinking.enabled else None
             params, opt_state, metrics = step_fn(params, opt_state, batch, step, n)
@@ -386,6 +405,14 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
 
 
 
+
+
+def _close_quietly(f) -> None:
+    """Close a log whose failed write was already reported (its unwritten buffer would raise again)."""
+    try:
+        f.close()
+    except OSError:
+        pass
 
 
 class _NoWriter:

@@ -98,3 +98,30 @@ def test_corpus_errors_are_one_line(tmp_path):
     for args in cases:
         proc = run_cli("corpus.py", *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_disk_full_writing_the_corpus_keeps_what_was_there(tmp_path, capsys, monkeypatch):
+    """Fault: the disk fills up while heldout.jsonl is written (ENOSPC). Promise: one line naming the
+    disk and --out, exit 4; the files already in --out untouched and no partial file left."""
+    import builtins
+    import errno
+
+    from silentstar_jax import corpus
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "train.txt").write_text("mine\n")
+    real_open = builtins.open
+
+    def full_open(file, mode="r", *a, **k):
+        if str(file).endswith("heldout.jsonl") and "w" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(file, mode, *a, **k)
+    monkeypatch.setattr(builtins, "open", full_open)
+    with pytest.raises(SystemExit) as e:
+        corpus.main(["write", "--config", os.path.join(ROOT, "configs", "unsupervised.yaml"), "--out", str(out),
+                     *TASK])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert e.value.code == 4 and err.count("\n") == 1 and "disk full on /" in err and str(out) in err, err
+    assert sorted(os.listdir(tmp_path)) == ["o"] and os.listdir(out) == ["train.txt"]
+    assert (out / "train.txt").read_text() == "mine\n"

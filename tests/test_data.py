@@ -575,3 +575,30 @@ def test_hops_chain_targets_at_every_answer_token():
                 prev = want[-1]
             assert (rows.thought_targets[i, p + 4:] == -1).all() and (rows.thought_targets[i, :p] == -1).all()
             assert rows.loss_mask[i, p:p + 5].sum() == 5            # four letters and end-of-text
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_bad_json_lines_are_named_or_skipped_and_counted(tmp_path, capsys, streaming):
+    """Fault: a .jsonl line without data.text_field (it used to be dropped without a word) and a line
+    that is not JSON (its error named no line). Promise: one line naming file:line; with
+    data.skip_bad_lines both are left out, a warning counts them, and the other lines train as written."""
+    docs = make_docs(60)
+    lines = [json.dumps({"text": d}) for d in docs]
+    lines[7], lines[20] = json.dumps({"title": "no text"}), "not json {"
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    make = lambda **kw: build_data(cfg(files=[str(path)], streaming=streaming, eval_docs=5, **kw), TOK)
+    with pytest.raises(UserError) as e:
+        make()
+    assert f"{path}:8: data.text_field 'text' is not in this line (its fields: title)" in one_line_error(e)
+    capsys.readouterr()
+    train, evals = make(skip_bad_lines=True)
+    err = capsys.readouterr().err
+    assert "skipped 2 bad lines" in err and f"{path}:8:" in err and f"{path}:21: not JSON" in err, err
+    good = [d for i, d in enumerate(docs) if i not in (7, 20)]
+    if streaming:
+        np.testing.assert_array_equal(evals.tokens, packed(good[:5]))
+        _, pieces = stream_pieces([next(train) for _ in range(4)])
+        assert pieces and set(pieces) <= set(good[5:])
+    else:
+        np.testing.assert_array_equal(np.concatenate([train.rows.tokens, evals.tokens]), packed(good))

@@ -436,17 +436,88 @@ def test_a_file_where_the_run_directory_should_be(tmp_path, capsys):
     assert path.read_text() == "precious"
 
 
-def test_disk_full_during_a_save(run, capsys, monkeypatch):
-    """Fault: the disk fills up during a save (ENOSPC). Promise: one line, exit 2, saying that the
-    previous checkpoint is intact; it is."""
-    def full(*a, **k):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(Checkpointer, "save", full)
-    code, err = train(capsys, run, "train.steps=8")
-    assert code == 2 and len(error_lines(err)) == 1
-    assert "No space left on device" in err and "step 6) is intact" in err
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _full_disk_for(monkeypatch, wanted):
+    """Writes to files whose name `wanted(name)` accepts fail with ENOSPC (as on a full disk)."""
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.name = f, f.name
+
+        def write(self, *a):
+            _enospc()
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def full_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Full(f) if isinstance(file, str) and wanted(os.path.basename(file)) and any(c in mode for c in "wa") else f
+    monkeypatch.setattr(builtins, "open", full_open)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_disk_full_during_a_save_stops_at_once(run, capsys, caplog, monkeypatch, async_save):
+    """Fault: the disk fills up while checkpoint step 8 is written (ENOSPC from the writer, in Orbax's
+    background save thread when saving asynchronously). Promise: training stops there (step 10 is never
+    reached), one line naming the disk, the step and the newest good checkpoint, exit 4; the half-written
+    step is removed, steps 2, 4, 6 untouched, and the same command then resumes from step 6."""
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as jch
+    real, failed = jch.JsonCheckpointHandler._save_fn, []
+
+    async def full_at_8(self, x, directory):
+        if x.get("step") == 8:
+            failed.append(8)
+            _enospc()
+        return await real(self, x, directory)
+    monkeypatch.setattr(jch.JsonCheckpointHandler, "_save_fn", full_at_8)
+    before = os.path.getmtime(os.path.join(run, "checkpoints", "6"))
+    code, err = train(capsys, run, "train.steps=12", f"checkpoint.async_save={str(async_save).lower()}")
+    assert code == 4 and len(error_lines(err)) == 1 and "Traceback" not in err, err
+    line = error_lines(err)[0]
+    assert "disk full on /" in line and "checkpoint step 8" in line and "(step 6) is intact" in line, line
+    assert failed == [8] and "Traceback" not in caplog.text   # nor in Orbax's logs of its threads
+    assert steps_of(run) == [2, 4, 6] and not glob.glob(os.path.join(run, "checkpoints", "*tmp*"))
+    assert max(logged_steps(run)) < 10                      # stopped at once, not at the end
+    assert os.path.getmtime(os.path.join(run, "checkpoints", "6")) == before
     monkeypatch.undo()
-    assert np.isfinite(np.asarray(jax.tree.leaves(checkpoint_params(run, 6))[0])).all()
+    code, err = train(capsys, run, "train.steps=8")
+    assert code == 0 and "from step 6" in err and steps_of(run)[-2:] == [6, 8]   # checkpoint.keep: 3
+
+
+def test_disk_full_writing_the_logs_stops_with_the_step(run, capsys, monkeypatch):
+    """Fault: metrics.jsonl cannot be appended to (ENOSPC). Promise: one line naming the file, the step
+    and the newest checkpoint, exit 4; the log's earlier lines and the checkpoints untouched."""
+    log = open(os.path.join(run, "metrics.jsonl")).read()
+    _full_disk_for(monkeypatch, lambda name: name == "metrics.jsonl")
+    code, err = train(capsys, run, "train.steps=8")
+    monkeypatch.undo()
+    assert code == 4 and len(error_lines(err)) == 1, err
+    line = error_lines(err)[0]
+    assert "metrics.jsonl at step 7" in line and "newest checkpoint (step 6) is intact" in line, line
+    assert open(os.path.join(run, "metrics.jsonl")).read() == log and steps_of(run) == [2, 4, 6]
+
+
+def test_disk_full_writing_eval_json_keeps_the_old_one(run, capsys, monkeypatch):
+    """Fault: eval.json cannot be written (ENOSPC). Promise: the table printed, one line, exit 4; the
+    earlier eval.json whole (written beside it, moved in only once complete) and no partial file left."""
+    path = os.path.join(run, "eval.json")
+    old = open(path).read()
+    _full_disk_for(monkeypatch, lambda name: name.startswith(".eval.json"))
+    code, err = train(capsys, run, "train.steps=6")
+    monkeypatch.undo()
+    assert code == 4 and len(error_lines(err)) == 1 and "printed above" in err and "step 6" in err, err
+    assert open(path).read() == old and not glob.glob(os.path.join(run, ".eval.json*"))
 
 
 def _read_only(monkeypatch, root):
@@ -487,6 +558,26 @@ def test_yaml_with_python_object_tags_is_refused(tmp_path, capsys):
     code, err = train(capsys, str(tmp_path / "r"), config=str(cfg))
     assert code == 2 and len(error_lines(err)) == 1 and "not valid YAML" in err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("optim: {lr: 2e-3, lr: 5}\n", "key 'lr' appears twice in one mapping (lines 1 and 1)"),
+    ("train:\n  steps: 2\noptim:\n  lr: 0.001\ntrain:\n  steps: 9\n",
+     "key 'train' appears twice in one mapping (lines 1 and 5)"),
+])
+def test_a_key_written_twice_is_refused(tmp_path, capsys, content, needle):
+    """Fault: a key given twice in one mapping (it used to be read as the last one: lr 5, the second
+    train: block). Promise: one line naming the key and both lines, exit 2, nothing created."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(content)
+    code, err = train(capsys, str(tmp_path / "r"), config=str(cfg))
+    assert code == 2 and len(error_lines(err)) == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text(content)     # a run's saved config: the same loader
+    from silentstar_jax.run_dir import read_saved_config
+    with pytest.raises(UserError, match="appears twice"):
+        read_saved_config(str(tmp_path / "r"))
 
 
 @pytest.mark.parametrize("content,needle", [(b"- 1\n- 2\n", "must be a YAML mapping"),

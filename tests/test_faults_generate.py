@@ -197,3 +197,96 @@ def test_tokenizer_of_another_model(tmp_path):
     model = GPT2(ModelConfig(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=4), rngs=nnx.Rngs(0))
     export_gpt2(model, str(d))                   # config.json + weights of vocab 300; the tokenizer stays
     _clean_error(run_cli("generate.py", "--init-from", str(d), "--prompt", "hi"), "384 tokens", "vocab_size 300")
+
+
+# --- which checkpoint a path names -----------------------------------------------------------------
+
+def _copy_run(run_dir, dst):
+    shutil.copytree(run_dir, dst)
+    return str(dst)
+
+
+def _load_error(path) -> str:
+    from silentstar_jax.errors import UserError
+    from silentstar_jax.run_dir import load_run
+    with pytest.raises(UserError) as e:
+        load_run(str(path))
+    return str(e.value)
+
+
+def test_a_path_means_what_it_names(run_dir, tmp_path):
+    """Fault: paths whose last part is a number but that are not RUN/checkpoints/<N> (a damaged step
+    moved aside, a run directory named 42), a regular file, a half-written step. Promise: a damaged
+    or half-written checkpoint is refused, never swapped for the healthy step of the same number (it
+    used to be: RUN/damaged-checkpoints/3 loaded RUN/checkpoints/3); a run named by a number loads."""
+    from silentstar_jax.run_dir import load_run, resolve_checkpoint
+    run = _copy_run(run_dir, tmp_path / "42")                          # a run directory named by a number
+    step = int(os.listdir(os.path.join(run, "checkpoints"))[0])
+    assert resolve_checkpoint(run) == (run, None) and load_run(run)[3] == step
+    assert resolve_checkpoint(os.path.join(run, "checkpoints", str(step)) + "/") == (run, step)
+    damaged = os.path.join(run, "damaged-checkpoints", str(step))
+    shutil.copytree(os.path.join(run, "checkpoints", str(step)), damaged)
+    assert "set aside as damaged" in _load_error(damaged)
+    half = os.path.join(run, "checkpoints", f"{step + 1}.orbax-checkpoint-tmp")
+    os.makedirs(half)
+    assert "half-written" in _load_error(half)
+    other = tmp_path / "other" / "7"                                    # a number, in no run
+    other.mkdir(parents=True)
+    assert "not a training run" in _load_error(other)
+    assert "is a file" in _load_error(os.path.join(run, "config.yaml"))
+
+
+def test_export_of_a_damaged_checkpoint_is_refused(run_dir, tmp_path, capsys):
+    """The case as reported: export.py --checkpoint RUN/damaged-checkpoints/<N> exported the healthy
+    RUN/checkpoints/<N> and exited 0. Promise: one line, exit 2, nothing written."""
+    from silentstar_jax import export_cli
+    run = _copy_run(run_dir, tmp_path / "run")
+    step = os.listdir(os.path.join(run, "checkpoints"))[0]
+    shutil.copytree(os.path.join(run, "checkpoints", step), os.path.join(run, "damaged-checkpoints", step))
+    with pytest.raises(SystemExit) as e:
+        export_cli.main(["--checkpoint", os.path.join(run, "damaged-checkpoints", step),
+                         "--out", str(tmp_path / "hf")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "set aside as damaged" in err, err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_damaged_step_says_why(run_dir, tmp_path):
+    """Fault: RUN/checkpoints/<N> with its parameter file truncated. Promise: the message gives the
+    reason, not the repr of an Orbax internal (`<bound method pybind11_detail_function_record_v1 ...>`)."""
+    import glob
+    run = _copy_run(run_dir, tmp_path / "run")
+    step = os.listdir(os.path.join(run, "checkpoints"))[0]
+    files = [f for f in glob.glob(os.path.join(run, "checkpoints", step, "params", "**", "*"), recursive=True)
+             if os.path.isfile(f)]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.truncate(os.path.getsize(big) // 2)
+    msg = _load_error(os.path.join(run, "checkpoints", step))
+    assert "checkpoint is damaged" in msg and "bound method" not in msg and "pybind11" not in msg, msg
+
+
+def test_disk_full_during_export_keeps_the_out_directory(run_dir, tmp_path, capsys, monkeypatch):
+    """Fault: the disk fills up while model.safetensors is written (ENOSPC after part of it). Promise:
+    one line naming the disk and --out, exit 4; --out as it was (an earlier export kept whole), no
+    partial file left."""
+    import errno
+
+    import safetensors.numpy
+
+    from silentstar_jax import export_cli
+
+    def full(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the earlier export")
+    with pytest.raises(SystemExit) as e:
+        export_cli.main(["--checkpoint", run_dir, "--out", str(out), "--force"])
+    err = capsys.readouterr().err
+    assert e.value.code == 4 and err.count("\n") == 1 and "disk full on /" in err and str(out) in err, err
+    assert os.listdir(out) == ["model.safetensors"] and (out / "model.safetensors").read_bytes() == b"the earlier export"
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
