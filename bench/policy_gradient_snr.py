@@ -18,7 +18,7 @@ import json
 import os
 
 from silentstar_jax.errors import UserError, cli_main
-from silentstar_jax.runtime import run_main
+from silentstar_jax.runtime import entry_point
 
 
 def build_parser():
@@ -48,7 +48,7 @@ def main(argv=None):
     from silentstar_jax.data import build_data
     from silentstar_jax.model import build_model
     from silentstar_jax.policy_snr import gradient_agreement
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     from silentstar_jax.tokenizer import tokenizer_for
     from silentstar_jax.train_step import n_think_positions
     from silentstar_jax.trainer import resolved_model_config
@@ -81,4 +81,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    entry_point(main)()

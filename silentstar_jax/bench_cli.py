@@ -8,7 +8,7 @@ import re
 import sys
 
 from silentstar_jax.errors import UserError, cli_main
-from silentstar_jax.runtime import run_main
+from silentstar_jax.runtime import entry_point
 
 
 @cli_main
@@ -65,8 +65,7 @@ def main(argv=None) -> None:
 
 
 
-def run() -> None:
-    run_main(main)   # console script, `python -m`, the script at the repo root
+run = entry_point(main)   # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from silentstar_jax.errors import UserError, cli_main
-from silentstar_jax.runtime import run_main
+from silentstar_jax.runtime import entry_point
 
 
 def write_corpus(cfg, out: str) -> dict:
@@ -108,7 +108,7 @@ def summarize(scored: list[dict]) -> dict:
 
 def score_run(checkpoint: str, heldout: str, n_thoughts=None) -> dict:
     """{"thinking": per-k summary, "base": per-k summary} of a run (only "base" without thinking)."""
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     rows = read_heldout(heldout)
     model, tok, _, step = load_run(checkpoint)
     res = {"checkpoint": checkpoint, "step": step, "base": summarize(answer_scores(model, tok, rows, False))}
@@ -157,8 +157,7 @@ def main(argv=None) -> None:
     sys.stdout.flush()
 
 
-def run() -> None:
-    run_main(main)
+run = entry_point(main)   # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import argparse
 import os
 
 from silentstar_jax.errors import UserError, cli_main
-from silentstar_jax.runtime import run_main
+from silentstar_jax.runtime import entry_point
 
 TRAIN_HINT = "python train.py --config configs/tiny.yaml"
 EXPORT_SUBDIR = "hf"      # default --out: RUN/hf
@@ -39,7 +39,7 @@ def check_out_dir(out: str, force: bool) -> None:
 @cli_main
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    from silentstar_jax.run_dir import latest_run, load_run, resolve_checkpoint
+    from silentstar_jax.loading import latest_run, load_run, resolve_checkpoint
     run = args.checkpoint or latest_run(args.runs)
     if run is None:
         raise UserError(f"no trained run found under {args.runs}/; train one with: {TRAIN_HINT}")
@@ -58,8 +58,7 @@ def main(argv=None) -> None:
 
 
 
-def run() -> None:
-    run_main(main)   # console script, `python -m`, the script at the repo root
+run = entry_point(main)   # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":

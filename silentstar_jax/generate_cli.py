@@ -18,7 +18,7 @@ import threading
 import time
 
 from silentstar_jax.errors import UserError, cli_main
-from silentstar_jax.runtime import run_main
+from silentstar_jax.runtime import entry_point
 from silentstar_jax.sampling import SamplingConfig
 
 TRAIN_HINT = "python train.py --config configs/tiny.yaml"
@@ -101,7 +101,7 @@ def load_model(args):
     from silentstar_jax.config import ThinkingConfig
     from silentstar_jax.model import SilentStar
     from silentstar_jax.tokenizer import load_tokenizer
-    from silentstar_jax.run_dir import latest_run, load_run
+    from silentstar_jax.loading import latest_run, load_run
     if args.init_from:
         from silentstar_jax.hf import load_gpt2
         gpt2, path = load_gpt2(args.init_from, allow_pickle=args.allow_pickle)
@@ -353,8 +353,7 @@ def main(argv=None) -> None:
 
 
 
-def run() -> None:
-    run_main(main)   # console script, `python -m`, the script at the repo root
+run = entry_point(main)   # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ def init_distributed() -> None:
         raise UserError(f"mesh.distributed: {str(e).strip().splitlines()[0][:200]}") from None
 
 
-def run_main(main) -> None:
-    """What every entry point runs (`train.py`, `silentstar-train`, `python -m silentstar_jax.train_cli`):
-    malloc tuned before anything allocates, then the command."""
-    tune_malloc()
-    main()
+def entry_point(main):
+    """The `run` of every command (`train.py`, `silentstar-train`, `python -m silentstar_jax.train_cli`):
+    malloc tuned before anything allocates, then the command (its errors already one line: errors.cli_main)."""
+    def run() -> None:
+        tune_malloc()
+        main()
+    return run

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from silentstar_jax.errors import cli_main
-from silentstar_jax.runtime import run_main
+from silentstar_jax.runtime import entry_point
 
 
 @cli_main
@@ -86,8 +86,7 @@ def _thought_counts(text: str, eval_only: bool, cfg) -> list[int]:
 
 
 
-def run() -> None:
-    run_main(main)   # console script, `python -m`, the script at the repo root
+run = entry_point(main)   # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":

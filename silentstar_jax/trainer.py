@@ -26,7 +26,7 @@ from silentstar_jax.evaluate import evaluate, make_eval_fn
 from silentstar_jax.fs import disk_full, staged
 from silentstar_jax.model import build_model
 from silentstar_jax.run_dir import (CODE_LOG, RunLock, archive_records, config_changes, json_config, make_run_dir,
-                                    record_code, records_without_checkpoint, setup_mismatch, truncate_log)
+                                    mismatch_check, record_code, records_without_checkpoint, truncate_log)
 from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
 from silentstar_jax.tokenizer import tokenizer_for
 from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
@@ -108,13 +108,10 @@ class Run:
         warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         p_target = abstract_like(self.params, self.p_shard)
         o_target = abstract_like(self.opt_state, self.o_shard)
-        current, want = json_config(self.cfg), shapes(self.params)
-
-        def check(step: int, meta: dict) -> None:
-            why = setup_mismatch(meta, current, want)
-            if why:
-                raise UserError(f"{self.out_dir}: {why}: resuming would change what they mean; nothing was "
-                                "changed: set these back, or train in a new run.out_dir")
+        current = json_config(self.cfg)
+        check = mismatch_check(self.cfg, shapes(self.params), lambda why: (
+            f"{self.out_dir}: {why}: resuming would change what they mean; nothing was changed: set these back, "
+            "or train in a new run.out_dir"))
         found = self.ckpt.restore_newest_valid(lambda s: self.ckpt.restore(s, p_target, o_target), warn,
                                                set_aside, check)
         if found is None:

@@ -83,7 +83,7 @@ def test_text_run_scores_like_generate_score(corpus, tmp_path):
         assert one["lines"] == 1 and len(p[path]) == 3
         np.testing.assert_allclose(one["answer_accuracy"], np.mean(p[path] > 0.5))
     from silentstar_jax.corpus import answer_scores, read_heldout
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     model, tok, _, _ = load_run(str(run))
     mine = answer_scores(model, tok, [line], True)[0]["p"]
     np.testing.assert_allclose(mine, p["thinking"], rtol=1e-4)

@@ -17,7 +17,7 @@ def test_export_loads_in_transformers_with_base_logits(run_dir, tmp_path):
     torch = pytest.importorskip("torch")
     from transformers import GPT2LMHeadModel
 
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     out = tmp_path / "hf"
     proc = run_cli("export.py", "--checkpoint", run_dir, "--out", str(out))
     assert proc.returncode == 0, proc.stderr

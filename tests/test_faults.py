@@ -228,7 +228,7 @@ def test_generate_on_an_edited_config_is_a_mismatch_and_a_deleted_one_is_recover
     """Fault (F2): config.yaml edited by hand (another n_embd), then generate.py; or deleted.
     Promise: edited -> one line naming model.n_embd, nothing moved; deleted -> the model is built from
     the config its checkpoints record, with a warning."""
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     _edit_saved_config(run, n_embd=48)
     with pytest.raises(UserError, match=r"model\.n_embd: 32 -> 48"):
         load_run(run)
@@ -288,7 +288,7 @@ def test_an_unreadable_data_file_is_named(tmp_path, capsys, content, needle):
 def test_generate_loads_the_newest_valid_checkpoint(run, capsys):
     """Fault: generate.py on a run whose newest checkpoint is damaged, or a step that does not exist.
     Promise: the newest valid one is loaded with a warning; a missing step is one clear error."""
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     damage(os.path.join(run, "checkpoints", "6"), "garbled")
     _, _, _, step = load_run(run)
     assert step == 4 and "checkpoint step 6 is damaged" in capsys.readouterr().err
@@ -301,7 +301,7 @@ def test_generate_loads_the_newest_valid_checkpoint(run, capsys):
 def test_latest_run_closes_every_checkpoint_manager(run, tmp_path, monkeypatch):
     """latest_run looks into every candidate run's checkpoints: each Orbax manager it opens is closed
     (open ones keep background threads and, at exit, print Orbax's 'Exception ignored' tracebacks)."""
-    from silentstar_jax import checkpoint, run_dir
+    from silentstar_jax import checkpoint, loading
     opened, closed = [], []
     real_init, real_close = Checkpointer.__init__, Checkpointer.close
     monkeypatch.setattr(checkpoint.Checkpointer, "__init__",
@@ -311,7 +311,7 @@ def test_latest_run_closes_every_checkpoint_manager(run, tmp_path, monkeypatch):
     for name in ("a", "b"):
         shutil.copytree(run, root / name)
     (root / "empty" / "checkpoints").mkdir(parents=True)
-    assert run_dir.latest_run(str(root)) in {str(root / "a"), str(root / "b")}
+    assert loading.latest_run(str(root)) in {str(root / "a"), str(root / "b")}
     assert len(opened) == 3 and sorted(map(id, closed)) == sorted(map(id, opened))
 
 

@@ -208,7 +208,7 @@ def _copy_run(run_dir, dst):
 
 def _load_error(path) -> str:
     from silentstar_jax.errors import UserError
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     with pytest.raises(UserError) as e:
         load_run(str(path))
     return str(e.value)
@@ -219,7 +219,7 @@ def test_a_path_means_what_it_names(run_dir, tmp_path):
     moved aside, a run directory named 42), a regular file, a half-written step. Promise: a damaged
     or half-written checkpoint is refused, never swapped for the healthy step of the same number (it
     used to be: RUN/damaged-checkpoints/3 loaded RUN/checkpoints/3); a run named by a number loads."""
-    from silentstar_jax.run_dir import load_run, resolve_checkpoint
+    from silentstar_jax.loading import load_run, resolve_checkpoint
     run = _copy_run(run_dir, tmp_path / "42")                          # a run directory named by a number
     step = int(os.listdir(os.path.join(run, "checkpoints"))[0])
     assert resolve_checkpoint(run) == (run, None) and load_run(run)[3] == step

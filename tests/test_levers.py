@@ -100,7 +100,7 @@ def test_supervision_stride_supervises_every_s_th_thought():
     graphdef, params = nnx.split(model)
     loss_fn = make_loss_fn(graphdef, cfg)
     got = loss_fn(params, batch, None)[1]
-    want = -jax.nn.log_softmax(strided[0, 3], -1)[jnp.arange(2), targets[0, 4]]
+    want = -jax.nn.log_softmax(model.gpt2.logits(strided[0, 3]), -1)[jnp.arange(2), targets[0, 4]]
     np.testing.assert_allclose([got["sup_ce_1"], got["sup_ce_2"]], want, rtol=1e-4)
 
 

@@ -34,7 +34,7 @@ def test_two_processes_train_like_one(tmp_path):
     mesh.distributed=true) on 2 processes x 2 devices: the same losses as 1 process x 4 devices,
     one set of logs and checkpoints written cooperatively, restorable by a single process."""
     from silentstar_jax.trainer import Run
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     multi = str(tmp_path / "multi")
     port = _free_port()
     procs = []

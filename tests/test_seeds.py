@@ -29,7 +29,7 @@ def records(path):
 def test_seed_group_equals_single_seed_runs(tmp_path):
     from silentstar_jax.seeds import SeedGroup, seed_configs
     from silentstar_jax.trainer import Run
-    from silentstar_jax.run_dir import load_run
+    from silentstar_jax.loading import load_run
     seeds = [0, 3]
     SeedGroup(seed_configs(cfg(f"run.out_dir={tmp_path / 'group'}"), seeds)).train()
     for s in seeds:

@@ -12,7 +12,7 @@ from silentstar_jax.errors import UserError, cli_main
 from silentstar_jax.experiment.plan import int_list, parse_arms, parse_grid, plan_runs
 from silentstar_jax.experiment.report import build_report, record_command
 from silentstar_jax.experiment.runner import Runner
-from silentstar_jax.runtime import run_main
+from silentstar_jax.runtime import entry_point
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,8 +59,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(1)
 
 
-def run() -> None:
-    run_main(main)   # console script, `python -m`, the script at the repo root
+run = entry_point(main)   # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":
