@@ -144,7 +144,10 @@ def test_text_files_source(tmp_path):
 
 
 def test_exact_match_equals_greedy_decoding(tmp_path):
-    """Eval's teacher-forced exact match agrees with real greedy decoding, with and without thinking."""
+    """Eval's teacher-forced exact match agrees row by row with real greedy decoding, with and without
+    thinking, on rows decoded right and rows decoded wrong (not 0 == 0). Beside each held-out row: the
+    row answered with what greedy decoding writes (right by construction) and that answer with its
+    last token changed (wrong by construction)."""
     from silentstar_jax.evaluate import evaluate
     from silentstar_jax.generation import Generator
     from silentstar_jax.sampling import SamplingConfig
@@ -155,15 +158,22 @@ def test_exact_match_equals_greedy_decoding(tmp_path):
     rows = run.eval_rows
     for think in (False, True):
         gen = Generator(model, SamplingConfig(greedy=True), think=think)
+        seen = set()
         for i in range(6):
             T = int(rows.attn_mask[i].sum())
             p = int(np.argmax(rows.loss_mask[i]))        # the prompt ends where the answer is scored
-            ids = rows.tokens[i, :T].tolist()
-            events, _ = gen.generate(ids[:p], T - p)
-            greedy_right = [e.token_id for e in events] == ids[p:]
-            one = rows.take(np.full(8, i))
-            res = evaluate(run.eval_fn, run.params, one, 8, run.put_batch)
-            assert (res["thinking" if think else "base"]["exact_match"] == 1.0) == greedy_right
+            events, _ = gen.generate(rows.tokens[i, :p].tolist(), T - p)
+            decoded = [e.token_id for e in events]
+            greedy, wrong = rows.tokens[i].copy(), rows.tokens[i].copy()
+            greedy[p:T] = wrong[p:T] = decoded
+            wrong[T - 1] = (decoded[-1] + 1) % run.cfg.model.vocab_size
+            for tokens_T in (rows.tokens[i], greedy, wrong):
+                greedy_right = tokens_T[p:T].tolist() == decoded
+                one = rows.take(np.full(8, i))._replace(tokens=np.tile(tokens_T, (8, 1)))
+                res = evaluate(run.eval_fn, run.params, one, 8, run.put_batch)
+                assert (res["thinking" if think else "base"]["exact_match"] == 1.0) == greedy_right, (think, i)
+                seen.add(greedy_right)
+        assert seen == {True, False}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
