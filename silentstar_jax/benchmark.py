@@ -80,9 +80,9 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, c
     trained by the vmapped step of `train.py --seeds` (seeds.make_multi_seed_step)."""
     from silentstar_jax.data import Batch
     from silentstar_jax.model import build_model
-    from silentstar_jax.seeds import make_multi_seed_step
+    from silentstar_jax.seeds import make_multi_seed_step, stack_seeds
     from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
-    from silentstar_jax.train_step import batch_sharding, make_mesh, make_optimizer, make_train_step
+    from silentstar_jax.train_step import batch_sharding, init_state, make_mesh, make_optimizer, make_train_step
     tc = _think_cfg(n, remat, chain)
     if counts is not None:
         tc = dataclasses.replace(tc, n_thoughts_train=[counts[0], counts[-1]])
@@ -96,17 +96,14 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, c
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, s.vocab, (s.batch, s.seq), dtype=np.int32))
     ones = jnp.ones_like(tokens)
     batch = jax.device_put(Batch(tokens, ones, ones), batch_sharding(mesh))
+    p_specs = param_specs(state, dict(mesh.shape))
+    p_shard, o_shard = shardings(p_specs, mesh), shardings(opt_state_specs(tx, params, p_specs), mesh)
+    params, opt = init_state(params, tx, p_shard, o_shard)
     if n_seeds > 1:
-        step = make_multi_seed_step(graphdef, cfg, tx, sched, list(range(n_seeds)))
-        opt = tx.init(params)
-        params, opt = (jax.tree.map(lambda x: jnp.stack([x] * n_seeds), t) for t in (params, opt))
+        step = make_multi_seed_step(graphdef, cfg, tx, sched, mesh, list(range(n_seeds)))
+        params, opt = stack_seeds([(params, opt)] * n_seeds, mesh)
     else:
-        p_specs = param_specs(state, dict(mesh.shape))
-        p_shard = shardings(p_specs, mesh)
-        step = make_train_step(graphdef, cfg, tx, sched, mesh, p_shard,
-                               shardings(opt_state_specs(tx, params, p_specs), mesh))
-        params = jax.device_put(params, p_shard)
-        opt = tx.init(params)
+        step = make_train_step(graphdef, cfg, tx, sched, mesh, p_shard, o_shard)
     n_arg = jnp.int32(n or 0) if counts is not None else (n if tc.enabled else None)   # data, or static
 
     def run(p, o, i):
@@ -123,16 +120,50 @@ def peak_memory_bytes(s: Shape, n: int, remat: bool, chain: str) -> int:
     return int(ma.temp_size_in_bytes) if ma is not None else -1
 
 
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"   # jax.monitoring: one per XLA compile
+MAX_WARMUP_CALLS = 5
+
+
+class Compiles:
+    """The XLA compilations while open, by function name ("jit(step)"): a call that compiles is
+    timing the compiler, not the step."""
+
+    def __enter__(self) -> "Compiles":
+        self.names: list[str] = []
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+        return self
+
+    def _record(self, event: str, secs: float, fun_name: str = "", **kw) -> None:
+        if event == BACKEND_COMPILE_EVENT:
+            self.names.append(fun_name)
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._record)
+
+
 class Timer:
-    """Callables timed in interleaved rounds; median seconds per call."""
+    """Callables timed in interleaved rounds; median seconds per call. Each is first warmed up until
+    a call compiles nothing (at most MAX_WARMUP_CALLS calls): a second compile (a state that the
+    step returns placed differently from how it came in) must not be timed as a step."""
 
     def __init__(self):
         self.fns: dict[str, Callable[[], None]] = {}
         self.times: dict[str, list[float]] = {}
+        self.warmup_calls: dict[str, int] = {}
+        self.still_compiling: list[str] = []     # names whose last warm-up call compiled (cap reached)
 
-    def add(self, name: str, fn: Callable[[], None]) -> None:
-        fn()                                       # warm-up (compiles)
-        self.fns[name], self.times[name] = fn, []
+    def add(self, name: str, fn: Callable[[], None]) -> float:
+        """Warm `fn` up; returns the seconds of its warm-up calls (compiles + steps)."""
+        t = time.perf_counter()
+        for calls in range(1, MAX_WARMUP_CALLS + 1):
+            with Compiles() as c:
+                fn()
+            if not c.names:
+                break
+        else:
+            self.still_compiling.append(name)
+        self.fns[name], self.times[name], self.warmup_calls[name] = fn, [], calls
+        return time.perf_counter() - t
 
     def run(self, rounds: int, reps: dict[str, int]) -> dict[str, float]:
         names = list(self.fns)
@@ -156,9 +187,9 @@ def matmul_probe(dtype, size: int):
     return (lambda: f(x, w).block_until_ready()), 2 * size ** 3
 
 
-def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> dict:
+def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> tuple[dict, Timer]:
     """tokens/s: KV-cached no-think, KV-cached with n thoughts, and recomputing the whole prefix
-    (every position thinking) per token as Quiet-STaR's evaluation did."""
+    (every position thinking) per token as Quiet-STaR's evaluation did; the Timer that measured them."""
     from silentstar_jax.generation import Generator
     from silentstar_jax.sampling import SamplingConfig
     prompt = 8
@@ -193,7 +224,7 @@ def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> dict:
     timer.add(f"recompute prefix n={n}", lambda: recompute(n_re))
     per[f"recompute prefix n={n}"] = n_re
     med = timer.run(rounds, {})
-    return {k: per[k] / v for k, v in med.items()}
+    return {k: per[k] / v for k, v in med.items()}, timer
 
 
 def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: int = 256,
@@ -205,7 +236,7 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
     seeds = K > 1: also time K seeds of each thought count in one vmapped step (first chain)."""
     gpu = jax.default_backend() == "gpu"
     mm_dtype = jnp.bfloat16 if gpu else jnp.float32
-    timer, flops, compile_s = Timer(), {}, {}
+    timer, flops, warm_s = Timer(), {}, {}
     n_max = max(thoughts, default=0)
     configs = [("plain LM", s, None, "scan")]
     if other_dtype and other_dtype != s.dtype:
@@ -234,11 +265,9 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
             state["p"], state["o"], loss = step(state["p"], state["o"], state["i"])
             loss.block_until_ready()
 
-        t0 = time.perf_counter()
-        timer.add(name, call)
-        compile_s[name] = time.perf_counter() - t0
+        warm_s[name] = timer.add(name, call)
         flops[name] = 3 * ideal_flops(s, n) * n_seeds.get(name, 1)
-        log(f"{name}: first call (compile + one step) {compile_s[name]:.1f}s")
+        log(f"{name}: warm-up {timer.warmup_calls[name]} call(s) (compile + steps) {warm_s[name]:.1f}s")
     size = MATMUL_PROBE_SIZE["gpu" if gpu else "cpu"]
     mm, mm_flops = matmul_probe(mm_dtype, size)
     timer.add("matmul", mm)
@@ -252,18 +281,25 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
                       "model_flop_per_s": flops[name] / t,
                       "fraction_of_matmul_peak": flops[name] / t / peak, "time_ratio": t / plain,
                       "flop_ratio": ideal, "time_over_flop_ratio": (t / plain) / ideal,
-                      "compile_s": max(compile_s[name] - t, 0.0)}   # the first call also ran one step
+                      "compile_s": max(warm_s[name] - timer.warmup_calls[name] * t, 0.0),  # each also ran a step
+                      "timed_calls": len(timer.times[name]), "warmup_calls": timer.warmup_calls[name]}
     memory = {}
     for chain in chains if thoughts else ():
         for remat in (False, True):
             memory[chain + (" + remat" if remat else "")] = peak_memory_bytes(s, n_max, remat, chain)
-    gen = {}
+    gen, gen_calls = {}, {}
     if gen_tokens:
-        gen = generation_speeds(s, max(thoughts, default=2) if thoughts else 2, gen_tokens, rounds)
+        gen, gen_timer = generation_speeds(s, max(thoughts, default=2) if thoughts else 2, gen_tokens, rounds)
+        gen_calls = {k: len(v) for k, v in gen_timer.times.items()}
+        timer.still_compiling += gen_timer.still_compiling
+    for name in timer.still_compiling:
+        log(f"warning: {name} still compiled on warm-up call {MAX_WARMUP_CALLS}; "
+            "its timed calls may include compiles")
     return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "jax": jax.__version__, "shape": dataclasses.asdict(s),
             "matmul_peak_flop_per_s": peak, "matmul": f"{size}x{size} {jnp.dtype(mm_dtype).name}",
             "train": rows, "peak_memory_bytes": {"n": n_max, **memory}, "generation_tokens_per_s": gen,
+            "generation_timed_calls": gen_calls,
             "malloc_tuned": runtime.TUNED}   # the entry points call runtime.tune_malloc
 
 
@@ -275,17 +311,20 @@ def format_report(r: dict) -> str:
              f"malloc tuned: {'yes' if r.get('malloc_tuned') else 'no'}",
              f"measured matmul peak ({r['matmul']}): {r['matmul_peak_flop_per_s'] / 1e9:,.1f} GFLOP/s", "",
              f"{'training step':<20}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
-             f"{'time x':>8}{'FLOP x':>8}{'time/FLOP':>10}{'compile s':>10}"]
+             f"{'time x':>8}{'FLOP x':>8}{'time/FLOP':>10}{'compile s':>10}{'warm-up':>8}{'timed':>6}"]
     for name, x in r["train"].items():
         lines.append(f"{name:<20}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}"
                      f"{x['model_flop_per_s'] / 1e9:>10.1f}{x['fraction_of_matmul_peak']:>9.1%}"
                      f"{x['time_ratio']:>8.2f}{x['flop_ratio']:>8.2f}"
-                     f"{x['time_over_flop_ratio']:>10.2f}{x['compile_s']:>10.1f}")
+                     f"{x['time_over_flop_ratio']:>10.2f}{x['compile_s']:>10.1f}"
+                     f"{x['warmup_calls']:>8}{x['timed_calls']:>6}")
     m = r["peak_memory_bytes"]
     if len(m) > 1:
         lines += ["", f"compiled step temp memory, n={m['n']}: " +
                   ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in m.items() if k != "n")]
     if r["generation_tokens_per_s"]:
-        lines += ["", f"{'generation (batch 1, greedy)':<32}{'tokens/s':>10}"]
-        lines += [f"{k:<32}{v:>10,.1f}" for k, v in r["generation_tokens_per_s"].items()]
+        lines += ["", f"{'generation (batch 1, greedy)':<32}{'tokens/s':>10}{'timed':>6}"]
+        lines += [f"{k:<32}{v:>10,.1f}{r['generation_timed_calls'][k]:>6}"
+                  for k, v in r["generation_tokens_per_s"].items()]
+    lines += ["", "ms/step, tokens/s: median of the timed calls; warm-up: calls until one compiled nothing"]
     return "\n".join(lines)

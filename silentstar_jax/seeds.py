@@ -14,16 +14,24 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from silentstar_jax import config as C
 from silentstar_jax.errors import UserError
-from silentstar_jax.train_step import make_step_fn, thought_counts
+from silentstar_jax.train_step import batch_sharding, make_step_fn, thought_counts
 from silentstar_jax.trainer import Run, train_loop
 
 
-def make_multi_seed_step(graphdef, cfg: C.Config, tx, sched, seeds: list[int], n_think_pos: int = 0):
-    """jit(step)(params [K, ...], opt_state [K, ...], batch, step, n_thoughts) -> stacked results;
-    seed k's randomness is fold_in(key(seeds[k]), step), as in its single-seed run."""
+def stack_seeds(states: list, mesh: Mesh):
+    """K seeds' (params, opt_state) -> one (params [K, ...], opt_state [K, ...]), placed as the
+    multi-seed step returns them (on the one device of `mesh`), so that its second call does not
+    compile again."""
+    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), NamedSharding(mesh, P()))
+
+
+def make_multi_seed_step(graphdef, cfg: C.Config, tx, sched, mesh: Mesh, seeds: list[int], n_think_pos: int = 0):
+    """jit(step)(params [K, ...], opt_state [K, ...], batch, step, n_thoughts) -> stacked results, the
+    state from stack_seeds; seed k's randomness is fold_in(key(seeds[k]), step), as in its single-seed run."""
     pure = make_step_fn(graphdef, cfg, tx, sched, n_think_pos)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
 
@@ -31,7 +39,9 @@ def make_multi_seed_step(graphdef, cfg: C.Config, tx, sched, seeds: list[int], n
         one = lambda p, o, k: pure(p, o, batch, step_idx, k, n_thoughts)
         return jax.vmap(one)(params, opt_state, keys)
 
-    return jax.jit(step, donate_argnums=(0, 1), static_argnums=(4,))
+    state = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(state, state, batch_sharding(mesh), None), out_shardings=(state, state, None),
+                   donate_argnums=(0, 1), static_argnums=(4,))
 
 
 def seed_configs(cfg: C.Config, seeds: list[int]) -> list[C.Config]:
@@ -62,7 +72,8 @@ class SeedGroup:
         self.runs = [Run(c) for c in cfgs]
         r0 = self.runs[0]
         self.seeds = [r.cfg.run.seed for r in self.runs]
-        self.step_fn = make_multi_seed_step(r0.graphdef, r0.cfg, r0.tx, r0.sched, self.seeds, r0.n_think_pos)
+        self.step_fn = make_multi_seed_step(r0.graphdef, r0.cfg, r0.tx, r0.sched, r0.mesh, self.seeds,
+                                            r0.n_think_pos)
 
     def train(self, console=None, stop_after: Optional[int] = None, restart: bool = False) -> list[dict]:
         """Each seed's final evaluation ([] when stopped by `stop_after`, with checkpoints saved)."""

@@ -166,10 +166,20 @@ def make_step_fn(graphdef, cfg: Config, tx, sched, n_think_pos: int = 0):
     return step
 
 
+def init_state(params, tx, p_shard, o_shard):
+    """(params, opt_state) placed as the jitted step returns them (p_shard, o_shard). jit keys its
+    cache on where each argument lies: an eager tx.init leaves Adam's step counts on one device
+    outside the mesh, and the step's second call, given the state the first returned, compiled again."""
+    params = jax.device_put(params, p_shard)
+    return params, jax.jit(tx.init, out_shardings=o_shard)(params)
+
+
 def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_shard, n_think_pos: int = 0):
     """jit(step)(params, opt_state, batch [accum*B, T], step, n_thoughts) -> (params, opt_state, metrics)
     for run.seed. With thinking.n_thoughts_train = [lo, hi], n_thoughts is data: one compiled program
-    for every count (switch_over_counts); otherwise it is static (one program per count asked for)."""
+    for every count (switch_over_counts); otherwise it is static (one program per count asked for).
+    params and opt_state come from init_state (or a checkpoint restored onto p_shard, o_shard): placed
+    anywhere else, the second call compiles the step again."""
     pure = make_step_fn(graphdef, cfg, tx, sched, n_think_pos)
     base_key = jax.random.key(cfg.run.seed)
     counts = thought_counts(cfg)

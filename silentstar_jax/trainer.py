@@ -29,7 +29,7 @@ from silentstar_jax.run_dir import (CODE_LOG, RunLock, archive_records, config_c
                                     mismatch_check, record_code, records_without_checkpoint, truncate_log)
 from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
 from silentstar_jax.tokenizer import tokenizer_for
-from silentstar_jax.train_step import (batch_sharding, make_mesh, make_optimizer, make_train_step,
+from silentstar_jax.train_step import (batch_sharding, init_state, make_mesh, make_optimizer, make_train_step,
                                        n_think_positions, n_thoughts_at)
 
 
@@ -85,8 +85,7 @@ class Run:
         p_specs = param_specs(state, dict(self.mesh.shape))
         self.p_shard = shardings(p_specs, self.mesh)
         self.o_shard = shardings(opt_state_specs(self.tx, params, p_specs), self.mesh)
-        self.params = jax.device_put(params, self.p_shard)
-        self.opt_state = jax.jit(self.tx.init, out_shardings=self.o_shard)(self.params)
+        self.params, self.opt_state = init_state(params, self.tx, self.p_shard, self.o_shard)
         self.data, self.eval_rows = build_data(cfg, self.tok)
         self.eval_by_k = eval_rows_by_k(cfg.data, self.tok, cfg.train.seq_len + 1)
         self.step = 0
@@ -323,8 +322,11 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
                             f"({[r.step for r in runs]}): resume them one by one, then train them together")
         for r in runs[1:]:
             r.data, r.eval_fn = r0.data, r0.eval_fn   # one data order for every member; one compiled evaluation
-        stack_all = lambda trees: jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees) if stacked else trees[0]
-        params, opt_state = stack_all([r.params for r in runs]), stack_all([r.opt_state for r in runs])
+        if stacked:
+            from silentstar_jax.seeds import stack_seeds
+            params, opt_state = stack_seeds([(r.params, r.opt_state) for r in runs], r0.mesh)
+        else:
+            params, opt_state = r0.params, r0.opt_state
         step = first_step = r0.step
 
         def sync():      # the members' own state, before they save or evaluate

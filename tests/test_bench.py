@@ -1,4 +1,4 @@
-"""bench.py's FLOP model (against XLA's own count) and its command line."""
+"""bench.py's FLOP model (against XLA's own count), its warm-up (no compile is timed) and its command line."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -29,6 +29,29 @@ def test_flop_ratios_match_xla_cost_analysis():
         ours = bm.ideal_flops(SHAPE, n) / bm.ideal_flops(SHAPE, None)
         xla = _xla_forward_flops(n) / plain
         assert abs(ours / xla - 1) < 0.05, (n, ours, xla)
+
+
+@pytest.mark.parametrize("n,n_seeds", [(None, 1), (1, 1), (1, 2)], ids=["plain", "thinking", "two-seed"])
+def test_harness_step_compiles_once(n, n_seeds):
+    """The step the bench times compiles on its first call only: the state it is given is placed as
+    the step returns it (a second compile was timed as a step at --rounds 1 or 2)."""
+    step, p, o = bm.train_step_fn(SHAPE, n, 1, n_seeds=n_seeds)
+    with bm.Compiles() as c:
+        for i in range(4):       # a warm-up and three more
+            p, o, loss = step(p, o, i)
+    assert c.names == ["jit(step)"], c.names
+
+
+def test_warmup_runs_until_a_call_compiles_nothing():
+    """Timer warms a callable up until a call compiles nothing, at most MAX_WARMUP_CALLS calls."""
+    f = jax.jit(lambda x: x * 2)
+    sizes = iter([1, 2, 2, 2])                          # compiles on calls 1 and 2, not on call 3
+    always = iter(range(1, 100))                        # a new shape every call: never done compiling
+    timer = bm.Timer()
+    timer.add("settles", lambda: f(jnp.ones(next(sizes))).block_until_ready())
+    timer.add("never", lambda: f(jnp.ones(100 + next(always))).block_until_ready())
+    assert timer.warmup_calls == {"settles": 3, "never": bm.MAX_WARMUP_CALLS}
+    assert timer.still_compiling == ["never"]
 
 
 @pytest.mark.parametrize("args,needle", [(["--chain", "loop"], "--chain"), (["--chain", "scan:0"], "--chain"),

@@ -79,31 +79,40 @@ def test_cli_reports_no_rate_for_two_tokens(run_dir):
     assert f"{n} token" in shown.stdout and "tokens/s" not in shown.stdout
 
 
+MIN_COMPARED = 3     # tokens before end-of-text that the invariants below compare (not 0 == 0)
+OPEN_PROMPT = "47*"  # the 3-step micro model answers "47*6=" with end-of-text at once when it thinks
+
+
+def _before_eos(lines: list[dict]) -> list[dict]:
+    """The generated tokens before end-of-text (generation stops there; its text drops it), at least
+    MIN_COMPARED of them."""
+    tokens = lines[:-1]
+    cut = next((i for i, rec in enumerate(tokens) if rec["token"] == "<|endoftext|>"), len(tokens))
+    assert cut >= MIN_COMPARED, [rec["token"] for rec in tokens]
+    return tokens[:cut]
+
+
 def test_cli_invariant_generate_vs_score(run_dir):
-    gen = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "47*6=", "--json",
+    gen = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", OPEN_PROMPT, "--json",
                               "--greedy", "--max-new-tokens", "6"))
-    text = "47*6=" + gen[-1]["text"]
+    text = OPEN_PROMPT + gen[-1]["text"]
     scored = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--score", text, "--json"))
     by_pos = {r["pos"]: r for r in scored}
-    for i, rec in enumerate(gen[:-1]):
-        if rec["token"] == "<|endoftext|>":           # generation stops there; text drops it
-            break
-        s = by_pos[5 + i]
+    for i, rec in enumerate(_before_eos(gen)):
+        s = by_pos[len(OPEN_PROMPT) + i]
         assert s["token_id"] == rec["token_id"]
         assert abs(s["logprob"] - rec["logprob"]) < 1e-4 and abs(s["logprob_base"] - rec["logprob_base"]) < 1e-4
 
 
 def test_cli_no_think_is_plain_model(run_dir):
-    plain = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "47*6=", "--json",
+    plain = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", OPEN_PROMPT, "--json",
                                 "--greedy", "--max-new-tokens", "5", "--no-think"))
-    text = "47*6=" + plain[-1]["text"]
+    text = OPEN_PROMPT + plain[-1]["text"]
     scored = {r["pos"]: r for r in _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--score", text, "--json"))}
-    for i, rec in enumerate(plain[:-1]):
-        if rec["token"] == "<|endoftext|>":
-            break
+    for i, rec in enumerate(_before_eos(plain)):
         assert set(rec) == {"step", "token_id", "token", "logprob", "logprob_base"}
         assert rec["logprob"] == rec["logprob_base"]
-        assert abs(rec["logprob_base"] - scored[5 + i]["logprob_base"]) < 1e-4
+        assert abs(rec["logprob_base"] - scored[len(OPEN_PROMPT) + i]["logprob_base"]) < 1e-4
 
 
 def test_cli_finds_latest_run_and_reports_missing(run_dir, tmp_path):

@@ -57,6 +57,16 @@ def test_seed_group_equals_single_seed_runs(tmp_path):
     assert not np.allclose(np.asarray(a.gpt2.wte[...]), np.asarray(b.gpt2.wte[...]))
 
 
+def test_seed_group_step_compiles_once(tmp_path):
+    """A two-seed group's vmapped step compiles once over a warm-up and three more steps."""
+    from silentstar_jax.benchmark import Compiles
+    from silentstar_jax.seeds import SeedGroup, seed_configs
+    group = SeedGroup(seed_configs(cfg(f"run.out_dir={tmp_path}", "train.save_every=0", "train.eval_every=0"), [0, 1]))
+    with Compiles() as c:
+        group.train()
+    assert c.names.count("jit(step)") == 1, c.names
+
+
 @pytest.mark.parametrize("extra,needle", [(["thinking.n_thoughts_train=[1,2]"], "different count per seed"),
                                           (["mesh.data=2"], "one device")])
 def test_seed_group_refuses_what_it_cannot_do(tmp_path, extra, needle):
