@@ -82,7 +82,8 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, c
     from silentstar_jax.model import build_model
     from silentstar_jax.seeds import make_multi_seed_step, stack_seeds
     from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
-    from silentstar_jax.train_step import batch_sharding, init_state, make_mesh, make_optimizer, make_train_step
+    from silentstar_jax.sharding import batch_sharding, make_mesh
+    from silentstar_jax.train_step import init_state, make_optimizer, make_train_step
     tc = _think_cfg(n, remat, chain)
     if counts is not None:
         tc = dataclasses.replace(tc, n_thoughts_train=[counts[0], counts[-1]])

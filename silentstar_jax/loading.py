@@ -68,7 +68,7 @@ def load_run(path: str):
     from silentstar_jax.model import build_model
     from silentstar_jax.sharding import param_specs, shardings
     from silentstar_jax.tokenizer import tokenizer_for
-    from silentstar_jax.train_step import make_mesh
+    from silentstar_jax.sharding import make_mesh
     run_dir, wanted = resolve_checkpoint(path)
     raw = read_saved_config(run_dir)
     ckpt_dir = os.path.join(run_dir, "checkpoints")

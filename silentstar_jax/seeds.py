@@ -18,7 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from silentstar_jax import config as C
 from silentstar_jax.errors import UserError
-from silentstar_jax.train_step import batch_sharding, make_step_fn, thought_counts
+from silentstar_jax.sharding import batch_sharding
+from silentstar_jax.train_step import make_step_fn, thought_counts
 from silentstar_jax.trainer import Run, train_loop
 
 

@@ -12,7 +12,10 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from silentstar_jax.config import MeshConfig
+from silentstar_jax.errors import UserError
 
 # Logical axes of this model's parameters:
 #   vocab V, positions (n_positions), embed D, qkv 3D, attn D (concatenated heads, H*Dh), mlp 4D,
@@ -105,3 +108,21 @@ def opt_state_specs(tx: optax.GradientTransformation, params_shape, specs):
                 return by_path[keys[i:]]
         return P()
     return jax.tree_util.tree_map_with_path(spec, jax.eval_shape(tx.init, params_shape))
+
+
+# ---------------------------------------------------------------- the mesh and the batch
+
+BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
+
+
+def make_mesh(m: MeshConfig) -> Mesh:
+    n = jax.device_count()
+    data = m.data if m.data > 0 else max(n // m.fsdp, 1)
+    if data * m.fsdp > n:
+        raise UserError(f"mesh.data * mesh.fsdp = {data * m.fsdp} but only {n} device(s) are available")
+    devices = np.asarray(jax.devices()[:data * m.fsdp]).reshape(data, m.fsdp)
+    return Mesh(devices, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))

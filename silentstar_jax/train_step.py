@@ -1,4 +1,4 @@
-"""Optimizer, device mesh, shardings and the one jitted train step (pure: params, opt state and
+"""Optimizer, initial state and the one jitted train step (pure: params, opt state and
 batch in; new params, opt state and metrics out; params and opt state donated)."""
 from __future__ import annotations
 
@@ -9,28 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from silentstar_jax.config import Config, MeshConfig
-from silentstar_jax.errors import UserError
+from silentstar_jax.config import Config
 from silentstar_jax.model import ChainOptions
 from silentstar_jax.objective import compute_loss, supervision_weight, target_weights
-
-BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
-
-
-def make_mesh(m: MeshConfig) -> Mesh:
-    n = jax.device_count()
-    data = m.data if m.data > 0 else max(n // m.fsdp, 1)
-    if data * m.fsdp > n:
-        raise UserError(f"mesh.data * mesh.fsdp = {data * m.fsdp} but only {n} device(s) are available")
-    devices = np.asarray(jax.devices()[:data * m.fsdp]).reshape(data, m.fsdp)
-    return Mesh(devices, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(BATCH_AXES))
-
+from silentstar_jax.sharding import batch_sharding
 
 def make_optimizer(cfg: Config, labels, decay_mask) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with warmup + cosine; `labels` (sharding.param_labels) puts ThinkParams in their own

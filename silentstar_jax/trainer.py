@@ -27,10 +27,10 @@ from silentstar_jax.fs import disk_full, staged
 from silentstar_jax.model import build_model
 from silentstar_jax.run_dir import (CODE_LOG, RunLock, archive_records, config_changes, json_config, make_run_dir,
                                     mismatch_check, record_code, records_without_checkpoint, truncate_log)
-from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
+from silentstar_jax.sharding import (batch_sharding, decay_mask, make_mesh, opt_state_specs, param_labels,
+                                     param_specs, shardings)
 from silentstar_jax.tokenizer import tokenizer_for
-from silentstar_jax.train_step import (batch_sharding, init_state, make_mesh, make_optimizer, make_train_step,
-                                       n_think_positions, n_thoughts_at)
+from silentstar_jax.train_step import init_state, make_optimizer, make_train_step, n_think_positions, n_thoughts_at
 
 
 def resolved_model_config(cfg: C.Config) -> C.Config:
