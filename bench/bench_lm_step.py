@@ -16,6 +16,7 @@ kernel zero-fills them page by page (sys time), which torch's smaller per-op all
 The machine should be otherwise idle: on an oversubscribed CPU torch's OpenMP threads degrade far more than
 XLA's, and the ratio means little.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import time
 
 from silentstar_jax.runtime import tune_malloc  # installed by requirements-dev.txt (pip install -e .)
 
-tune_malloc()   # as train.py does (SILENTSTAR_MALLOC=default to compare without); it applies to torch too
+tune_malloc()  # as train.py does (SILENTSTAR_MALLOC=default to compare without); it applies to torch too
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ LR, WEIGHT_DECAY = 1e-4, 0.01
 def make_jax_step(a, tokens_np):
     """Returns step() -> loss (blocks until done); params and optimizer state are donated and carried."""
     cfg = ModelConfig(vocab_size=a.vocab, n_positions=a.seq, n_embd=a.d_model, n_layer=a.layers, n_head=a.heads)
-    graphdef, params = nnx.split(GPT2(cfg, rngs=nnx.Rngs(0)))   # nnx.State: optax takes it as it is
+    graphdef, params = nnx.split(GPT2(cfg, rngs=nnx.Rngs(0)))  # nnx.State: optax takes it as it is
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
 
     def loss_fn(params, tokens):
@@ -66,15 +67,25 @@ def make_jax_step(a, tokens_np):
     def step():
         state["params"], state["opt"], loss = train_step(state["params"], state["opt"], tokens)
         return float(loss.block_until_ready())
+
     return step
 
 
 def make_torch_step(a, tokens_np):
     """Returns step() -> loss for GPT2LMHeadModel with AdamW, and the attention implementation in use."""
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=a.layers, n_embd=a.d_model, n_head=a.heads, n_positions=a.seq,
-                                  vocab_size=a.vocab, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                  bos_token_id=a.vocab - 1, eos_token_id=a.vocab - 1)
+    cfg = transformers.GPT2Config(
+        n_layer=a.layers,
+        n_embd=a.d_model,
+        n_head=a.heads,
+        n_positions=a.seq,
+        vocab_size=a.vocab,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=a.vocab - 1,
+        eos_token_id=a.vocab - 1,
+    )
     model = transformers.GPT2LMHeadModel(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     ids = torch.from_numpy(tokens_np.astype(np.int64))
@@ -85,6 +96,7 @@ def make_torch_step(a, tokens_np):
         loss.backward()
         opt.step()
         return loss.item()
+
     return step, model.config._attn_implementation
 
 
@@ -99,7 +111,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per framework before timing")
-    p.add_argument("--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all CPUs)")
+    p.add_argument(
+        "--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all CPUs)"
+    )
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line (last line)")
     a = p.parse_args()
 
@@ -107,12 +121,16 @@ def main():
     tokens = np.random.default_rng(0).integers(0, a.vocab, (a.batch, a.seq), dtype=np.int32)
     jax_step = make_jax_step(a, tokens)
     torch_step, attn_impl = make_torch_step(a, tokens)
-    print(f"cpu_count={os.cpu_count()} ({platform.processor() or platform.machine()}), "
-          f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-          f"(threads {torch.get_num_threads()}), transformers {transformers.__version__}, "
-          f"HF attention: {attn_impl}")
-    print(f"shape: layers={a.layers} d_model={a.d_model} heads={a.heads} T={a.seq} batch={a.batch} vocab={a.vocab}; "
-          f"{a.rounds} rounds x {a.steps_per_round} steps, interleaved")
+    print(
+        f"cpu_count={os.cpu_count()} ({platform.processor() or platform.machine()}), "
+        f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+        f"(threads {torch.get_num_threads()}), transformers {transformers.__version__}, "
+        f"HF attention: {attn_impl}"
+    )
+    print(
+        f"shape: layers={a.layers} d_model={a.d_model} heads={a.heads} T={a.seq} batch={a.batch} vocab={a.vocab}; "
+        f"{a.rounds} rounds x {a.steps_per_round} steps, interleaved"
+    )
 
     t0 = time.perf_counter()
     loss0 = {"jax": jax_step()}
@@ -123,10 +141,10 @@ def main():
         torch_step()
 
     times = {"jax": [], "torch": []}
-    faults = {"jax": 0, "torch": 0}   # minor page faults: fresh large buffers, touched page by page
+    faults = {"jax": 0, "torch": 0}  # minor page faults: fresh large buffers, touched page by page
     steps = {"jax": jax_step, "torch": torch_step}
     for r in range(a.rounds):
-        order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")   # alternate who goes first
+        order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")  # alternate who goes first
         for name in order:
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             for _ in range(a.steps_per_round):
@@ -136,21 +154,41 @@ def main():
             faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
     tokens_per_step = a.batch * a.seq
-    res = {name: {"ms_per_step": 1e3 * statistics.median(ts), "tokens_per_s": tokens_per_step / statistics.median(ts),
-                  "page_faults_per_step": faults[name] / len(ts), "first_loss": loss0[name]}
-           for name, ts in times.items()}
+    res = {
+        name: {
+            "ms_per_step": 1e3 * statistics.median(ts),
+            "tokens_per_s": tokens_per_step / statistics.median(ts),
+            "page_faults_per_step": faults[name] / len(ts),
+            "first_loss": loss0[name],
+        }
+        for name, ts in times.items()
+    }
     ratio = res["jax"]["tokens_per_s"] / res["torch"]["tokens_per_s"]
-    print(f"(JAX first step incl. compile: {compile_s:.1f} s; first loss jax {loss0['jax']:.4f}, "
-          f"torch {loss0['torch']:.4f}, ln(V) = {np.log(a.vocab):.4f})")
+    print(
+        f"(JAX first step incl. compile: {compile_s:.1f} s; first loss jax {loss0['jax']:.4f}, "
+        f"torch {loss0['torch']:.4f}, ln(V) = {np.log(a.vocab):.4f})"
+    )
     print(f"{'framework':<10} {'ms/step':>9} {'tokens/s':>10} {'faults/step':>12}")
     for name, r in res.items():
         print(f"{name:<10} {r['ms_per_step']:>9.1f} {r['tokens_per_s']:>10.0f} {r['page_faults_per_step']:>12.0f}")
     print(f"ratio jax/torch tokens/s: {ratio:.2f}")
     if a.json:
-        print(json.dumps({"shape": {k: getattr(a, k) for k in ("batch", "seq", "layers", "d_model", "heads", "vocab")},
-                          "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "jax": jax.__version__, "torch": torch.__version__,
-                          "transformers": transformers.__version__, "hf_attention": attn_impl,
-                          "jax_compile_s": compile_s, "results": res, "ratio_jax_over_torch": ratio}))
+        print(
+            json.dumps(
+                {
+                    "shape": {k: getattr(a, k) for k in ("batch", "seq", "layers", "d_model", "heads", "vocab")},
+                    "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "jax": jax.__version__,
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "hf_attention": attn_impl,
+                    "jax_compile_s": compile_s,
+                    "results": res,
+                    "ratio_jax_over_torch": ratio,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ The run's (or config's) baseline, samples per position and clipping are used;
 its estimator is not (both gradients are computed). Prints a table: mean (std) over batches, and the
 cosine of the batch means.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ from silentstar_jax.runtime import entry_point
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="policy_gradient_snr.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="policy_gradient_snr.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", help="a run directory: its config and latest parameters")
     p.add_argument("--config", help="a config (fresh parameters from run.seed)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
@@ -46,15 +48,16 @@ def main(argv=None):
 
     from silentstar_jax import config as C
     from silentstar_jax.data import build_data
+    from silentstar_jax.loading import load_run
     from silentstar_jax.model import build_model
     from silentstar_jax.policy_snr import gradient_agreement
-    from silentstar_jax.loading import load_run
     from silentstar_jax.tokenizer import tokenizer_for
     from silentstar_jax.train_step import n_think_positions
     from silentstar_jax.trainer import resolved_model_config
+
     if args.checkpoint:
         model, tok, cfg, step = load_run(args.checkpoint)
-        if args.overrides:   # e.g. another reward or baseline for the same parameters
+        if args.overrides:  # e.g. another reward or baseline for the same parameters
             cfg = C.load_config(os.path.join(args.checkpoint, "config.yaml"), args.overrides)
         what = f"{args.checkpoint} (step {step})"
     else:
@@ -69,13 +72,17 @@ def main(argv=None):
         res = gradient_agreement(cfg, tok, params, list(itertools.islice(data, args.batches)), q, args.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(f"{what}: baseline {t.baseline}, K={t.n_samples}, clip_negative="
-          f"{t.clip_negative_advantages}; {res['batches']} batches")
+    print(
+        f"{what}: baseline {t.baseline}, K={t.n_samples}, clip_negative="
+        f"{t.clip_negative_advantages}; {res['batches']} batches"
+    )
     print(f"{'parameters':<12}{'cos(RF, PW)':>16}{'cos(RF, RF2)':>16}{'|RF|/|PW|':>14}{'cos of means':>14}")
     for name, label in (("P", "projection"), ("all", "all")):
         cell = lambda m: f"{res[f'{m}_{name}']['mean']:+.3f} ({res[f'{m}_{name}']['std']:.3f})"
-        print(f"{label:<12}{cell('cos'):>16}{cell('self'):>16}{res[f'norm_ratio_{name}']['mean']:>14.3g}"
-              f"{res[f'cos_of_means_{name}']:>+14.3f}")
+        print(
+            f"{label:<12}{cell('cos'):>16}{cell('self'):>16}{res[f'norm_ratio_{name}']['mean']:>14.3g}"
+            f"{res[f'cos_of_means_{name}']:>+14.3f}"
+        )
     if args.json:
         print(json.dumps({"source": what, **res}))
 

@@ -8,6 +8,7 @@ Three cases (the chain's softmax spans several key sets without concatenating th
                       plus *its own* chain's keys only ("diagonal" attention, docs/design.md §4),
                       earlier chain keys from an [S] buffer (lax.scan carry) and/or per-step arrays.
 """
+
 from __future__ import annotations
 
 import jax
@@ -65,8 +66,9 @@ def _split_softmax(*scores):
     return [e / denom for e in es]
 
 
-def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask,
-                    buf_k_SBLHD, buf_v_SBLHD, n_buf, prev_k, prev_v):
+def chain_attention(
+    q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask, buf_k_SBLHD, buf_v_SBLHD, n_buf, prev_k, prev_v
+):
     """One chain step at every position l. Keys: the base keys allowed by `base_mask` ([L, K] or
     [B, 1, L, K]); the chain keys of earlier steps at the same l, from two places: the first `n_buf`
     entries of the buffer [S, B, L, H, Dh] (steps of earlier lax.scan iterations; None: no buffer) and
@@ -78,12 +80,12 @@ def chain_attention(q_BLHD, k_BLHD, v_BLHD, base_k_BKHD, base_v_BKHD, base_mask,
     where they are, nothing copied."""
     scale = q_BLHD.shape[-1] ** -0.5
     ks, vs = tuple(prev_k) + (k_BLHD,), tuple(prev_v) + (v_BLHD,)
-    scores = [jnp.where(base_mask, _scores(q_BLHD, base_k_BKHD), NEG_INF)]                # [B, H, L, K]
-    scores.append(jnp.stack([jnp.einsum("blhd,blhd->bhl", q_BLHD, k, preferred_element_type=jnp.float32)
-                             for k in ks], -1) * scale)                                  # [B, H, L, j]
+    scores = [jnp.where(base_mask, _scores(q_BLHD, base_k_BKHD), NEG_INF)]  # [B, H, L, K]
+    scores.append(
+        jnp.stack([jnp.einsum("blhd,blhd->bhl", q_BLHD, k, preferred_element_type=jnp.float32) for k in ks], -1) * scale
+    )  # [B, H, L, j]
     if buf_k_SBLHD is not None:
-        s_buf = jnp.einsum("blhd,sblhd->bhls", q_BLHD, buf_k_SBLHD,
-                           preferred_element_type=jnp.float32) * scale
+        s_buf = jnp.einsum("blhd,sblhd->bhls", q_BLHD, buf_k_SBLHD, preferred_element_type=jnp.float32) * scale
         scores.append(jnp.where(jnp.arange(buf_k_SBLHD.shape[0]) < n_buf, s_buf, NEG_INF))  # [B, H, L, S]
     probs = [p.astype(v_BLHD.dtype) for p in _split_softmax(*scores)]
     out = einsum_acc32("bhlk,bkhd->blhd", probs[0], base_v_BKHD)

@@ -6,12 +6,13 @@ Timings are interleaved in rounds (every configuration once per round, rotating 
 noisy shared machine slows all alike; medians are reported. The device's own matmul FLOP/s
 (fp32 on CPU, bf16 on GPU) is measured in the same run and is the reference for "of peak".
 """
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,7 @@ import numpy as np
 from flax import nnx
 
 from silentstar_jax import runtime
-from silentstar_jax.config import (ChainLayout, Config, MeshConfig, ModelConfig, OptimConfig, ThinkingConfig,
-                                   TrainConfig)
+from silentstar_jax.config import ChainLayout, Config, MeshConfig, ModelConfig, OptimConfig, ThinkingConfig, TrainConfig
 from silentstar_jax.model import SilentStar
 
 
@@ -35,8 +35,15 @@ class Shape:
     dtype: str = "float32"
 
     def model_config(self, n_max: int, **kw) -> ModelConfig:
-        return ModelConfig(vocab_size=self.vocab, n_positions=self.seq + n_max + 8, n_embd=self.d_model,
-                           n_layer=self.layers, n_head=self.heads, dtype=self.dtype, **kw)
+        return ModelConfig(
+            vocab_size=self.vocab,
+            n_positions=self.seq + n_max + 8,
+            n_embd=self.d_model,
+            n_layer=self.layers,
+            n_head=self.heads,
+            dtype=self.dtype,
+            **kw,
+        )
 
 
 PRESETS = {
@@ -46,7 +53,7 @@ PRESETS = {
 }
 
 
-def ideal_flops(s: Shape, n: Optional[int], A: int = 1) -> float:
+def ideal_flops(s: Shape, n: int | None, A: int = 1) -> float:
     """Forward FLOPs of one batch (training = 3x); n None = plain LM. Matmuls, attention (causal
     average T/2 keys; chain step i adds i+1 chain keys), LM heads, thinking heads."""
     B, T, D, NL, V = s.batch, s.seq, s.d_model, s.layers, s.vocab
@@ -57,13 +64,13 @@ def ideal_flops(s: Shape, n: Optional[int], A: int = 1) -> float:
         return f
     S = ChainLayout(n, A).n_steps
     f += sum(NL * (mm + att(T / 2 + i + 1)) for i in range(S))
-    f += S * 2 * B * T * D * D                                   # thought projection
-    f += A * (2 * B * T * (2 * D * D + D) + 2 * B * T * D * V)   # mixing head + mixed logits
-    f += 2 * B * T * (D * (D // 4) + D // 4)                     # value head
+    f += S * 2 * B * T * D * D  # thought projection
+    f += A * (2 * B * T * (2 * D * D + D) + 2 * B * T * D * V)  # mixing head + mixed logits
+    f += 2 * B * T * (D * (D // 4) + D // 4)  # value head
     return f
 
 
-def _think_cfg(n: Optional[int], remat: bool, chain: str) -> ThinkingConfig:
+def _think_cfg(n: int | None, remat: bool, chain: str) -> ThinkingConfig:
     """chain: "scan", "scan:C" (C steps written out per scan iteration: thinking.unroll) or "unrolled"."""
     if n is None:
         return ThinkingConfig(enabled=False)
@@ -71,8 +78,15 @@ def _think_cfg(n: Optional[int], remat: bool, chain: str) -> ThinkingConfig:
     return ThinkingConfig(n_thoughts=n, remat=remat, chain=kind, unroll=int(unroll or 1))
 
 
-def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, chain: str = "scan",
-                  counts: Optional[list[int]] = None, n_seeds: int = 1):
+def train_step_fn(
+    s: Shape,
+    n: int | None,
+    n_max: int,
+    remat: bool = False,
+    chain: str = "scan",
+    counts: list[int] | None = None,
+    n_seeds: int = 1,
+):
     """(step, initial params, opt state) for the trainer's own step (train_step.make_train_step:
     forward + backward + clipping + AdamW + the non-finite guard, donated) on one device; step(p, o, i).
     counts: the step holds a branch per thought count (thinking.n_thoughts_train) and is told to run
@@ -81,15 +95,26 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, c
     from silentstar_jax.data import Batch
     from silentstar_jax.model import build_model
     from silentstar_jax.seeds import make_multi_seed_step, stack_seeds
-    from silentstar_jax.sharding import decay_mask, opt_state_specs, param_labels, param_specs, shardings
-    from silentstar_jax.sharding import batch_sharding, make_mesh
+    from silentstar_jax.sharding import (
+        batch_sharding,
+        decay_mask,
+        make_mesh,
+        opt_state_specs,
+        param_labels,
+        param_specs,
+        shardings,
+    )
     from silentstar_jax.train_step import init_state, make_optimizer, make_train_step
+
     tc = _think_cfg(n, remat, chain)
     if counts is not None:
         tc = dataclasses.replace(tc, n_thoughts_train=[counts[0], counts[-1]])
-    cfg = Config(model=s.model_config(n_max, remat=remat), thinking=tc,
-                 optim=OptimConfig(lr=1e-4, warmup_steps=0, weight_decay=0.01),
-                 train=TrainConfig(steps=10 ** 6, batch_size=s.batch, seq_len=s.seq - 1))
+    cfg = Config(
+        model=s.model_config(n_max, remat=remat),
+        thinking=tc,
+        optim=OptimConfig(lr=1e-4, warmup_steps=0, weight_decay=0.01),
+        train=TrainConfig(steps=10**6, batch_size=s.batch, seq_len=s.seq - 1),
+    )
     graphdef, state = nnx.split(build_model(cfg))
     params = state.to_pure_dict()
     tx, sched = make_optimizer(cfg, param_labels(state), decay_mask(state))
@@ -105,11 +130,12 @@ def train_step_fn(s: Shape, n: Optional[int], n_max: int, remat: bool = False, c
         params, opt = stack_seeds([(params, opt)] * n_seeds, mesh)
     else:
         step = make_train_step(graphdef, cfg, tx, sched, mesh, p_shard, o_shard)
-    n_arg = jnp.int32(n or 0) if counts is not None else (n if tc.enabled else None)   # data, or static
+    n_arg = jnp.int32(n or 0) if counts is not None else (n if tc.enabled else None)  # data, or static
 
     def run(p, o, i):
         p, o, metrics = step(p, o, batch, i, n_arg)
         return p, o, metrics["loss"]
+
     run.lower = lambda p, o, i: step.lower(p, o, batch, i, n_arg)
     return run, params, opt
 
@@ -121,7 +147,7 @@ def peak_memory_bytes(s: Shape, n: int, remat: bool, chain: str) -> int:
     return int(ma.temp_size_in_bytes) if ma is not None else -1
 
 
-BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"   # jax.monitoring: one per XLA compile
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring: one per XLA compile
 MAX_WARMUP_CALLS = 5
 
 
@@ -129,7 +155,7 @@ class Compiles:
     """The XLA compilations while open, by function name ("jit(step)"): a call that compiles is
     timing the compiler, not the step."""
 
-    def __enter__(self) -> "Compiles":
+    def __enter__(self) -> Compiles:
         self.names: list[str] = []
         jax.monitoring.register_event_duration_secs_listener(self._record)
         return self
@@ -151,12 +177,12 @@ class Timer:
         self.fns: dict[str, Callable[[], None]] = {}
         self.times: dict[str, list[float]] = {}
         self.warmup_calls: dict[str, int] = {}
-        self.still_compiling: list[str] = []     # names whose last warm-up call compiled (cap reached)
+        self.still_compiling: list[str] = []  # names whose last warm-up call compiled (cap reached)
 
     def add(self, name: str, fn: Callable[[], None]) -> float:
         """Warm `fn` up; returns the seconds of its warm-up calls (compiles + steps)."""
         t = time.perf_counter()
-        for calls in range(1, MAX_WARMUP_CALLS + 1):
+        for calls in range(1, MAX_WARMUP_CALLS + 1):  # noqa: B007 - read after the loop
             with Compiles() as c:
                 fn()
             if not c.names:
@@ -169,7 +195,7 @@ class Timer:
     def run(self, rounds: int, reps: dict[str, int]) -> dict[str, float]:
         names = list(self.fns)
         for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 for _ in range(reps.get(name, 1)):
                     t = time.perf_counter()
                     self.fns[name]()
@@ -185,7 +211,7 @@ def matmul_probe(dtype, size: int):
     x = jax.random.normal(jax.random.key(1), (size, size), dtype)
     w = jax.random.normal(jax.random.key(2), (size, size), dtype)
     f = jax.jit(jnp.dot)
-    return (lambda: f(x, w).block_until_ready()), 2 * size ** 3
+    return (lambda: f(x, w).block_until_ready()), 2 * size**3
 
 
 def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> tuple[dict, Timer]:
@@ -193,14 +219,23 @@ def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> tuple[d
     (every position thinking) per token as Quiet-STaR's evaluation did; the Timer that measured them."""
     from silentstar_jax.generation import Generator
     from silentstar_jax.sampling import SamplingConfig
+
     prompt = 8
-    mc = ModelConfig(vocab_size=s.vocab, n_positions=prompt + gen_tokens + n + 4, n_embd=s.d_model,
-                     n_layer=s.layers, n_head=s.heads, dtype=s.dtype)
+    mc = ModelConfig(
+        vocab_size=s.vocab,
+        n_positions=prompt + gen_tokens + n + 4,
+        n_embd=s.d_model,
+        n_layer=s.layers,
+        n_head=s.heads,
+        dtype=s.dtype,
+    )
     model = SilentStar(mc, ThinkingConfig(n_thoughts=n), rngs=nnx.Rngs(0))
     ids = list(range(1, prompt + 1))
     greedy = SamplingConfig(greedy=True)
-    gens = {"generate no-think": Generator(model, greedy, think=False),
-            f"generate n={n}": Generator(model, greedy, think=True)}
+    gens = {
+        "generate no-think": Generator(model, greedy, think=False),
+        f"generate n={n}": Generator(model, greedy, think=True),
+    }
     P = prompt + gen_tokens
     graphdef, state = nnx.split(model)
 
@@ -221,16 +256,24 @@ def generation_speeds(s: Shape, n: int, gen_tokens: int, rounds: int) -> tuple[d
     for name, g in gens.items():
         timer.add(name, lambda g=g: g.generate(ids, gen_tokens))
         per[name] = gen_tokens
-    n_re = max(gen_tokens // 16, 4)              # the baseline is slow: time fewer tokens, same context
+    n_re = max(gen_tokens // 16, 4)  # the baseline is slow: time fewer tokens, same context
     timer.add(f"recompute prefix n={n}", lambda: recompute(n_re))
     per[f"recompute prefix n={n}"] = n_re
     med = timer.run(rounds, {})
     return {k: per[k] / v for k, v in med.items()}, timer
 
 
-def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: int = 256,
-                   chains: tuple[str, ...] = ("scan", "unrolled"), other_dtype: Optional[str] = None,
-                   variable_n: int = 0, seeds: int = 1, log: Callable[[str], None] = print) -> dict:
+def run_benchmarks(
+    s: Shape,
+    thoughts: list[int],
+    rounds: int = 3,
+    gen_tokens: int = 256,
+    chains: tuple[str, ...] = ("scan", "unrolled"),
+    other_dtype: str | None = None,
+    variable_n: int = 0,
+    seeds: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict:
     """other_dtype: also time the plain LM step in this compute dtype (e.g. bf16 against fp32).
     variable_n = N: also time the variable-count step holding counts 0..N, running the smallest
     positive count of `thoughts` (compare with the fixed step of that count).
@@ -255,10 +298,11 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
             name = f"n={n} {chains[0]} x{seeds} seeds"
             configs.append((name, s, n, chains[0]))
             n_seeds[name] = seeds
-    pos_max = max(n_max, variable_n)           # every step gets the same position table
+    pos_max = max(n_max, variable_n)  # every step gets the same position table
     for name, shape, n, chain in configs:
-        step, p, o = train_step_fn(shape, n, pos_max, chain=chain, counts=counts.get(name),
-                                   n_seeds=n_seeds.get(name, 1))
+        step, p, o = train_step_fn(
+            shape, n, pos_max, chain=chain, counts=counts.get(name), n_seeds=n_seeds.get(name, 1)
+        )
         state = {"p": p, "o": o, "i": 0}
 
         def call(state=state, step=step):
@@ -278,12 +322,18 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
     rows = {}
     for name, t in med.items():
         ideal = flops[name] / flops["plain LM"]
-        rows[name] = {"ms_per_step": 1e3 * t, "tokens_per_s": s.batch * s.seq / t,
-                      "model_flop_per_s": flops[name] / t,
-                      "fraction_of_matmul_peak": flops[name] / t / peak, "time_ratio": t / plain,
-                      "flop_ratio": ideal, "time_over_flop_ratio": (t / plain) / ideal,
-                      "compile_s": max(warm_s[name] - timer.warmup_calls[name] * t, 0.0),  # each also ran a step
-                      "timed_calls": len(timer.times[name]), "warmup_calls": timer.warmup_calls[name]}
+        rows[name] = {
+            "ms_per_step": 1e3 * t,
+            "tokens_per_s": s.batch * s.seq / t,
+            "model_flop_per_s": flops[name] / t,
+            "fraction_of_matmul_peak": flops[name] / t / peak,
+            "time_ratio": t / plain,
+            "flop_ratio": ideal,
+            "time_over_flop_ratio": (t / plain) / ideal,
+            "compile_s": max(warm_s[name] - timer.warmup_calls[name] * t, 0.0),  # each also ran a step
+            "timed_calls": len(timer.times[name]),
+            "warmup_calls": timer.warmup_calls[name],
+        }
     memory = {}
     for chain in chains if thoughts else ():
         for remat in (False, True):
@@ -294,38 +344,53 @@ def run_benchmarks(s: Shape, thoughts: list[int], rounds: int = 3, gen_tokens: i
         gen_calls = {k: len(v) for k, v in gen_timer.times.items()}
         timer.still_compiling += gen_timer.still_compiling
     for name in timer.still_compiling:
-        log(f"warning: {name} still compiled on warm-up call {MAX_WARMUP_CALLS}; "
-            "its timed calls may include compiles")
-    return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-            "jax": jax.__version__, "shape": dataclasses.asdict(s),
-            "matmul_peak_flop_per_s": peak, "matmul": f"{size}x{size} {jnp.dtype(mm_dtype).name}",
-            "train": rows, "peak_memory_bytes": {"n": n_max, **memory}, "generation_tokens_per_s": gen,
-            "generation_timed_calls": gen_calls,
-            "malloc_tuned": runtime.TUNED}   # the entry points call runtime.tune_malloc
+        log(f"warning: {name} still compiled on warm-up call {MAX_WARMUP_CALLS}; its timed calls may include compiles")
+    return {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+        "shape": dataclasses.asdict(s),
+        "matmul_peak_flop_per_s": peak,
+        "matmul": f"{size}x{size} {jnp.dtype(mm_dtype).name}",
+        "train": rows,
+        "peak_memory_bytes": {"n": n_max, **memory},
+        "generation_tokens_per_s": gen,
+        "generation_timed_calls": gen_calls,
+        "malloc_tuned": runtime.TUNED,
+    }  # the entry points call runtime.tune_malloc
 
 
 def format_report(r: dict) -> str:
     s = r["shape"]
-    lines = [f"device: {r['backend']} ({r['device']}), jax {r['jax']}; "
-             f"shape: {s['layers']} layers, d={s['d_model']}, "
-             f"{s['heads']} heads, T={s['seq']}, batch {s['batch']}, vocab {s['vocab']}, {s['dtype']}; "
-             f"malloc tuned: {'yes' if r.get('malloc_tuned') else 'no'}",
-             f"measured matmul peak ({r['matmul']}): {r['matmul_peak_flop_per_s'] / 1e9:,.1f} GFLOP/s", "",
-             f"{'training step':<20}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
-             f"{'time x':>8}{'FLOP x':>8}{'time/FLOP':>10}{'compile s':>10}{'warm-up':>8}{'timed':>6}"]
+    lines = [
+        f"device: {r['backend']} ({r['device']}), jax {r['jax']}; "
+        f"shape: {s['layers']} layers, d={s['d_model']}, "
+        f"{s['heads']} heads, T={s['seq']}, batch {s['batch']}, vocab {s['vocab']}, {s['dtype']}; "
+        f"malloc tuned: {'yes' if r.get('malloc_tuned') else 'no'}",
+        f"measured matmul peak ({r['matmul']}): {r['matmul_peak_flop_per_s'] / 1e9:,.1f} GFLOP/s",
+        "",
+        f"{'training step':<20}{'ms/step':>9}{'tokens/s':>10}{'GFLOP/s':>10}{'of peak':>9}"
+        f"{'time x':>8}{'FLOP x':>8}{'time/FLOP':>10}{'compile s':>10}{'warm-up':>8}{'timed':>6}",
+    ]
     for name, x in r["train"].items():
-        lines.append(f"{name:<20}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}"
-                     f"{x['model_flop_per_s'] / 1e9:>10.1f}{x['fraction_of_matmul_peak']:>9.1%}"
-                     f"{x['time_ratio']:>8.2f}{x['flop_ratio']:>8.2f}"
-                     f"{x['time_over_flop_ratio']:>10.2f}{x['compile_s']:>10.1f}"
-                     f"{x['warmup_calls']:>8}{x['timed_calls']:>6}")
+        lines.append(
+            f"{name:<20}{x['ms_per_step']:>9.1f}{x['tokens_per_s']:>10,.0f}"
+            f"{x['model_flop_per_s'] / 1e9:>10.1f}{x['fraction_of_matmul_peak']:>9.1%}"
+            f"{x['time_ratio']:>8.2f}{x['flop_ratio']:>8.2f}"
+            f"{x['time_over_flop_ratio']:>10.2f}{x['compile_s']:>10.1f}"
+            f"{x['warmup_calls']:>8}{x['timed_calls']:>6}"
+        )
     m = r["peak_memory_bytes"]
     if len(m) > 1:
-        lines += ["", f"compiled step temp memory, n={m['n']}: " +
-                  ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in m.items() if k != "n")]
+        lines += [
+            "",
+            f"compiled step temp memory, n={m['n']}: "
+            + ", ".join(f"{k} {v / 2**20:,.1f} MiB" for k, v in m.items() if k != "n"),
+        ]
     if r["generation_tokens_per_s"]:
         lines += ["", f"{'generation (batch 1, greedy)':<32}{'tokens/s':>10}{'timed':>6}"]
-        lines += [f"{k:<32}{v:>10,.1f}{r['generation_timed_calls'][k]:>6}"
-                  for k, v in r["generation_tokens_per_s"].items()]
+        lines += [
+            f"{k:<32}{v:>10,.1f}{r['generation_timed_calls'][k]:>6}" for k, v in r["generation_tokens_per_s"].items()
+        ]
     lines += ["", "ms/step, tokens/s: median of the timed calls; warm-up: calls until one compiled nothing"]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ does not fit the model being built is a mismatch (the caller's `check`: one line
 damage. Every manager opened is closed, at the latest when the process exits: an open one leaves Orbax
 threads whose teardown prints "Exception ignored" tracebacks.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -24,7 +25,8 @@ import threading
 import time
 import weakref
 import zlib
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -33,7 +35,7 @@ import orbax.checkpoint as ocp
 from silentstar_jax.errors import UserError, is_disk_full
 
 logging.getLogger("absl").setLevel(logging.ERROR)
-_OPEN: "weakref.WeakSet[Checkpointer]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
 
 
 @atexit.register
@@ -46,27 +48,35 @@ def _close_all() -> None:
 class Checkpointer:
     def __init__(self, directory: str, keep: int, async_save: bool = True):
         self.directory = os.path.abspath(directory)
-        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                            create=True)
+        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=opts)
-        self._saving: Optional[int] = None     # the step an asynchronous save is writing
+        self._saving: int | None = None  # the step an asynchronous save is writing
         _OPEN.add(self)
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps(), reverse=True)
 
     def save(self, step: int, params, opt_state, meta: dict) -> None:
-        if self._saving is not None:      # the previous save's failure is its own, reported as such
+        if self._saving is not None:  # the previous save's failure is its own, reported as such
             self.wait()
-        meta = {**meta, "checksums": {"params": checksums(params), "opt_state": checksums(opt_state)},
-                "shapes": shapes(params)}
+        meta = {
+            **meta,
+            "checksums": {"params": checksums(params), "opt_state": checksums(opt_state)},
+            "shapes": shapes(params),
+        }
         try:
-            self.manager.save(step, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave(meta)), force=True)
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(params),
+                    opt_state=ocp.args.StandardSave(opt_state),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
         except Exception as e:  # noqa: BLE001 - Orbax raises many types for a failed write
             raise self._save_failed(step, e) from None
         self._saving = step
@@ -82,7 +92,8 @@ class Checkpointer:
         (`<step>.orbax-checkpoint-tmp*`) is removed; earlier steps are not touched. A full disk:
         DiskFull (exit 4); another OSError: UserError; anything else: `e` itself."""
         from silentstar_jax.fs import disk_full, remove
-        for t in threading.enumerate():    # Orbax's writers of this step end before its files are removed
+
+        for t in threading.enumerate():  # Orbax's writers of this step end before its files are removed
             if t is not threading.current_thread() and type(t).__module__.startswith("orbax"):
                 t.join(timeout=10)
         partial = glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*"))
@@ -91,12 +102,18 @@ class Checkpointer:
             self.manager.reload()
         older = [s for s in self.all_steps() if s < step]
         kept = f"the newest earlier checkpoint (step {older[0]}) is intact" if older else "no earlier checkpoint"
-        half = (f"the half-written {', '.join(left)} could not be removed" if left
-                else "its half-written files were removed" if partial else "nothing of it was kept")
+        half = (
+            f"the half-written {', '.join(left)} could not be removed"
+            if left
+            else "its half-written files were removed"
+            if partial
+            else "nothing of it was kept"
+        )
         doing = f"saving checkpoint step {step} in {self.directory}"
         if is_disk_full(e):
-            return disk_full(doing, self.directory, f"{half}; {kept}; free space, then the same command "
-                                                    "resumes from it")
+            return disk_full(
+                doing, self.directory, f"{half}; {kept}; free space, then the same command resumes from it"
+            )
         if isinstance(e, OSError):
             return UserError(f"{doing} failed ({e.strerror or e}); {half}; {kept}")
         return e
@@ -104,9 +121,14 @@ class Checkpointer:
     def restore(self, step: int, params_target, opt_target) -> tuple[Any, Any, dict]:
         """Targets: pytrees of jax.ShapeDtypeStruct carrying the wanted shardings."""
         with _drained_on_failure():
-            r = self.manager.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(params_target), opt_state=ocp.args.StandardRestore(opt_target),
-                meta=ocp.args.JsonRestore()))
+            r = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(params_target),
+                    opt_state=ocp.args.StandardRestore(opt_target),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
         _verify(step, r["meta"], params=r["params"], opt_state=r["opt_state"])
         return r["params"], r["opt_state"], r["meta"]
 
@@ -119,13 +141,20 @@ class Checkpointer:
 
     def restore_params(self, step: int, params_target) -> tuple[Any, dict]:
         with _drained_on_failure():
-            r = self.manager.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(params_target), meta=ocp.args.JsonRestore()))
+            r = self.manager.restore(
+                step,
+                args=ocp.args.Composite(params=ocp.args.StandardRestore(params_target), meta=ocp.args.JsonRestore()),
+            )
         _verify(step, r["meta"], params=r["params"])
         return r["params"], r["meta"]
 
-    def restore_newest_valid(self, restore: Callable[[int], Any], warn: Callable[[str], None],
-                             set_aside: bool = False, check: Optional[Callable[[int, dict], None]] = None):
+    def restore_newest_valid(
+        self,
+        restore: Callable[[int], Any],
+        warn: Callable[[str], None],
+        set_aside: bool = False,
+        check: Callable[[int, dict], None] | None = None,
+    ):
         """(step, restore(step)) for the newest step that restores and verifies, warning once per
         damaged newer step (moved to `damaged-checkpoints/` next to this directory if set_aside, so
         that saving that step number again cannot collide with it); None if there is no checkpoint.
@@ -148,8 +177,10 @@ class Checkpointer:
                 moved += self._damaged(step, e, warn, set_aside)
         if steps:
             where = f" (moved to {os.path.dirname(moved[0])})" if moved else ""
-            raise UserError(f"{self.directory}: no checkpoint can be restored: steps {steps} are all damaged{where}; "
-                            "to start over, use a new run.out_dir or --restart")
+            raise UserError(
+                f"{self.directory}: no checkpoint can be restored: steps {steps} are all damaged{where}; "
+                "to start over, use a new run.out_dir or --restart"
+            )
         return None
 
     def _damaged(self, step: int, e: Exception, warn, set_aside: bool) -> list[str]:
@@ -203,6 +234,7 @@ def _filtered_unraisable(previous):
     def hook(u):
         if not _orbax_teardown_noise(u.exc_value, u.object):
             previous(u)
+
     return hook
 
 
@@ -236,6 +268,7 @@ def _drained_on_failure(quiet_s: float = 0.3, max_s: float = 3.0):
     restore's stderr (Python's and the file descriptor) is held back: written out if it succeeds;
     if it fails, dropped once the abandoned reads have run (no new output for quiet_s)."""
     import tempfile
+
     sys.stderr.flush()
     held, fd_copy, py_err = tempfile.TemporaryFile(), os.dup(2), sys.stderr
     sink = io.StringIO()
@@ -250,7 +283,7 @@ def _drained_on_failure(quiet_s: float = 0.3, max_s: float = 3.0):
         seen = -1
         while time.monotonic() - changed < quiet_s and time.monotonic() - start < max_s:
             time.sleep(0.05)
-            gc.collect()                      # abandoned coroutines are finalised here, not at exit
+            gc.collect()  # abandoned coroutines are finalised here, not at exit
             size = len(sink.getvalue()) + os.fstat(held.fileno()).st_size
             if size != seen:
                 seen, changed = size, time.monotonic()
@@ -259,7 +292,7 @@ def _drained_on_failure(quiet_s: float = 0.3, max_s: float = 3.0):
         os.dup2(fd_copy, 2)
         os.close(fd_copy)
         sys.stderr = py_err
-        if not failed:                        # a restore that worked: whatever it said is shown
+        if not failed:  # a restore that worked: whatever it said is shown
             held.seek(0)
             py_err.write(held.read().decode("utf-8", "replace") + sink.getvalue())
         held.close()
@@ -301,7 +334,7 @@ def checksums(tree) -> dict[str, int]:
 
 def _verify(step: int, meta: dict, **trees) -> None:
     recorded = (meta or {}).get("checksums")
-    if recorded is None:        # written before checksums existed: nothing to compare
+    if recorded is None:  # written before checksums existed: nothing to compare
         return
     for name, tree in trees.items():
         want = recorded.get(name, {})

@@ -2,6 +2,7 @@
 
 Every mistake (unknown key, wrong type, impossible value) raises UserError with one clear line.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -20,24 +21,25 @@ from silentstar_jax.errors import UserError
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = "run"                     # label in logs and the live display
-    out_dir: str = "runs/run"             # run directory: config, logs, checkpoints (resumed when it has records)
-    seed: int = 0                         # parameters, data order and thought noise
+    name: str = "run"  # label in logs and the live display
+    out_dir: str = "runs/run"  # run directory: config, logs, checkpoints (resumed when it has records)
+    seed: int = 0  # parameters, data order and thought noise
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """GPT-2 shape (ignored where `init_from` supplies it) and numerics."""
-    vocab_size: int = 260                 # 260 = 256 bytes + specials for the byte tokenizer
-    n_positions: int = 128                # context length, thought steps included (seq_len + chain steps)
-    n_embd: int = 64                      # width D
-    n_layer: int = 2                      # transformer blocks
-    n_head: int = 4                       # attention heads (n_embd divisible by it)
-    layer_norm_epsilon: float = 1e-5      # GPT-2's 1e-5; read from config.json with init_from
-    init_from: Optional[str] = None      # HF directory or hub name
-    allow_pickle: bool = False           # opt-in for pytorch_model.bin (pickle runs code when loaded)
-    dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
-    remat: bool = False                  # jax.checkpoint on each layer of the base pass
+
+    vocab_size: int = 260  # 260 = 256 bytes + specials for the byte tokenizer
+    n_positions: int = 128  # context length, thought steps included (seq_len + chain steps)
+    n_embd: int = 64  # width D
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 4  # attention heads (n_embd divisible by it)
+    layer_norm_epsilon: float = 1e-5  # GPT-2's 1e-5; read from config.json with init_from
+    init_from: str | None = None  # HF directory or hub name
+    allow_pickle: bool = False  # opt-in for pytorch_model.bin (pickle runs code when loaded)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32
+    remat: bool = False  # jax.checkpoint on each layer of the base pass
     attention: Literal["auto", "xla", "cudnn"] = "auto"  # base-pass attention kernel
 
     @property
@@ -50,6 +52,7 @@ class ChainLayout:
     """The steps of one position's chain, defined once (docs/design.md §3): step 0 = start,
     1..n = thoughts, n+1 = end, n+2..S-1 = the A-1 teacher-forced talk tokens. Step i of the chain at
     base position t has position id t + offset(i) (thinking.positions, §4.1)."""
+
     n_thoughts: int
     n_ahead: int = 1
     positions: str = "advance"
@@ -98,30 +101,35 @@ class ChainLayout:
 @dataclass(frozen=True)
 class ThinkingConfig:
     """Latent thinking (docs/design.md §3-§7, levers §10). S = n_thoughts + 2 + (n_ahead - 1) chain steps."""
-    enabled: bool = True                  # false: plain GPT-2, the no-think control (--arm nothink)
-    n_thoughts: int = 2                   # thoughts per position before each prediction
-    n_ahead: int = 1                      # look-ahead targets per chain (Quiet-STaR's n_true); 1: the next token only
+
+    enabled: bool = True  # false: plain GPT-2, the no-think control (--arm nothink)
+    n_thoughts: int = 2  # thoughts per position before each prediction
+    n_ahead: int = 1  # look-ahead targets per chain (Quiet-STaR's n_true); 1: the next token only
     # a thought's next input: latent = P(y); token = softmax(lens(y) / feedback_temperature) @ wte, the
     # expected token embedding (a step that learned a look-up on tokens applies it to its own result);
     # token+latent = both summed; sample = the embedding of a token sampled from that softmax (Quiet-STaR's
     # token thoughts; REINFORCE only; the argmax when deterministic); pause = a fixed learned embedding (the control)
     feedback: Literal["latent", "pause", "token", "token+latent", "sample"] = "latent"
-    feedback_temperature: float = 1.0     # τ of the lens softmax for token feedback
-    estimator: Literal["reinforce", "pathwise", "both"] = "reinforce"  # how thoughts learn: reinforce (score function, value baseline), pathwise (through z), both
-    baseline: Literal["value", "group_mean", "value+group_mean"] = "value"  # REINFORCE baseline: the value head, the leave-one-out mean of K chains, or their average
-    n_samples: int = 1                   # K sampled chains per position (group_mean needs K > 1)
+    feedback_temperature: float = 1.0  # τ of the lens softmax for token feedback
+    estimator: Literal["reinforce", "pathwise", "both"] = (
+        "reinforce"  # how thoughts learn: reinforce (score function, value baseline), pathwise (through z), both
+    )
+    baseline: Literal["value", "group_mean", "value+group_mean"] = (
+        "value"  # REINFORCE baseline: the value head, the leave-one-out mean of K chains, or their average
+    )
+    n_samples: int = 1  # K sampled chains per position (group_mean needs K > 1)
     clip_negative_advantages: bool = False  # Quiet-STaR: only chains better than the baseline are reinforced
-    sigma_init: float = 0.1              # policy std, relative to the RMS of the token embeddings
-    mix_init_bias: float = -4.0          # sigmoid(-4) = 0.018: training starts at the base model
-    remat: bool = False                  # jax.checkpoint on each chain step
-    chain: Literal["scan", "unrolled"] = "scan"   # unrolled: faster steps, compile time grows with n
-    unroll: int = 1                      # chain: scan: steps written out per scan iteration (see run_chain)
+    sigma_init: float = 0.1  # policy std, relative to the RMS of the token embeddings
+    mix_init_bias: float = -4.0  # sigmoid(-4) = 0.018: training starts at the base model
+    remat: bool = False  # jax.checkpoint on each chain step
+    chain: Literal["scan", "unrolled"] = "scan"  # unrolled: faster steps, compile time grows with n
+    unroll: int = 1  # chain: scan: steps written out per scan iteration (see run_chain)
     # Training levers (docs/design.md §10)
-    seed: Literal["start", "base"] = "start"          # first thought's mean: P(start-step output) or P(h0)
+    seed: Literal["start", "base"] = "start"  # first thought's mean: P(start-step output) or P(h0)
     mix_from: Literal["end", "last_thought"] = "end"  # which step's output the gate mixes with h0
     n_thoughts_train: list[int] = field(default_factory=list)  # [lo, hi]: n drawn per step (empty: n_thoughts)
-    think_at: Literal["all", "targets"] = "all"       # targets: chains only where a scored token is predicted
-    throttle: bool = False               # the chain's gradient on the shared GPT-2 weights divided by S
+    think_at: Literal["all", "targets"] = "all"  # targets: chains only where a scored token is predicted
+    throttle: bool = False  # the chain's gradient on the shared GPT-2 weights divided by S
     # position ids of a chain's steps (docs/design.md §4.1): advance = t + 1, t + 2, ...; same = every step
     # up to end at t + 1, so no step's position depends on the thought count (test-time scaling)
     positions: Literal["advance", "same"] = "advance"
@@ -130,7 +138,7 @@ class ThinkingConfig:
     # to improve on whatever state it is handed rather than co-adapting with the steps before it
     progressive: bool = False
 
-    def layout(self, n_thoughts: Optional[int] = None) -> ChainLayout:
+    def layout(self, n_thoughts: int | None = None) -> ChainLayout:
         return ChainLayout(self.n_thoughts if n_thoughts is None else n_thoughts, self.n_ahead, self.positions)
 
     @property
@@ -140,10 +148,10 @@ class ThinkingConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    base: float = 1.0      # alpha_base
-    think: float = 1.0     # alpha_think
-    policy: float = 1.0    # beta
-    value: float = 1.0     # gamma
+    base: float = 1.0  # alpha_base
+    think: float = 1.0  # alpha_think
+    policy: float = 1.0  # beta
+    value: float = 1.0  # gamma
     # Not in Quiet-STaR: CE of the thought path alone (unmixed). It trains the chain even while
     # the mixing weight is ~0, which otherwise starves it of gradient (see README, results).
     thought: float = 0.0
@@ -151,7 +159,9 @@ class LossConfig:
     # target j (data thought_targets), weight annealed linearly to 0 between the two fractions of
     # train.steps (docs/design.md §10). [1, 1]: never annealed.
     thought_supervision: float = 0.0
-    supervision_anneal: list[float] = field(default_factory=lambda: [1.0, 1.0])  # [start_frac, end_frac] of train.steps over which thought_supervision goes to 0
+    supervision_anneal: list[float] = field(
+        default_factory=lambda: [1.0, 1.0]
+    )  # [start_frac, end_frac] of train.steps over which thought_supervision goes to 0
     # s thoughts per intermediate target: target j supervises thought s*j (a one-layer look-up that
     # needs two attention steps per hop, as in binding: find the statement, then read its right side)
     supervision_stride: int = 1
@@ -159,41 +169,43 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["task", "hf", "files"] = "task"  # task: built-in generator; hf: a datasets hub dataset; files: local .txt / .jsonl / parquet
+    source: Literal["task", "hf", "files"] = (
+        "task"  # task: built-in generator; hf: a datasets hub dataset; files: local .txt / .jsonl / parquet
+    )
     task: Literal["multiply", "add", "prosqa", "hops", "binding"] = "multiply"  # built-in task family for source=task
-    digits_a: int = 2                     # multiply, add
-    digits_b: int = 2                     # multiply, add: digits of the second operand
-    n_nodes: int = 12                     # prosqa
-    n_symbols: int = 16                   # hops: table size (2..26)
-    hops: int = 2                         # hops, binding: look-ups per example (1..9)
-    hops_min: Optional[int] = None        # hops, binding: k uniform in hops_min..hops; None: always hops
-    show_hops: bool = False               # hops: write k in the prompt (needed to mix hop counts)
-    single_cycle: bool = False            # hops: f is one cycle through every letter (f^k(q) != q, k < n)
-    chain: int = 1                        # hops: answers per problem, each f^k of the one before
-    hops_weights: list[float] = field(default_factory=list)   # training's k drawn with these weights
-                                          # (one per k in hops_min..hops); empty: uniform
-    eval_hops_min: Optional[int] = None   # hops, binding: the held-out set's k from eval_hops_min..hops
-                                          # (= hops: the hardest k only); None: as hops_min
+    digits_a: int = 2  # multiply, add
+    digits_b: int = 2  # multiply, add: digits of the second operand
+    n_nodes: int = 12  # prosqa
+    n_symbols: int = 16  # hops: table size (2..26)
+    hops: int = 2  # hops, binding: look-ups per example (1..9)
+    hops_min: int | None = None  # hops, binding: k uniform in hops_min..hops; None: always hops
+    show_hops: bool = False  # hops: write k in the prompt (needed to mix hop counts)
+    single_cycle: bool = False  # hops: f is one cycle through every letter (f^k(q) != q, k < n)
+    chain: int = 1  # hops: answers per problem, each f^k of the one before
+    hops_weights: list[float] = field(default_factory=list)  # training's k drawn with these weights
+    # (one per k in hops_min..hops); empty: uniform
+    eval_hops_min: int | None = None  # hops, binding: the held-out set's k from eval_hops_min..hops
+    # (= hops: the hardest k only); None: as hops_min
     hops_curriculum: list[float] = field(default_factory=list)  # easy to hard: k joins training at this
-                                          # fraction of train.steps (one per k in hops_min..hops, first 0)
-    n_vars: int = 8                       # binding: variables (max(2, queries)*hops..26)
-    queries: int = 1                      # binding: distinct query variables per problem, each answered
-    n_train: int = 20000                  # task: training problems drawn (held-out problems never among them)
-    n_eval: int = 500                     # task: held-out problems
-    dataset: Optional[str] = None         # hub name for source=hf
-    dataset_config: Optional[str] = None  # source=hf: the dataset's configuration name
-    split: str = "train"                  # source=hf: training split
-    eval_split: Optional[str] = None      # default: hold out the tail of `split` (streaming: its head)
-    eval_docs: int = 200                  # streaming: documents held out for evaluation
-    streaming: bool = False               # source=hf: stream instead of downloading the whole split
+    # fraction of train.steps (one per k in hops_min..hops, first 0)
+    n_vars: int = 8  # binding: variables (max(2, queries)*hops..26)
+    queries: int = 1  # binding: distinct query variables per problem, each answered
+    n_train: int = 20000  # task: training problems drawn (held-out problems never among them)
+    n_eval: int = 500  # task: held-out problems
+    dataset: str | None = None  # hub name for source=hf
+    dataset_config: str | None = None  # source=hf: the dataset's configuration name
+    split: str = "train"  # source=hf: training split
+    eval_split: str | None = None  # default: hold out the tail of `split` (streaming: its head)
+    eval_docs: int = 200  # streaming: documents held out for evaluation
+    streaming: bool = False  # source=hf: stream instead of downloading the whole split
     files: list[str] = field(default_factory=list)  # source=files: paths (.txt: lines; .jsonl: text_field; .parquet)
     files_curriculum: list[float] = field(default_factory=list)  # easy to hard by file: data.files[i] joins
-                                          # training at this fraction of train.steps (one per file, first 0)
+    # training at this fraction of train.steps (one per file, first 0)
     text_field: str = "text"
-    skip_bad_lines: bool = False          # .json/.jsonl files: a line that is not a JSON object with text_field
-                                          # stops with file:line (false), or is skipped and counted (true)
-    tokenizer: str = "byte"               # "byte" or an HF tokenizer dir / hub name
-    shuffle_seed: int = 0                 # order of training examples / documents
+    skip_bad_lines: bool = False  # .json/.jsonl files: a line that is not a JSON object with text_field
+    # stops with file:line (false), or is skipped and counted (true)
+    tokenizer: str = "byte"  # "byte" or an HF tokenizer dir / hub name
+    shuffle_seed: int = 0  # order of training examples / documents
 
     @property
     def train_hops(self) -> range:
@@ -203,25 +215,27 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3                      # peak learning rate (warmup, then cosine to lr * min_lr_ratio)
-    thinking_lr_mult: float = 1.0         # lr multiplier for the thinking heads (ThinkParams: start/end/pause, P, σ, gate, value)
-    warmup_steps: int = 50                # linear warmup from 0
-    min_lr_ratio: float = 0.1             # the cosine decay's floor, as a fraction of lr
-    weight_decay: float = 0.01            # AdamW decay, on matrices only (not biases or layer-norm scales)
-    b1: float = 0.9                       # Adam β1
-    b2: float = 0.95                      # Adam β2
-    grad_clip: float = 1.0                # global gradient norm clip
+    lr: float = 1e-3  # peak learning rate (warmup, then cosine to lr * min_lr_ratio)
+    thinking_lr_mult: float = (
+        1.0  # lr multiplier for the thinking heads (ThinkParams: start/end/pause, P, σ, gate, value)
+    )
+    warmup_steps: int = 50  # linear warmup from 0
+    min_lr_ratio: float = 0.1  # the cosine decay's floor, as a fraction of lr
+    weight_decay: float = 0.01  # AdamW decay, on matrices only (not biases or layer-norm scales)
+    b1: float = 0.9  # Adam β1
+    b2: float = 0.95  # Adam β2
+    grad_clip: float = 1.0  # global gradient norm clip
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000                     # optimizer steps
-    batch_size: int = 32                  # sequences per step (global, across devices)
-    seq_len: int = 32                     # tokens per sequence (a block is seq_len + 1 with its next-token target)
-    grad_accum: int = 1                   # micro-batches per step (the same update as one big batch)
-    log_every: int = 10                   # steps between metrics.jsonl lines
-    eval_every: int = 0                   # steps between held-out evaluations (evals.jsonl); 0: at the end only
-    save_every: int = 500                 # steps between checkpoints; 0: at the end (and on SIGTERM / Ctrl-C) only
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # sequences per step (global, across devices)
+    seq_len: int = 32  # tokens per sequence (a block is seq_len + 1 with its next-token target)
+    grad_accum: int = 1  # micro-batches per step (the same update as one big batch)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    eval_every: int = 0  # steps between held-out evaluations (evals.jsonl); 0: at the end only
+    save_every: int = 500  # steps between checkpoints; 0: at the end (and on SIGTERM / Ctrl-C) only
     # a non-finite loss or gradient: the update is never applied; "stop" ends the run (exit code 3),
     # "skip" goes on with the next batch
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -229,8 +243,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    data: int = -1    # -1: all devices not used by fsdp
-    fsdp: int = 1                         # devices each parameter is sharded over
+    data: int = -1  # -1: all devices not used by fsdp
+    fsdp: int = 1  # devices each parameter is sharded over
     # several hosts: jax.distributed.initialize() (coordinator from the cluster environment:
     # SLURM, Open MPI, TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)
     distributed: bool = False
@@ -238,8 +252,8 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    keep: int = 3                         # newest checkpoints kept (older ones deleted after a good save)
-    async_save: bool = True               # write checkpoints in a background thread while training goes on
+    keep: int = 3  # newest checkpoints kept (older ones deleted after a good save)
+    async_save: bool = True  # write checkpoints in a background thread while training goes on
 
 
 @dataclass(frozen=True)
@@ -256,6 +270,7 @@ class Config:
 
 
 # ---------------------------------------------------------------- building from dicts
+
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert one value against a field's annotation."""
@@ -289,7 +304,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):   # YAML 1.1 reads 1e-3 (no dot) as a string
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 return float(value)
             except ValueError:
@@ -306,9 +321,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 # now hard-wires (any value for _ANY), refused otherwise, so a setting is never dropped unseen. Why each went:
 # results/README.md ("Removed knobs").
 _ANY = object()
-_RETIRED_KEYS = {"train.eval_batches": _ANY, "thinking.reward": "logprob_gain",
-                 "thinking.normalize_advantages": False, "thinking.sigma_per_dim": False,
-                 "thinking.emb_grad_scale": 100.0, "thinking.log_sigma_min": -10.0, "thinking.log_sigma_max": 2.0}
+_RETIRED_KEYS = {
+    "train.eval_batches": _ANY,
+    "thinking.reward": "logprob_gain",
+    "thinking.normalize_advantages": False,
+    "thinking.sigma_per_dim": False,
+    "thinking.emb_grad_scale": 100.0,
+    "thinking.log_sigma_min": -10.0,
+    "thinking.log_sigma_max": 2.0,
+}
 
 
 def _build(cls, data: Any, where: str):
@@ -321,8 +342,10 @@ def _build(cls, data: Any, where: str):
         path = f"{where}.{key}" if where else str(key)
         if path in _RETIRED_KEYS:
             if _RETIRED_KEYS[path] is not _ANY and value != _RETIRED_KEYS[path]:
-                raise UserError(f"'{path}' was removed (only {_RETIRED_KEYS[path]!r}, now built in, is accepted; "
-                                f"see results/README.md), got {value!r}")
+                raise UserError(
+                    f"'{path}' was removed (only {_RETIRED_KEYS[path]!r}, now built in, is accepted; "
+                    f"see results/README.md), got {value!r}"
+                )
             continue
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
@@ -343,7 +366,7 @@ class StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
-            seen: dict = {}                  # key -> the line it was first written on
+            seen: dict = {}  # key -> the line it was first written on
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
@@ -351,17 +374,20 @@ class StrictLoader(yaml.SafeLoader):
                 try:
                     if key in seen:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"key {key!r} appears twice in one mapping (lines {seen[key]} and "
-                            f"{line}); keep one", key_node.start_mark)
+                            None,
+                            None,
+                            f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); keep one",
+                            key_node.start_mark,
+                        )
                     seen[key] = line
-                except TypeError:              # an unhashable key: the base loader says so
+                except TypeError:  # an unhashable key: the base loader says so
                     continue
         return super().construct_mapping(node, deep)
 
 
 def load_yaml(stream) -> Any:
     """Every config read (a config file, a run's saved config.yaml, an override's value) goes through here."""
-    return yaml.load(stream, Loader=StrictLoader)   # noqa: S506 - StrictLoader is a SafeLoader
+    return yaml.load(stream, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
 
 
 def _parse_scalar(text: str) -> Any:
@@ -393,7 +419,7 @@ def from_dict(raw: dict) -> Config:
     return cfg
 
 
-def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     """YAML file (or defaults when path is None) + overrides -> validated Config."""
     raw: dict = {}
     if path is not None:
@@ -401,7 +427,7 @@ def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:
             raise UserError(f"config file not found: {path}")
         try:
             with open(path, encoding="utf-8") as f:
-                raw = load_yaml(f) or {}     # safe: YAML tags that build Python objects are refused
+                raw = load_yaml(f) or {}  # safe: YAML tags that build Python objects are refused
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         except UnicodeDecodeError:
@@ -409,8 +435,9 @@ def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:
         except OSError as e:
             raise UserError(f"{path}: cannot read ({e.strerror})") from None
         if not isinstance(raw, dict):
-            raise UserError(f"{path}: a config must be a YAML mapping (sections like train: ...), "
-                            f"got a {type(raw).__name__}")
+            raise UserError(
+                f"{path}: a config must be a YAML mapping (sections like train: ...), got a {type(raw).__name__}"
+            )
     return from_dict(apply_overrides(raw, list(overrides)))
 
 
@@ -430,15 +457,17 @@ def validate_model(m: ModelConfig) -> None:
         raise UserError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
 
 
-def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int) -> None:
+def validate_thinking(t: ThinkingConfig, m: ModelConfig | None, seq_len: int) -> None:
     """m None: the model's shape is not known yet (init_from); the context check waits for it."""
     if not t.enabled:
         return
     if not t.feedback_temperature > 0:
         raise UserError(f"thinking.feedback_temperature must be > 0, got {t.feedback_temperature}")
     if t.feedback == "sample" and t.estimator != "reinforce":
-        raise UserError(f"thinking.feedback=sample draws discrete tokens, which have no pathwise gradient: "
-                        f"it needs thinking.estimator=reinforce, got {t.estimator}")
+        raise UserError(
+            f"thinking.feedback=sample draws discrete tokens, which have no pathwise gradient: "
+            f"it needs thinking.estimator=reinforce, got {t.estimator}"
+        )
     if t.n_thoughts < 0:
         raise UserError(f"thinking.n_thoughts must be >= 0, got {t.n_thoughts}")
     if t.n_ahead < 1:
@@ -457,10 +486,14 @@ def validate_thinking(t: ThinkingConfig, m: Optional[ModelConfig], seq_len: int)
     lay = t.layout(max([t.n_thoughts] + list(t.n_thoughts_train)))
     span = lay.position_span
     if m is not None and seq_len + span > m.n_positions:
-        what = "chain steps (n_thoughts + 1 + n_ahead)" if t.positions == "advance" else \
-            "chain position ids (positions: same: n_ahead)"
-        raise UserError(f"sequence length {seq_len} + {span} {what} = {seq_len + span} exceeds "
-                        f"model.n_positions = {m.n_positions}")
+        what = (
+            "chain steps (n_thoughts + 1 + n_ahead)"
+            if t.positions == "advance"
+            else "chain position ids (positions: same: n_ahead)"
+        )
+        raise UserError(
+            f"sequence length {seq_len} + {span} {what} = {seq_len + span} exceeds model.n_positions = {m.n_positions}"
+        )
 
 
 def check_eval_thoughts(cfg: Config, n: int) -> None:
@@ -468,8 +501,14 @@ def check_eval_thoughts(cfg: Config, n: int) -> None:
     if n < 0:
         raise UserError(f"--thoughts must be >= 0, got {n}")
     # mix_from=last_thought with 0 thoughts mixes the start step
-    validate(dataclasses.replace(cfg, thinking=dataclasses.replace(
-        cfg.thinking, n_thoughts=n, n_thoughts_train=[], mix_from=cfg.thinking.mix_from if n else "end")))
+    validate(
+        dataclasses.replace(
+            cfg,
+            thinking=dataclasses.replace(
+                cfg.thinking, n_thoughts=n, n_thoughts_train=[], mix_from=cfg.thinking.mix_from if n else "end"
+            ),
+        )
+    )
 
 
 def validate(cfg: Config) -> None:
@@ -485,9 +524,11 @@ def validate(cfg: Config) -> None:
     if cfg.data.n_eval < 1:
         raise UserError(f"data.n_eval must be >= 1 (the final evaluation needs examples), got {cfg.data.n_eval}")
     if not cfg.model.init_from and cfg.train.seq_len + 1 > cfg.model.n_positions:
-        raise UserError(f"train.seq_len + 1 = {cfg.train.seq_len + 1} tokens per block exceeds "
-                        f"model.n_positions = {cfg.model.n_positions}")
-    for name, value in dataclasses.asdict(cfg.optim).items():     # nan / inf can never train
+        raise UserError(
+            f"train.seq_len + 1 = {cfg.train.seq_len + 1} tokens per block exceeds "
+            f"model.n_positions = {cfg.model.n_positions}"
+        )
+    for name, value in dataclasses.asdict(cfg.optim).items():  # nan / inf can never train
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"optim.{name} must be a finite number, got {value}")
     if cfg.optim.lr <= 0:
@@ -499,29 +540,39 @@ def validate(cfg: Config) -> None:
     d = cfg.data
     n_k = len(d.train_hops)
     if d.hops_weights and (len(d.hops_weights) != n_k or min(d.hops_weights) < 0 or not sum(d.hops_weights) > 0):
-        raise UserError(f"data.hops_weights must be one non-negative weight per k in data.hops_min..data.hops "
-                        f"({n_k} here) with a positive sum, got {d.hops_weights}")
-    schedule = lambda c: c[0] == 0 and all(a <= b for a, b in zip(c, c[1:])) and c[-1] < 1   # first 0, up, < 1
+        raise UserError(
+            f"data.hops_weights must be one non-negative weight per k in data.hops_min..data.hops "
+            f"({n_k} here) with a positive sum, got {d.hops_weights}"
+        )
+    schedule = lambda c: c[0] == 0 and all(a <= b for a, b in zip(c, c[1:])) and c[-1] < 1  # first 0, up, < 1
     if d.hops_curriculum:
         c = d.hops_curriculum
         if d.source != "task" or d.task not in ("hops", "binding") or len(c) != n_k or not schedule(c):
-            raise UserError(f"data.hops_curriculum must be one start fraction per k in data.hops_min..data.hops "
-                            f"({n_k} here) of a hops or binding task, the first 0, non-decreasing and < 1, "
-                            f"got {c}")
+            raise UserError(
+                f"data.hops_curriculum must be one start fraction per k in data.hops_min..data.hops "
+                f"({n_k} here) of a hops or binding task, the first 0, non-decreasing and < 1, "
+                f"got {c}"
+            )
     if d.files_curriculum:
         c = d.files_curriculum
         if d.source != "files" or d.streaming or len(c) != len(d.files) or not schedule(c):
-            raise UserError(f"data.files_curriculum must be one start fraction per file of data.files "
-                            f"({len(d.files)} here; data.source: files, not streaming), the first 0, "
-                            f"non-decreasing and < 1, got {c}")
+            raise UserError(
+                f"data.files_curriculum must be one start fraction per file of data.files "
+                f"({len(d.files)} here; data.source: files, not streaming), the first 0, "
+                f"non-decreasing and < 1, got {c}"
+            )
     if d.eval_hops_min is not None and not 1 <= d.eval_hops_min <= d.hops:
         raise UserError(f"data.eval_hops_min must be in 1..data.hops = 1..{d.hops}, got {d.eval_hops_min}")
     if not cfg.thinking.enabled and cfg.loss.base == 0:
-        raise UserError("loss.base is 0 with thinking off: the model would have no loss (the no-think control "
-                        "of a loss.base: 0 recipe trains with loss.base=1, its only loss)")
+        raise UserError(
+            "loss.base is 0 with thinking off: the model would have no loss (the no-think control "
+            "of a loss.base: 0 recipe trains with loss.base=1, its only loss)"
+        )
     lo_hi = cfg.loss.supervision_anneal
     if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
-        raise UserError(f"loss.supervision_anneal must be [start, end] fractions with 0 <= start <= end <= 1, got {lo_hi}")
+        raise UserError(
+            f"loss.supervision_anneal must be [start, end] fractions with 0 <= start <= end <= 1, got {lo_hi}"
+        )
     if cfg.loss.supervision_stride < 1:
         raise UserError(f"loss.supervision_stride must be >= 1, got {cfg.loss.supervision_stride}")
     if cfg.checkpoint.keep < 1:

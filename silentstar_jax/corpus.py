@@ -15,6 +15,7 @@ teacher-forces each held-out line through `generation.score` (what `generate.py 
 reports, per k, the accuracy at the answer tokens (the share with p > 0.5) and the share of lines
 whose every answer token has p > 0.5, with and without thinking.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,26 +34,33 @@ def write_corpus(cfg, out: str) -> dict:
     problems per hop count, {text, prompt, answer, k}). Returns the paths and line counts."""
     from silentstar_jax import tasks
     from silentstar_jax.data import hop_counts, single_k, task_kwargs
+
     d = cfg.data
     if d.source != "task":
-        raise UserError(f"corpus write: the config's data.source is {d.source!r}; it needs a built-in task "
-                        "(data.source: task) to write out")
+        raise UserError(
+            f"corpus write: the config's data.source is {d.source!r}; it needs a built-in task "
+            "(data.source: task) to write out"
+        )
     try:
         train = tasks.make_examples(d.task, d.n_train, seed=cfg.run.seed, split="train", **task_kwargs(d))
-        held = {k: tasks.make_examples(d.task, d.n_eval, seed=d.shuffle_seed + 1, split="eval",
-                                       **task_kwargs(single_k(d, k), "eval"))
-                for k in (hop_counts(d) or [None])}
+        held = {
+            k: tasks.make_examples(
+                d.task, d.n_eval, seed=d.shuffle_seed + 1, split="eval", **task_kwargs(single_k(d, k), "eval")
+            )
+            for k in (hop_counts(d) or [None])
+        }
     except ValueError as e:
         raise UserError(f"corpus write: {e}") from None
     lines = [ex.prompt + ex.answer for ex in train]
     if any("\n" in x for x in lines):
         raise UserError(f"corpus write: a {d.task} problem holds a newline; it cannot be one line of text")
     from silentstar_jax.fs import staged
+
     names = {"train": "train.txt", "heldout": "heldout.jsonl"}
     ks = hop_counts(d)
-    for k in ks if len(ks) > 1 else ():   # the same lines by difficulty, for data.files_curriculum
+    for k in ks if len(ks) > 1 else ():  # the same lines by difficulty, for data.files_curriculum
         names[f"train_k{k}"] = f"train_k{k}.txt"
-    with staged(out, "the corpus", is_dir=True) as tmp:     # all of it, or nothing (files already there stay)
+    with staged(out, "the corpus", is_dir=True) as tmp:  # all of it, or nothing (files already there stay)
         with open(os.path.join(tmp, names["train"]), "w") as f:
             f.write("\n".join(lines) + "\n")
         for k in ks if len(ks) > 1 else ():
@@ -61,8 +69,10 @@ def write_corpus(cfg, out: str) -> dict:
         with open(os.path.join(tmp, names["heldout"]), "w") as f:
             for k, exs in held.items():
                 for ex in exs:
-                    f.write(json.dumps({"text": ex.prompt + ex.answer, "prompt": ex.prompt, "answer": ex.answer,
-                                        "k": k}) + "\n")
+                    f.write(
+                        json.dumps({"text": ex.prompt + ex.answer, "prompt": ex.prompt, "answer": ex.answer, "k": k})
+                        + "\n"
+                    )
     paths = {key: os.path.join(out, name) for key, name in names.items()}
     return {"paths": paths, "train_lines": len(lines), "heldout_lines": sum(len(v) for v in held.values())}
 
@@ -75,9 +85,17 @@ def read_heldout(path: str) -> list[dict]:
         raise UserError(f"--heldout {path}: {e.strerror}") from None
     except json.JSONDecodeError:
         raise UserError(f"--heldout {path}: not JSON lines (write it with: python corpus.py write ...)") from None
-    bad = [r for r in rows if not (isinstance(r, dict) and isinstance(r.get("text"), str)
-                                   and isinstance(r.get("prompt"), str) and r["text"].startswith(r["prompt"])
-                                   and len(r["text"]) > len(r["prompt"]))]
+    bad = [
+        r
+        for r in rows
+        if not (
+            isinstance(r, dict)
+            and isinstance(r.get("text"), str)
+            and isinstance(r.get("prompt"), str)
+            and r["text"].startswith(r["prompt"])
+            and len(r["text"]) > len(r["prompt"])
+        )
+    ]
     if not rows or bad:
         raise UserError(f"--heldout {path}: each line must be {{text, prompt, k}} with text = prompt + answer")
     return rows
@@ -87,12 +105,13 @@ def answer_scores(model, tok, rows: list[dict], think: bool, n_thoughts=None) ->
     """Per held-out line: p of each answer token given everything before it (teacher-forced), from the
     thinking path (think) or the base path."""
     from silentstar_jax.generation import score
+
     out = []
     for r in rows:
         ids, n_prompt = tok.encode(r["text"]), len(tok.encode(r["prompt"]))
         s = score(model, ids, think, n_thoughts)
-        lp = s["logprob"] if think else s["logprob_base"]      # lp[i]: log p(ids[i + 1] | ids[: i + 1])
-        out.append({"k": r.get("k"), "p": np.exp(lp[n_prompt - 1:len(ids) - 1]).tolist()})
+        lp = s["logprob"] if think else s["logprob_base"]  # lp[i]: log p(ids[i + 1] | ids[: i + 1])
+        out.append({"k": r.get("k"), "p": np.exp(lp[n_prompt - 1 : len(ids) - 1]).tolist()})
     return out
 
 
@@ -101,14 +120,18 @@ def summarize(scored: list[dict]) -> dict:
     res = {}
     for k in sorted({s["k"] for s in scored}, key=lambda x: (x is None, x)):
         ps = [np.asarray(s["p"]) for s in scored if s["k"] == k]
-        res[str(k)] = {"lines": len(ps), "answer_accuracy": float(np.mean(np.concatenate(ps) > 0.5)),
-                       "exact_match": float(np.mean([bool((p > 0.5).all()) for p in ps]))}
+        res[str(k)] = {
+            "lines": len(ps),
+            "answer_accuracy": float(np.mean(np.concatenate(ps) > 0.5)),
+            "exact_match": float(np.mean([bool((p > 0.5).all()) for p in ps])),
+        }
     return res
 
 
 def score_run(checkpoint: str, heldout: str, n_thoughts=None) -> dict:
     """{"thinking": per-k summary, "base": per-k summary} of a run (only "base" without thinking)."""
     from silentstar_jax.loading import load_run
+
     rows = read_heldout(heldout)
     model, tok, _, step = load_run(checkpoint)
     res = {"checkpoint": checkpoint, "step": step, "base": summarize(answer_scores(model, tok, rows, False))}
@@ -118,8 +141,9 @@ def score_run(checkpoint: str, heldout: str, n_thoughts=None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="corpus.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="corpus.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write", help="write a task config's problems as text lines")
     w.add_argument("--config", required=True, help="a config with data.source: task")
@@ -138,26 +162,31 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.cmd == "write":
         from silentstar_jax.config import load_config
+
         res = write_corpus(load_config(args.config, args.overrides), args.out)
         by_k = [os.path.basename(v) for k, v in res["paths"].items() if k.startswith("train_k")]
-        print(f"wrote {res['paths']['train']} ({res['train_lines']} lines"
-              + (f"; split by hop count: {', '.join(by_k)}" if by_k else "")
-              + f") and {res['paths']['heldout']} ({res['heldout_lines']} held-out lines)")
+        print(
+            f"wrote {res['paths']['train']} ({res['train_lines']} lines"
+            + (f"; split by hop count: {', '.join(by_k)}" if by_k else "")
+            + f") and {res['paths']['heldout']} ({res['heldout_lines']} held-out lines)"
+        )
         return
     if args.thoughts is not None and args.thoughts < 0:
         raise UserError(f"--thoughts must be >= 0, got {args.thoughts}")
     res = score_run(args.checkpoint, args.heldout, args.thoughts)
     for path in ("base", "thinking"):
         for k, v in res.get(path, {}).items():
-            print(f"{path:8s} k={k}: answer accuracy (p > 0.5) {v['answer_accuracy']:.3f}, all answer tokens "
-                  f"{v['exact_match']:.3f} over {v['lines']} lines")
+            print(
+                f"{path:8s} k={k}: answer accuracy (p > 0.5) {v['answer_accuracy']:.3f}, all answer tokens "
+                f"{v['exact_match']:.3f} over {v['lines']} lines"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
     sys.stdout.flush()
 
 
-run = entry_point(main)   # console script, `python -m`, the script at the repo root
+run = entry_point(main)  # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":

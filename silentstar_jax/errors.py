@@ -1,4 +1,5 @@
 """One exception for mistakes a user can make; entry points turn it into one line and exit code 2."""
+
 from __future__ import annotations
 
 import errno
@@ -8,17 +9,20 @@ import sys
 
 class UserError(Exception):
     """A problem the user can fix (bad path, bad config, bad prompt): shown as one line, no traceback."""
+
     exit_code = 2
 
 
 class NonFiniteError(UserError):
     """Training produced a non-finite loss or gradient (train.on_nonfinite=stop): exit code 3."""
+
     exit_code = 3
 
 
 class DiskFull(UserError):
     """The disk filled up (or a quota ran out) while writing: exit code 4, distinct from a refusal, so
     that a scheduler can free space and run the same command again (a training then resumes)."""
+
     exit_code = 4
 
 

@@ -4,6 +4,7 @@ Exact match is computed from one teacher-forced pass: greedy decoding reproduces
 exactly iff the argmax is right at every answer token given the right prefix, and generation's
 logits equal the parallel pass's (tested), so this *is* greedy-decoding exact match.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,12 +19,12 @@ from silentstar_jax.data import Batch
 from silentstar_jax.model import ChainOptions
 from silentstar_jax.objective import target_weights, token_logprob
 
-
-MAX_LOG_PERPLEXITY = 50.0   # perplexity reported as at most e^50 (a diverged model stays JSON-finite)
+MAX_LOG_PERPLEXITY = 50.0  # perplexity reported as at most e^50 (a diverged model stays JSON-finite)
 
 
 def make_eval_fn(graphdef, n_thoughts=None):
     """n_thoughts: think with this many thoughts (test-time scaling); None: thinking.n_thoughts."""
+
     def eval_fn(params, batch):
         model = nnx.merge(graphdef, params)
         tokens, attn, lmask = batch.tokens, batch.attn_mask, batch.loss_mask
@@ -57,7 +58,7 @@ def evaluate(eval_fn, params, rows: Batch, batch_size: int, put_batch) -> dict:
     for i in range(math.ceil(n / batch_size)):
         b = rows.take(slice(i * batch_size, (i + 1) * batch_size))
         short = batch_size - len(b.tokens)
-        if short:       # padding rows: attn_mask 0, so they count nowhere
+        if short:  # padding rows: attn_mask 0, so they count nowhere
             b = Batch(*(np.concatenate([v, np.zeros((short, v.shape[1]), v.dtype)]) for v in b[:3]))
         for k, v in jax.device_get(eval_fn(params, put_batch(b))).items():
             totals[k] = totals.get(k, 0.0) + float(v)
@@ -66,8 +67,11 @@ def evaluate(eval_fn, params, rows: Batch, batch_size: int, put_batch) -> dict:
         if f"{name}/nll" not in totals:
             continue
         ce = totals[f"{name}/nll"] / max(totals["n_tok"], 1)
-        r = {"ce": ce, "perplexity": math.exp(min(ce, MAX_LOG_PERPLEXITY)),
-             "accuracy": totals[f"{name}/hit"] / max(totals["n_tok"], 1)}
+        r = {
+            "ce": ce,
+            "perplexity": math.exp(min(ce, MAX_LOG_PERPLEXITY)),
+            "accuracy": totals[f"{name}/hit"] / max(totals["n_tok"], 1),
+        }
         if totals["n_ans"] and totals["n_ans"] != totals["n_tok"]:
             r["answer_ce"] = totals[f"{name}/nll_ans"] / totals["n_ans"]
             r["answer_accuracy"] = totals[f"{name}/hit_ans"] / totals["n_ans"]

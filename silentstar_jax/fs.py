@@ -1,5 +1,6 @@
 """Writing outputs so that a failed write (a full disk) leaves nothing half-written and nothing earlier
 changed: each output is written beside its place and moved in only once complete."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,11 @@ def staged(path: str, what: str, is_dir: bool = False, then: str = "free space a
     A full disk -> DiskFull naming `what`, `path` and `then` (what to do); other errors go on as they are."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = (tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent) if is_dir
-           else os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.partial"))
+    tmp = (
+        tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=parent)
+        if is_dir
+        else os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    )
     try:
         yield tmp
         if is_dir:
@@ -57,6 +61,5 @@ def staged(path: str, what: str, is_dir: bool = False, then: str = "free space a
         gone = remove(tmp)
         if is_disk_full(e):
             left = "nothing of it was kept" if gone else f"the partial output {tmp} could not be removed"
-            raise disk_full(f"writing {what} to {path}", path,
-                            f"{left}; nothing earlier was changed; {then}") from None
+            raise disk_full(f"writing {what} to {path}", path, f"{left}; nothing earlier was changed; {then}") from None
         raise

@@ -5,6 +5,7 @@ prompt loop (Ctrl-C stops a generation once the token being computed is done, Ct
 leave). --prompt for one shot, --json for machines, --score TEXT to see where thinking helped on a
 given text. Mistakes (a flag out of range, a broken checkpoint) end in one line and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,19 +23,18 @@ from silentstar_jax.runtime import entry_point
 from silentstar_jax.sampling import SamplingConfig
 
 TRAIN_HINT = "python train.py --config configs/tiny.yaml"
-MAX_SEED = 2 ** 63 - 1     # jax.random.key takes an int64
+MAX_SEED = 2**63 - 1  # jax.random.key takes an int64
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="generate.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_argument_group("model")
-    src.add_argument("--checkpoint",
-                     help="run directory or one checkpoint (default: latest run under --runs)")
+    src.add_argument("--checkpoint", help="run directory or one checkpoint (default: latest run under --runs)")
     src.add_argument("--runs", default="runs", help="where to look for runs (default: runs)")
     src.add_argument("--init-from", help="HF GPT-2 directory or hub name (fresh, untrained thinking heads)")
-    src.add_argument("--allow-pickle", action="store_true",
-                     help="allow loading pytorch_model.bin (runs pickle)")
+    src.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (runs pickle)")
     p.add_argument("--prompt", help="generate once for this prompt (no prompt loop)")
     p.add_argument("--score", metavar="TEXT", help="teacher-forced scoring of TEXT: where did thinking help?")
     p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate, >= 1 (default: 50)")
@@ -44,14 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1: off (default)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, 0 .. 2**63 - 1 (default: 0)")
     p.add_argument("--no-think", action="store_true", help="plain GPT-2 path, no thought chain")
-    p.add_argument("--thoughts", type=int,
-                   help="thought steps per token, >= 0 and within the model's context (default: as trained)")
-    p.add_argument("--show-thoughts", type=int, default=3, metavar="K",
-                   help="top-K tokens shown per thought (at most the vocabulary)")
+    p.add_argument(
+        "--thoughts",
+        type=int,
+        help="thought steps per token, >= 0 and within the model's context (default: as trained)",
+    )
+    p.add_argument(
+        "--show-thoughts",
+        type=int,
+        default=3,
+        metavar="K",
+        help="top-K tokens shown per thought (at most the vocabulary)",
+    )
     p.add_argument("--quiet", action="store_true", help="text only")
     p.add_argument("--json", action="store_true", help="one JSON object per token, then a summary line")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="draw the thought trace (with --prompt or --score): a row per thought, a column per token")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the thought trace (with --prompt or --score): a row per thought, a column per token",
+    )
     return p
 
 
@@ -91,26 +102,29 @@ def _check_args(args) -> SamplingConfig:
     for flag, text in (("--prompt", args.prompt), ("--score", args.score)):
         if text is not None:
             _check_text(text, flag)
-    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p)
+    return SamplingConfig(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
 
 def load_model(args):
     """SilentStar (or plain GPT2 wrapped), tokenizer, description, whether thinking is untrained."""
     from flax import nnx
+
     from silentstar_jax.config import ThinkingConfig
+    from silentstar_jax.loading import latest_run, load_run
     from silentstar_jax.model import SilentStar
     from silentstar_jax.tokenizer import load_tokenizer
-    from silentstar_jax.loading import latest_run, load_run
+
     if args.init_from:
         from silentstar_jax.hf import load_gpt2
+
         gpt2, path = load_gpt2(args.init_from, allow_pickle=args.allow_pickle)
-        model = SilentStar(gpt2.cfg, ThinkingConfig(enabled=not args.no_think), rngs=nnx.Rngs(args.seed),
-                           gpt2=gpt2)
+        model = SilentStar(gpt2.cfg, ThinkingConfig(enabled=not args.no_think), rngs=nnx.Rngs(args.seed), gpt2=gpt2)
         tok = load_tokenizer(path)
-        if tok.vocab_size > gpt2.cfg.vocab_size:      # ids past the embedding would be clamped silently
-            raise UserError(f"{path}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
-                            f"vocab_size {gpt2.cfg.vocab_size}: its tokenizer files belong to another model")
+        if tok.vocab_size > gpt2.cfg.vocab_size:  # ids past the embedding would be clamped silently
+            raise UserError(
+                f"{path}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
+                f"vocab_size {gpt2.cfg.vocab_size}: its tokenizer files belong to another model"
+            )
         return model, tok, args.init_from, not args.no_think
     run = args.checkpoint or latest_run(args.runs)
     if run is None:
@@ -129,11 +143,12 @@ def _thinking(model, args) -> tuple[bool, int]:
 
 
 def _fit_prompt(ids, gen, err, quiet_json: bool):
-    room = gen.room - 1   # at least one token to generate
+    room = gen.room - 1  # at least one token to generate
     if len(ids) > room:
         if not quiet_json:
-            err.print(f"[yellow]note:[/] prompt has {len(ids)} tokens; keeping the newest {room} (context "
-                      f"{gen.n_positions})")
+            err.print(
+                f"[yellow]note:[/] prompt has {len(ids)} tokens; keeping the newest {room} (context {gen.n_positions})"
+            )
         ids = ids[-room:]
     return ids
 
@@ -141,6 +156,7 @@ def _fit_prompt(ids, gen, err, quiet_json: bool):
 def score_ids(model, tok, args, think, n_thoughts) -> list[int]:
     """--score's tokens, checked against the context (before anything else is printed)."""
     from silentstar_jax.generation import token_room
+
     ids = tok.encode(args.score)
     if len(ids) < 2:
         raise UserError("--score needs a text of at least two tokens")
@@ -156,10 +172,13 @@ def score_records(s: dict, ids: list[int], tok, think: bool) -> list[dict]:
     """One record per scored token, in generation's JSON schema (display.event_json) plus its position."""
     from silentstar_jax.display import event_json
     from silentstar_jax.generation import TokenEvent
+
     per_pos = [k for k in ("mix_weight", "value", "lens_id", "lens_p", "cos_id", "cos", "norm") if k in s]
     records = []
     for i in range(len(ids) - 1):
-        e = TokenEvent(i, ids[i + 1], float(s["logprob"][i]), float(s["logprob_base"][i]), {k: s[k][i] for k in per_pos})
+        e = TokenEvent(
+            i, ids[i + 1], float(s["logprob"][i]), float(s["logprob_base"][i]), {k: s[k][i] for k in per_pos}
+        )
         rec = {"pos": i + 1, **event_json(e, tok, think), "mix_weight": float(s["mix_weight"][i])}
         del rec["step"]
         records.append(rec)
@@ -168,6 +187,7 @@ def score_records(s: dict, ids: list[int], tok, think: bool) -> list[dict]:
 
 def _plot(records, args, desc: str, what: str, err) -> None:
     from silentstar_jax.trace_plot import plot_trace
+
     plot_trace(records, args.plot, f"{what} — {desc}")
     if not args.json:
         err.print(f"[dim]thought trace drawn to {args.plot}[/]")
@@ -176,7 +196,8 @@ def _plot(records, args, desc: str, what: str, err) -> None:
 def run_score(model, tok, ids, args, think, n_thoughts, out, err=None, desc=""):
     from silentstar_jax.display import coloured_text, legend
     from silentstar_jax.generation import score
-    traced = think and (args.json or args.plot)         # the coloured text view needs no trace
+
+    traced = think and (args.json or args.plot)  # the coloured text view needs no trace
     s = score(model, ids, think, n_thoughts if think else None, args.show_thoughts if traced else 0)
     records = score_records(s, ids, tok, think) if args.json or args.plot else None
     if args.plot:
@@ -186,13 +207,16 @@ def run_score(model, tok, ids, args, think, n_thoughts, out, err=None, desc=""):
             print(json.dumps(rec))
         return
     deltas = s["logprob"] - s["logprob_base"]
-    pieces = [(tok.token_str(ids[0]), 0.0)] + [(tok.token_str(ids[i + 1]), float(deltas[i]))
-                                               for i in range(len(ids) - 1)]
+    pieces = [(tok.token_str(ids[0]), 0.0)] + [
+        (tok.token_str(ids[i + 1]), float(deltas[i])) for i in range(len(ids) - 1)
+    ]
     out.print(coloured_text(pieces))
     out.print(legend())
-    out.print(f"total log p: with thinking {s['logprob'].sum():.3f}, without {s['logprob_base'].sum():.3f}, "
-              f"gain {deltas.sum():+.3f} nats over {len(ids) - 1} tokens; mean mix weight "
-              f"{s['mix_weight'].mean():.3f}")
+    out.print(
+        f"total log p: with thinking {s['logprob'].sum():.3f}, without {s['logprob_base'].sum():.3f}, "
+        f"gain {deltas.sum():+.3f} nats over {len(ids) - 1} tokens; mean mix weight "
+        f"{s['mix_weight'].mean():.3f}"
+    )
 
 
 @contextlib.contextmanager
@@ -226,17 +250,20 @@ def generate_once(gen, tok, prompt: str, args, think, out, err, desc: str = "") 
         events = _generate_once(gen, tok, prompt, args, think, out, err, stop)
     if args.plot:
         from silentstar_jax.display import event_json
+
         _plot([event_json(e, tok, think) for e in events], args, desc, f"prompt {prompt!r}", err)
 
 
 def _generate_once(gen, tok, prompt: str, args, think, out, err, stop) -> list:
     from rich.text import Text
+
     from silentstar_jax.display import coloured_text, event_json, legend, printable, render_event
+
     ids = _fit_prompt(tok.encode(_check_text(prompt, "the prompt")), gen, err, args.json)
     if not ids:
         raise UserError("the prompt encodes to no tokens")
     events = []
-    t_mark = []                                      # steady-state tokens/s: the first two calls compile
+    t_mark = []  # steady-state tokens/s: the first two calls compile
     stream = gen.stream(ids, args.max_new_tokens, seed=args.seed, stop_id=tok.eos_id)
     status = None if (args.json or args.quiet) else out.status("Thinking…" if think else "Generating…")
     try:
@@ -295,8 +322,7 @@ def _prompt_loop(gen, tok, args, think, out, err) -> None:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
         pass
-    out.print("[bold]SilentSTaR[/] — type a prompt; Ctrl-C stops a generation; "
-              "Ctrl-D, 'quit' or 'exit' leave.")
+    out.print("[bold]SilentSTaR[/] — type a prompt; Ctrl-C stops a generation; Ctrl-D, 'quit' or 'exit' leave.")
     while True:
         try:
             prompt = input("prompt> ")
@@ -317,7 +343,7 @@ def _prompt_loop(gen, tok, args, think, out, err) -> None:
             generate_once(gen, tok, prompt, args, think, out, err)
         except UserError as e:
             err.print(f"error: {e}", markup=False, highlight=False)
-        except KeyboardInterrupt:     # in the instants around the generation, where JAX is not running
+        except KeyboardInterrupt:  # in the instants around the generation, where JAX is not running
             out.print("\n[dim](stopped)[/]")
 
 
@@ -326,8 +352,10 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     sampling = _check_args(args)
     from rich.console import Console
+
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     from silentstar_jax.generation import Generator
+
     model, tok, desc, fresh_heads = load_model(args)
     think, n_thoughts = _thinking(model, args)
     args.show_thoughts = min(args.show_thoughts, model.gpt2.cfg.vocab_size)
@@ -335,11 +363,18 @@ def main(argv=None) -> None:
     if args.score is not None:
         ids = score_ids(model, tok, args, think, n_thoughts)
     else:
-        gen = Generator(model, sampling, think=think, n_thoughts=n_thoughts if think else None,
-                        trace_top_k=args.show_thoughts if think else 0)
+        gen = Generator(
+            model,
+            sampling,
+            think=think,
+            n_thoughts=n_thoughts if think else None,
+            trace_top_k=args.show_thoughts if think else 0,
+        )
     if fresh_heads:
-        err.print("[yellow]warning:[/] thinking parameters are freshly initialised (untrained): "
-                  "thinking starts at the plain model")
+        err.print(
+            "[yellow]warning:[/] thinking parameters are freshly initialised (untrained): "
+            "thinking starts at the plain model"
+        )
     if not (args.json or args.quiet):
         thinking = f"{n_thoughts} thought(s) per token" if think else "off"
         err.print(f"[dim]model: {desc}; thinking: {thinking}[/]")
@@ -352,8 +387,7 @@ def main(argv=None) -> None:
     prompt_loop(gen, tok, args, think, out, err)
 
 
-
-run = entry_point(main)   # console script, `python -m`, the script at the repo root
+run = entry_point(main)  # console script, `python -m`, the script at the repo root
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """KV-cached generation with static shapes: one compilation per prompt bucket and one for the
 single-token step, none per token. With thinking, each token runs its thought chain for the last
 position only, against the cache plus the chain's own keys (docs/design.md §8 Generation)."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,14 +26,12 @@ PREFILL_BUCKET = 64
 class TokenEvent:
     step: int
     token_id: int
-    logprob: float        # log p(token) under the model's final (mixed) distribution
-    logprob_base: float   # log p(token) under the plain GPT-2 path
-    extra: dict           # thinking trace (empty without thinking)
+    logprob: float  # log p(token) under the model's final (mixed) distribution
+    logprob_base: float  # log p(token) under the plain GPT-2 path
+    extra: dict  # thinking trace (empty without thinking)
 
 
-
-
-def prompt_bucket(n_tokens: int, cap: Optional[int] = None) -> int:
+def prompt_bucket(n_tokens: int, cap: int | None = None) -> int:
     """Prompts are padded to a multiple of PREFILL_BUCKET (at most `cap`): one compilation per bucket."""
     bucket = -(-n_tokens // PREFILL_BUCKET) * PREFILL_BUCKET
     return bucket if cap is None else min(bucket, cap)
@@ -43,16 +42,17 @@ def token_room(n_positions: int, lay: ChainLayout) -> int:
     at position t uses position ids up to t + lay.position_span < n_positions."""
     room = n_positions - lay.position_span
     if room < 2:
-        if lay.positions != "advance":                          # the span does not depend on the count
-            raise UserError(f"the model's context of {n_positions} positions (n_positions) holds no token "
-                            "with a chain")
+        if lay.positions != "advance":  # the span does not depend on the count
+            raise UserError(f"the model's context of {n_positions} positions (n_positions) holds no token with a chain")
         most = n_positions - 2 - (lay.n_steps - lay.n_thoughts)  # the largest count with room == 2
-        raise UserError(f"{lay.n_thoughts} thoughts per token do not fit the model's context of "
-                        f"{n_positions} positions (n_positions); use at most {max(most, 0)}")
+        raise UserError(
+            f"{lay.n_thoughts} thoughts per token do not fit the model's context of "
+            f"{n_positions} positions (n_positions); use at most {max(most, 0)}"
+        )
     return room
 
 
-def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None, trace_top_k: int = 0) -> dict:
+def score(model, ids: list[int], think: bool, n_thoughts: int | None = None, trace_top_k: int = 0) -> dict:
     """Teacher-forced log-probs of ids[1:] (each given the tokens before it), base and mixed,
     from the parallel forward with deterministic thoughts. Arrays of length len(ids) - 1.
     n_thoughts: thought steps per position (None: as configured). trace_top_k: also the thought trace
@@ -66,7 +66,7 @@ def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None, 
     graphdef, state = nnx.split(model)
     fn = _score_fn(graphdef, think, n_thoughts if think else None, trace_top_k if think else 0)
     out = fn(state, jnp.asarray(toks), jnp.asarray(mask))
-    return {k: np.asarray(v)[0, :L - 1] for k, v in out.items()}
+    return {k: np.asarray(v)[0, : L - 1] for k, v in out.items()}
 
 
 # (graphdef, think, n_thoughts, jitted fn): the parameters are an argument of the jitted function, so
@@ -75,7 +75,7 @@ def score(model, ids: list[int], think: bool, n_thoughts: Optional[int] = None, 
 _SCORE_FNS: list = []
 
 
-def _score_fn(graphdef, think: bool, n_thoughts: Optional[int], trace_top_k: int = 0):
+def _score_fn(graphdef, think: bool, n_thoughts: int | None, trace_top_k: int = 0):
     for gd, th, n, k, fn in _SCORE_FNS:
         if th == think and n == n_thoughts and k == trace_top_k and gd == graphdef:
             return fn
@@ -91,10 +91,9 @@ def _score_fn(graphdef, think: bool, n_thoughts: Optional[int], trace_top_k: int
 
         res = {"logprob_base": lp(out.base_logits)}
         if think and out.thinking:
-            res.update(logprob=lp(out.mixed_logits[:, :, 0]), mix_weight=out.mix_weight[:, :, 0],
-                       value=out.value)
-            if trace_top_k and out.layout.n_thoughts:     # [1, L, n, D] -> the trace of each position
-                flat = lambda a: jnp.moveaxis(a[0], 1, 0)                       # [n, L, D]
+            res.update(logprob=lp(out.mixed_logits[:, :, 0]), mix_weight=out.mix_weight[:, :, 0], value=out.value)
+            if trace_top_k and out.layout.n_thoughts:  # [1, L, n, D] -> the trace of each position
+                flat = lambda a: jnp.moveaxis(a[0], 1, 0)  # [n, L, D]
                 sources = forward_thought_sources(out, m.think_cfg)
                 trace = thought_trace(m.gpt2, flat(sources), flat(out.thoughts), trace_top_k)
                 res.update({k: v[None] for k, v in trace.items()})
@@ -109,16 +108,18 @@ def _score_fn(graphdef, think: bool, n_thoughts: Optional[int], trace_top_k: int
 class Generator:
     """Decode from `model` (a GPT2, or a SilentStar whose thinking runs when `think` is true)."""
 
-    def __init__(self, model, sampling: SamplingConfig, think: bool = False,
-                 n_thoughts: Optional[int] = None, trace_top_k: int = 0):
+    def __init__(
+        self, model, sampling: SamplingConfig, think: bool = False, n_thoughts: int | None = None, trace_top_k: int = 0
+    ):
         self.gpt2 = getattr(model, "gpt2", model)
         self.think = think
         n = model.think_cfg.n_thoughts if (think and n_thoughts is None) else (n_thoughts or 0)
         self.n_thoughts = n
         # chain positions run past the token's own (generation has no talk steps)
         self.n_positions = self.gpt2.cfg.n_positions
-        self.room = token_room(self.n_positions, ChainLayout(n, 1, model.think_cfg.positions)) if think \
-            else self.n_positions
+        self.room = (
+            token_room(self.n_positions, ChainLayout(n, 1, model.think_cfg.positions)) if think else self.n_positions
+        )
         self.sampling = sampling
         graphdef, self.state = nnx.split(model)
 
@@ -137,15 +138,18 @@ class Generator:
 
         self._decode = jax.jit(decode, donate_argnums=(1,))
 
-    def stream(self, prompt_ids: list[int], max_new_tokens: int, seed: int = 0,
-               stop_id: Optional[int] = None) -> Iterator[TokenEvent]:
+    def stream(
+        self, prompt_ids: list[int], max_new_tokens: int, seed: int = 0, stop_id: int | None = None
+    ) -> Iterator[TokenEvent]:
         """Yield one TokenEvent per generated token (batch of one prompt)."""
         Lp = len(prompt_ids)
         if Lp == 0:
             raise UserError("the prompt is empty")
         if Lp >= self.room:
-            raise UserError(f"the prompt has {Lp} tokens; with {self.n_thoughts} thoughts per token the "
-                            f"context ({self.n_positions} positions) holds {self.room}: no room to generate")
+            raise UserError(
+                f"the prompt has {Lp} tokens; with {self.n_thoughts} thoughts per token the "
+                f"context ({self.n_positions} positions) holds {self.room}: no room to generate"
+            )
         max_new_tokens = min(max_new_tokens, self.room - Lp)
         bucket = prompt_bucket(Lp, self.n_positions)
         tokens = np.zeros((1, bucket), np.int32)
@@ -159,14 +163,14 @@ class Generator:
             key, sub = jax.random.split(key)
             cache, token, lp, lpb, extra = self._decode(self.state, cache, *args, sub)
             tid = int(token[0])
-            yield TokenEvent(step, tid, float(lp[0]), float(lpb[0]),
-                             jax.tree.map(lambda a: np.asarray(a)[0], extra))
+            yield TokenEvent(step, tid, float(lp[0]), float(lpb[0]), jax.tree.map(lambda a: np.asarray(a)[0], extra))
             if stop_id is not None and tid == stop_id:
                 return
             args = (token[:, None], jnp.int32(Lp + step), jnp.int32(0))
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, seed: int = 0,
-                 stop_id: Optional[int] = None) -> tuple[list[TokenEvent], float]:
+    def generate(
+        self, prompt_ids: list[int], max_new_tokens: int, seed: int = 0, stop_id: int | None = None
+    ) -> tuple[list[TokenEvent], float]:
         """All events and tokens/s (excluding the first call's compilation is the caller's job)."""
         t0 = time.perf_counter()
         events = list(self.stream(prompt_ids, max_new_tokens, seed, stop_id))

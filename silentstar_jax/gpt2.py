@@ -7,9 +7,11 @@ keys come from the sequence itself, a KV cache or a thought chain (see attention
 Parameter layout follows HF's Conv1D (x @ W + b), so checkpoints load without transposes.
 Which matmul and attention kernels run on which backend is decided in kernels.py.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ from silentstar_jax.config import ModelConfig
 from silentstar_jax.kernels import attention_impl, matmul
 from silentstar_jax.sharding import param
 
-INIT_STD = 0.02   # HF's initializer_range: weights ~ N(0, 0.02^2)
+INIT_STD = 0.02  # HF's initializer_range: weights ~ N(0, 0.02^2)
 
 # An attention callback:
 #   (q, k, v [B, L, H, Dh], per-layer extra input) -> (out [B, L, H, Dh], per-layer output)
@@ -44,7 +46,7 @@ class GPT2(nnx.Module):
         self.cfg = cfg
         D, NL, F = cfg.n_embd, cfg.n_layer, 4 * cfg.n_embd
         std = INIT_STD
-        proj_std = INIT_STD / (2 * NL) ** 0.5   # HF init: residual projections scaled by depth
+        proj_std = INIT_STD / (2 * NL) ** 0.5  # HF init: residual projections scaled by depth
         normal = lambda s, axes, *shape: param(s * jax.random.normal(rngs.params(), shape, jnp.float32), axes)
         const = lambda c, axes, *shape: param(jnp.full(shape, c, jnp.float32), axes)
         # logical axes (sharding.py): parameters on a leading "layers" axis are the scanned block stack
@@ -71,8 +73,11 @@ class GPT2(nnx.Module):
 
     def layer_params(self) -> dict:
         """The block stack: every parameter whose first logical axis is "layers"."""
-        return {name: v[...] for name, v in vars(self).items()
-                if isinstance(v, nnx.Param) and v.get_metadata("out_sharding")[0] == "layers"}
+        return {
+            name: v[...]
+            for name, v in vars(self).items()
+            if isinstance(v, nnx.Param) and v.get_metadata("out_sharding")[0] == "layers"
+        }
 
     def final_norm(self, x_BLD):
         return layer_norm(x_BLD, self.ln_f_scale[...], self.ln_f_bias[...], self.cfg.layer_norm_epsilon)
@@ -80,8 +85,9 @@ class GPT2(nnx.Module):
     def logits(self, h_BLD):
         """Tied LM head: h @ wte^T, float32 logits."""
         dt = compute_dtype(self.cfg)
-        return jnp.einsum("...d,vd->...v", h_BLD.astype(dt), self.wte[...].astype(dt),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "...d,vd->...v", h_BLD.astype(dt), self.wte[...].astype(dt), preferred_element_type=jnp.float32
+        )
 
     def run_layers(self, x_BLD, attend: AttendFn, layer_xs=None):
         """Scan the stacked blocks over x. `layer_xs` (leading [n_layer] axis) is handed to `attend`
@@ -151,4 +157,3 @@ class GPT2(nnx.Module):
         x = self.embed(tokens_BQ, (start + jnp.arange(Q))[None])
         x, cache = self.run_layers(x, attend, cache)
         return self.final_norm(x), cache
-

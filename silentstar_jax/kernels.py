@@ -5,6 +5,7 @@ Most of it exists for XLA:CPU: `einsum_acc32` makes XLA:CPU use its bf16 dot ins
 `dense` has its own VJP because autodiff's weight gradient is slow there. On GPU `matmul` is a
 plain einsum and the base pass may use cuDNN attention. gpt2.py and attention.py import from here.
 """
+
 from __future__ import annotations
 
 import jax
@@ -34,12 +35,12 @@ def _dense_bwd(res, g):
     da = einsum_acc32("...n,kn->...k", g, w)
     a2 = a.reshape(-1, a.shape[-1])
     g2 = g.reshape(-1, g.shape[-1])
-    bar = jax.lax.optimization_barrier          # keeps XLA from folding the transposes back into the dot
+    bar = jax.lax.optimization_barrier  # keeps XLA from folding the transposes back into the dot
     if g2.shape[1] < a2.shape[1]:
         # [N, T] @ [T, K], then a small [N, K] transpose
         dw = bar(einsum_acc32("nt,tk->nk", bar(g2.T), a2)).T
     else:
-        dw = einsum_acc32("kt,tn->kn", bar(a2.T), g2)          # [K, T] @ [T, N]
+        dw = einsum_acc32("kt,tn->kn", bar(a2.T), g2)  # [K, T] @ [T, N]
     return da, dw.astype(w.dtype)
 
 

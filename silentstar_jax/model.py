@@ -1,8 +1,7 @@
 """SilentStar: GPT-2 plus thinking heads. The parallel training forward (every position thinks at
 once) and the single-position thinking used by generation share `thought.run_chain`."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +17,13 @@ from silentstar_jax.thought import ThoughtHeads, run_chain
 class ChainOptions:
     """How `SilentStar.__call__` runs its chains, as one value; the defaults are evaluation's (deterministic
     thoughts, one chain per position, thinking.n_thoughts, every position thinking)."""
-    key: Optional[jax.Array] = None             # None: deterministic thoughts z = mu (evaluation, generation)
-    think_idx_BQ: Optional[jax.Array] = None    # [B, Q] chains only at these positions (index L = padding);
-                                                # elsewhere the base model (w = 0): thinking.think_at: targets
-    n_detach: Optional[jax.Array] = None        # thoughts 1..n_detach without gradient (thinking.progressive)
-    n_samples: int = struct.field(pytree_node=False, default=1)              # K chains per position
-    n_thoughts: Optional[int] = struct.field(pytree_node=False, default=None)  # None: thinking.n_thoughts
+
+    key: jax.Array | None = None  # None: deterministic thoughts z = mu (evaluation, generation)
+    think_idx_BQ: jax.Array | None = None  # [B, Q] chains only at these positions (index L = padding);
+    # elsewhere the base model (w = 0): thinking.think_at: targets
+    n_detach: jax.Array | None = None  # thoughts 1..n_detach without gradient (thinking.progressive)
+    n_samples: int = struct.field(pytree_node=False, default=1)  # K chains per position
+    n_thoughts: int | None = struct.field(pytree_node=False, default=None)  # None: thinking.n_thoughts
 
 
 @struct.dataclass
@@ -32,18 +32,19 @@ class Forward:
     BK = B * n_samples (each sequence's chains sampled n_samples times: rows b*K .. b*K+K-1);
     A = thinking.n_ahead, n = thoughts, S = chain steps (layout.n_steps). The thinking fields are None
     when thinking is off."""
-    base_logits: jax.Array                      # [B, L, V] plain GPT-2: position t predicts x_{t+1}
-    hidden: jax.Array                           # [B, L, D] the base hidden state h0 (after ln_f)
-    mixed_logits: Optional[jax.Array] = None    # [BK, L, A, V] chain at t, talk step s predicts x_{t+1+s}
-    mix_weight: Optional[jax.Array] = None      # [BK, L, A] weight of the thought path
-    value: Optional[jax.Array] = None           # [BK, L] value-head baseline
-    logp: Optional[jax.Array] = None            # [BK, L] policy log-prob of the sampled thoughts
-    thoughts: Optional[jax.Array] = None        # [BK, L, n, D] thought inputs z
-    think_mask: Optional[jax.Array] = None      # [BK, L] positions that ran a chain
-    sigma: Optional[jax.Array] = None           # [] mean policy scale
-    chain_out: Optional[jax.Array] = None       # [BK, L, A, D] the thought path's state, unmixed (h0 where no chain)
-    steps: Optional[jax.Array] = None           # [BK, L, S, D] every chain step's output (0 where no chain)
-    layout: Optional[ChainLayout] = struct.field(pytree_node=False, default=None)   # which step is which
+
+    base_logits: jax.Array  # [B, L, V] plain GPT-2: position t predicts x_{t+1}
+    hidden: jax.Array  # [B, L, D] the base hidden state h0 (after ln_f)
+    mixed_logits: jax.Array | None = None  # [BK, L, A, V] chain at t, talk step s predicts x_{t+1+s}
+    mix_weight: jax.Array | None = None  # [BK, L, A] weight of the thought path
+    value: jax.Array | None = None  # [BK, L] value-head baseline
+    logp: jax.Array | None = None  # [BK, L] policy log-prob of the sampled thoughts
+    thoughts: jax.Array | None = None  # [BK, L, n, D] thought inputs z
+    think_mask: jax.Array | None = None  # [BK, L] positions that ran a chain
+    sigma: jax.Array | None = None  # [] mean policy scale
+    chain_out: jax.Array | None = None  # [BK, L, A, D] the thought path's state, unmixed (h0 where no chain)
+    steps: jax.Array | None = None  # [BK, L, S, D] every chain step's output (0 where no chain)
+    layout: ChainLayout | None = struct.field(pytree_node=False, default=None)  # which step is which
 
     @property
     def thinking(self) -> bool:
@@ -51,8 +52,7 @@ class Forward:
 
 
 class SilentStar(nnx.Module):
-    def __init__(self, model_cfg: ModelConfig, think_cfg: ThinkingConfig, *, rngs: nnx.Rngs,
-                 gpt2: Optional[GPT2] = None):
+    def __init__(self, model_cfg: ModelConfig, think_cfg: ThinkingConfig, *, rngs: nnx.Rngs, gpt2: GPT2 | None = None):
         self.gpt2 = gpt2 if gpt2 is not None else GPT2(model_cfg, rngs=rngs)
         self.think_cfg = think_cfg
         self.heads = ThoughtHeads(self.gpt2, think_cfg, rngs=rngs) if think_cfg.enabled else None
@@ -73,22 +73,36 @@ class SilentStar(nnx.Module):
         tokens_BL, h0_BLD = rep(tokens_BL), rep(h0_BLD)
         k0, v0 = rep(k0, 1), rep(v0, 1)
         key_mask_BL = jnp.ones((BK, L), bool) if attn_mask_BL is None else rep(attn_mask_BL).astype(bool)
-        if chain.think_idx_BQ is None:                                      # every position thinks
+        if chain.think_idx_BQ is None:  # every position thinks
             idx_BQ = pos_BQ = jnp.broadcast_to(jnp.arange(L), (BK, L))
             take, put = (lambda x: x), (lambda full, part: part)
-        else:                                                               # [BK, Q], L = padding
+        else:  # [BK, Q], L = padding
             idx_BQ = rep(chain.think_idx_BQ)
             pos_BQ = jnp.minimum(idx_BQ, L - 1)
             take = lambda x: jnp.take_along_axis(x, pos_BQ.reshape(pos_BQ.shape + (1,) * (x.ndim - 2)), axis=1)
             put = lambda full, part: full.at[jnp.arange(BK)[:, None], idx_BQ].set(part, mode="drop")
         mask_BQL = (jnp.arange(L)[None, None, :] <= pos_BQ[:, :, None]) & key_mask_BL[:, None, :]
-        talk_ABQD = jnp.stack([take(g.embed_tokens(shift_left(tokens_BL, s))) for s in range(1, A)]) if A > 1 \
+        talk_ABQD = (
+            jnp.stack([take(g.embed_tokens(shift_left(tokens_BL, s))) for s in range(1, A)])
+            if A > 1
             else jnp.zeros((0,) + pos_BQ.shape + (g.cfg.n_embd,))
+        )
         lay = cfg.layout(n)
         gc = g if not cfg.throttle else _grad_scaled(g, 1.0 / lay.n_steps)
-        y_SBQD, z_SBQD, logp_BQ = run_chain(gc, self.heads, n, pos_BQ, k0, v0, mask_BQL[:, None], talk_ABQD,
-                                            chain.key, take(h0_BLD), None if chain.think_idx_BQ is None else L,
-                                            chain.n_detach)
+        y_SBQD, z_SBQD, logp_BQ = run_chain(
+            gc,
+            self.heads,
+            n,
+            pos_BQ,
+            k0,
+            v0,
+            mask_BQL[:, None],
+            talk_ABQD,
+            chain.key,
+            take(h0_BLD),
+            None if chain.think_idx_BQ is None else L,
+            chain.n_detach,
+        )
         h0_BLAD = jnp.stack([shift_left(h0_BLD, s) for s in range(A)], axis=2)
         y_BQAD = jnp.stack([y_SBQD[i] for i in lay.mixed(cfg.mix_from)], axis=2)
         w_BQA = self.heads.mix_weight(take(h0_BLAD), y_BQAD)
@@ -96,24 +110,31 @@ class SilentStar(nnx.Module):
         w_BLA = put(jnp.zeros((BK, L, A), w_BQA.dtype), w_BQA)
         y_BLAD = put(h0_BLAD, y_BQAD)
         mixed_BLAD = (1 - w_BLA[..., None]) * h0_BLAD + w_BLA[..., None] * y_BLAD
-        z_BQnD = jnp.moveaxis(z_SBQD[lay.thoughts.start:lay.thoughts.stop], 0, 2)
+        z_BQnD = jnp.moveaxis(z_SBQD[lay.thoughts.start : lay.thoughts.stop], 0, 2)
         D = g.cfg.n_embd
         return Forward(
-            base_logits=base_logits, hidden=hidden, mixed_logits=g.logits(mixed_BLAD), mix_weight=w_BLA,
-            value=self.heads.value(h0_BLD), logp=put(jnp.zeros((BK, L), logp_BQ.dtype), logp_BQ),
+            base_logits=base_logits,
+            hidden=hidden,
+            mixed_logits=g.logits(mixed_BLAD),
+            mix_weight=w_BLA,
+            value=self.heads.value(h0_BLD),
+            logp=put(jnp.zeros((BK, L), logp_BQ.dtype), logp_BQ),
             thoughts=put(jnp.zeros((BK, L, n, D), z_SBQD.dtype), z_BQnD),
             think_mask=put(jnp.zeros((BK, L), bool), jnp.ones(pos_BQ.shape, bool)),
-            sigma=jnp.exp(self.heads.sigma_log()).mean(), chain_out=y_BLAD,
-            steps=put(jnp.zeros((BK, L, lay.n_steps, D), y_SBQD.dtype), jnp.moveaxis(y_SBQD, 0, 2)), layout=lay)
+            sigma=jnp.exp(self.heads.sigma_log()).mean(),
+            chain_out=y_BLAD,
+            steps=put(jnp.zeros((BK, L, lay.n_steps, D), y_SBQD.dtype), jnp.moveaxis(y_SBQD, 0, 2)),
+            layout=lay,
+        )
 
-    def think_at(self, h0_BD, cache, pos, n_thoughts: Optional[int] = None, trace_top_k: int = 0):
+    def think_at(self, h0_BD, cache, pos, n_thoughts: int | None = None, trace_top_k: int = 0):
         """Generation: the chain (start, n thoughts, end) for one position `pos` per row, against the
         KV cache (keys at positions <= pos). Returns mixed logits [B, V] and a trace dict."""
         g, heads = self.gpt2, self.heads
         n = self.think_cfg.n_thoughts if n_thoughts is None else n_thoughts
         k_cache, v_cache = cache
         B, T = k_cache.shape[1], k_cache.shape[2]
-        mask = (jnp.arange(T) <= pos)[None, :]                               # [L=1, T]
+        mask = (jnp.arange(T) <= pos)[None, :]  # [L=1, T]
         pos_BL = jnp.full((B, 1), pos)
         talk = jnp.zeros((0, B, 1, g.cfg.n_embd))
         y, z, _ = run_chain(g, heads, n, pos_BL, k_cache, v_cache, mask, talk, None, h0_BD[:, None])
@@ -124,7 +145,7 @@ class SilentStar(nnx.Module):
         trace = {"mix_weight": w, "value": heads.value(h0_BD)}
         if trace_top_k and n:
             y_prev = thought_sources(y[:, :, 0], h0_BD, n, self.think_cfg)
-            trace.update(thought_trace(g, y_prev, z[lay.thoughts.start:lay.thoughts.stop, :, 0], trace_top_k))
+            trace.update(thought_trace(g, y_prev, z[lay.thoughts.start : lay.thoughts.stop, :, 0], trace_top_k))
         return logits, trace
 
 
@@ -161,21 +182,29 @@ def thought_trace(g: GPT2, y_nBD, z_nBD, k: int) -> dict:
     wte = g.wte[...]
     cos = (z_nBD @ wte.T) / (jnp.linalg.norm(z_nBD, axis=-1, keepdims=True) * jnp.linalg.norm(wte, axis=-1) + 1e-9)
     cos_v, cos_id = jax.lax.top_k(cos, k)
-    sw = lambda a: jnp.swapaxes(a, 0, 1)                                     # -> [B, n, ...]
-    return {"lens_id": sw(lens_id), "lens_p": sw(lens_p), "cos_id": sw(cos_id), "cos": sw(cos_v),
-            "norm": sw(jnp.linalg.norm(z_nBD, axis=-1))}
+    sw = lambda a: jnp.swapaxes(a, 0, 1)  # -> [B, n, ...]
+    return {
+        "lens_id": sw(lens_id),
+        "lens_p": sw(lens_p),
+        "cos_id": sw(cos_id),
+        "cos": sw(cos_v),
+        "norm": sw(jnp.linalg.norm(z_nBD, axis=-1)),
+    }
 
 
 def build_model(cfg, tok=None) -> SilentStar:
     """The model a Config describes: from scratch (model.* shape) or from HF weights (model.init_from),
     plus thinking heads; `tok`: refuse a vocabulary smaller than the tokenizer's."""
     from silentstar_jax.errors import UserError
+
     m, rngs = cfg.model, nnx.Rngs(cfg.run.seed)
     gpt2 = None
     if m.init_from:
         from silentstar_jax.hf import load_gpt2
-        gpt2, _ = load_gpt2(m.init_from, allow_pickle=m.allow_pickle, dtype=m.dtype, remat=m.remat,
-                            attention=m.attention)
+
+        gpt2, _ = load_gpt2(
+            m.init_from, allow_pickle=m.allow_pickle, dtype=m.dtype, remat=m.remat, attention=m.attention
+        )
         m = gpt2.cfg
     if tok is not None and tok.vocab_size > m.vocab_size:
         raise UserError(f"model.vocab_size = {m.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")

@@ -4,6 +4,7 @@ Conventions: `tokens`, `attn_mask` (1 = real token) and `loss_mask` (weight of a
 target*, e.g. answer tokens only) are [B, L]. The chain at position t, talk step s, predicts
 x_{t+1+s}; `weights[b, t, s]` is that target's weight (0 past the end, on padding, or masked).
 """
+
 from __future__ import annotations
 
 import jax
@@ -55,13 +56,14 @@ def advantages(r_BL, v_BL, pos_mask, cfg: ThinkingConfig, K: int):
 @struct.dataclass
 class PerPosition:
     """Per-(position, look-ahead) quantities behind the losses; rows repeated K times (BK = B*K)."""
-    targets_BLA: jax.Array      # [BK, L, A] x_{t+1+s}
-    weights_BLA: jax.Array      # [BK, L, A] each target's weight
-    lp_mix_BLA: jax.Array       # [BK, L, A] log p(target) under the mixed logits
-    hit_mix_BLA: jax.Array      # [BK, L, A] argmax == target
-    lp_base_BLA: jax.Array      # [BK, L, A] the base model's log p of the same target (no gradient)
-    r_BL: jax.Array             # [BK, L] reward
-    pos_mask_BL: jax.Array      # [BK, L] positions with every look-ahead target (policy/value terms)
+
+    targets_BLA: jax.Array  # [BK, L, A] x_{t+1+s}
+    weights_BLA: jax.Array  # [BK, L, A] each target's weight
+    lp_mix_BLA: jax.Array  # [BK, L, A] log p(target) under the mixed logits
+    hit_mix_BLA: jax.Array  # [BK, L, A] argmax == target
+    lp_base_BLA: jax.Array  # [BK, L, A] the base model's log p of the same target (no gradient)
+    r_BL: jax.Array  # [BK, L] reward
+    pos_mask_BL: jax.Array  # [BK, L] positions with every look-ahead target (policy/value terms)
     K: int = struct.field(pytree_node=False, default=1)
 
 
@@ -69,7 +71,7 @@ def per_position(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfi
     A = tcfg.n_ahead
     K = out.mixed_logits.shape[0] // tokens.shape[0]
     rep = lambda x: repeat_samples(x, K)
-    targets = rep(lookahead(tokens, A))                                     # [BK, L, A]
+    targets = rep(lookahead(tokens, A))  # [BK, L, A]
     weights = rep(target_weights(attn_mask, loss_mask, A))
     next_BL = targets[::K, :, 0]
     lp_base = rep(token_logprob(out.base_logits, next_BL))
@@ -78,10 +80,18 @@ def per_position(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfi
     lp_mix = token_logprob(out.mixed_logits, targets)
     hit_mix = (jnp.argmax(out.mixed_logits, -1) == targets).astype(jnp.float32)
     r = rewards(lp_mix, lp_base_s, weights)
-    complete = lookahead(attn_mask.astype(jnp.float32), A)[..., -1]         # all A targets exist
+    complete = lookahead(attn_mask.astype(jnp.float32), A)[..., -1]  # all A targets exist
     pos_mask = rep(attn_mask.astype(jnp.float32) * complete) * (weights.sum(-1) > 0)
-    return PerPosition(targets_BLA=targets, weights_BLA=weights, lp_mix_BLA=lp_mix, hit_mix_BLA=hit_mix,
-                       lp_base_BLA=lp_base_s, r_BL=r, pos_mask_BL=pos_mask, K=K)
+    return PerPosition(
+        targets_BLA=targets,
+        weights_BLA=weights,
+        lp_mix_BLA=lp_mix,
+        hit_mix_BLA=hit_mix,
+        lp_base_BLA=lp_base_s,
+        r_BL=r,
+        pos_mask_BL=pos_mask,
+        K=K,
+    )
 
 
 def supervision_loss(sup_logits_BLJV, thought_targets_BLJ):
@@ -94,7 +104,7 @@ def supervision_loss(sup_logits_BLJV, thought_targets_BLJ):
     tt = shift_left(thought_targets_BLJ, 1, fill=-1)[:, :, :J]
     tt = repeat_samples(tt, K)
     valid = (tt >= 0).astype(jnp.float32)
-    lp = token_logprob(sup_logits_BLJV[:, :, :tt.shape[2]], jnp.maximum(tt, 0))
+    lp = token_logprob(sup_logits_BLJV[:, :, : tt.shape[2]], jnp.maximum(tt, 0))
     per_j = [-masked_mean(lp[..., j], valid[..., j]) for j in range(tt.shape[2])]
     return -masked_mean(lp, valid), per_j
 
@@ -125,18 +135,27 @@ def supervised_steps(out: Forward, n_targets: int, stride: int = 1):
     if not J:
         return None
     first = out.layout.thoughts.start + stride - 1
-    return out.steps[:, :, first:first + stride * (J - 1) + 1:stride]
+    return out.steps[:, :, first : first + stride * (J - 1) + 1 : stride]
 
 
-def compute_loss(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfig, lcfg: LossConfig,
-                 thought_targets=None, sup_weight=0.0, lens=None):
+def compute_loss(
+    out: Forward,
+    tokens,
+    attn_mask,
+    loss_mask,
+    tcfg: ThinkingConfig,
+    lcfg: LossConfig,
+    thought_targets=None,
+    sup_weight=0.0,
+    lens=None,
+):
     """Total loss and a dict of every metric, from the forward outputs (model.Forward).
     thought_targets [B, L, J] and sup_weight (a traced scalar): the thought supervision term.
     lens: the tied LM head (GPT2.logits), for the terms that read a chain state through it (loss.thought,
     thought supervision)."""
     next_token = shift_left(tokens, 1)
     w0 = target_weights(attn_mask, loss_mask, 1)[..., 0]
-    lp_base = token_logprob(out.base_logits, next_token)                    # [B, L]
+    lp_base = token_logprob(out.base_logits, next_token)  # [B, L]
     hit_base = (jnp.argmax(out.base_logits, -1) == next_token).astype(jnp.float32)
     loss_base = -masked_mean(lp_base, w0)
     metrics = {"loss_base": loss_base, "acc_base": masked_mean(hit_base, w0)}
@@ -165,16 +184,28 @@ def compute_loss(out: Forward, tokens, attn_mask, loss_mask, tcfg: ThinkingConfi
     if sup is not None:
         loss_sup, per_j = supervision_loss(lens(sup), thought_targets)
         total = total + sup_weight * loss_sup
-        metrics.update(loss_sup=loss_sup, sup_weight=jnp.asarray(sup_weight, jnp.float32),
-                       **{f"sup_ce_{j + 1}": v for j, v in enumerate(per_j)})
+        metrics.update(
+            loss_sup=loss_sup,
+            sup_weight=jnp.asarray(sup_weight, jnp.float32),
+            **{f"sup_ce_{j + 1}": v for j, v in enumerate(per_j)},
+        )
     acc_think = masked_mean(p.hit_mix_BLA[..., 0], w0)
     n = out.thoughts.shape[2]
     metrics.update(
-        loss=total, loss_think=loss_think, loss_policy=loss_policy, loss_value=loss_value,
-        ce_think=-masked_mean(p.lp_mix_BLA[..., 0], w0), reward=masked_mean(r, pos_mask),
-        advantage=masked_mean(a, pos_mask), value_error=jnp.sqrt(loss_value),
-        mix_weight=masked_mean(out.mix_weight[..., 0], w0), sigma=out.sigma,
+        loss=total,
+        loss_think=loss_think,
+        loss_policy=loss_policy,
+        loss_value=loss_value,
+        ce_think=-masked_mean(p.lp_mix_BLA[..., 0], w0),
+        reward=masked_mean(r, pos_mask),
+        advantage=masked_mean(a, pos_mask),
+        value_error=jnp.sqrt(loss_value),
+        mix_weight=masked_mean(out.mix_weight[..., 0], w0),
+        sigma=out.sigma,
         thought_norm=masked_mean(jnp.linalg.norm(out.thoughts, axis=-1).mean(-1), out.think_mask)
-        if n else jnp.zeros(()),
-        acc_think=acc_think, thinking_gain=acc_think - metrics["acc_base"])
+        if n
+        else jnp.zeros(()),
+        acc_think=acc_think,
+        thinking_gain=acc_think - metrics["acc_base"],
+    )
     return total, metrics

@@ -12,6 +12,7 @@ also the cosine of two REINFORCE estimates from independent noise (its self-agre
 near 0 means the policy gradient is mostly noise at this batch size; the mean over batches says
 whether it points the right way at all. A zero REINFORCE gradient (every advantage 0) gives NaN.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,12 +45,17 @@ def gradient_agreement(cfg: Config, tok, params, batches, n_think_pos: int = 0, 
     if not cfg.thinking.enabled or cfg.thinking.feedback == "pause" or not cfg.thinking.n_thoughts:
         raise ValueError("the policy gradient needs sampled thoughts: thinking on, feedback not pause, n_thoughts >= 1")
     if cfg.thinking.feedback == "sample":
-        raise ValueError("thinking.feedback=sample draws discrete tokens: there is no pathwise gradient to compare with")
+        raise ValueError(
+            "thinking.feedback=sample draws discrete tokens: there is no pathwise gradient to compare with"
+        )
     none = LossConfig(base=0, think=0, policy=0, value=0, thought=0, thought_supervision=0)
 
     def grad_fn(estimator: str, **weights):
-        c = dataclasses.replace(cfg, thinking=dataclasses.replace(cfg.thinking, estimator=estimator),
-                                loss=dataclasses.replace(none, **weights))
+        c = dataclasses.replace(
+            cfg,
+            thinking=dataclasses.replace(cfg.thinking, estimator=estimator),
+            loss=dataclasses.replace(none, **weights),
+        )
         graphdef = nnx.split(build_model(c, tok))[0]
         grad = jax.grad(make_loss_fn(graphdef, c, n_think_pos), has_aux=True)
         return jax.jit(lambda p, b, k: grad(p, b, k)[0])
@@ -74,10 +80,15 @@ def gradient_agreement(cfg: Config, tok, params, batches, n_think_pos: int = 0, 
     for name in ("P", "all"):
         for m in ("cos", "self", "norm_ratio"):
             v = np.array([r[f"{m}_{name}"] for r in rows])
-            ok = v[np.isfinite(v)]   # NaN: a zero gradient (e.g. an accuracy reward that never changes)
-            out[f"{m}_{name}"] = {"mean": float(ok.mean()) if len(ok) else float("nan"),
-                                  "std": float(ok.std()) if len(ok) else float("nan"), "per_batch": v.tolist()}
+            ok = v[np.isfinite(v)]  # NaN: a zero gradient (e.g. an accuracy reward that never changes)
+            out[f"{m}_{name}"] = {
+                "mean": float(ok.mean()) if len(ok) else float("nan"),
+                "std": float(ok.std()) if len(ok) else float("nan"),
+                "per_batch": v.tolist(),
+            }
         # averaged over batches: does the estimate point the right way once its noise averages out?
-        out[f"cos_of_means_{name}"] = _cos(jnp.asarray(np.mean([r[f"_rf_{name}"] for r in rows], 0)),
-                                           jnp.asarray(np.mean([r[f"_pw_{name}"] for r in rows], 0)))
+        out[f"cos_of_means_{name}"] = _cos(
+            jnp.asarray(np.mean([r[f"_rf_{name}"] for r in rows], 0)),
+            jnp.asarray(np.mean([r[f"_pw_{name}"] for r in rows], 0)),
+        )
     return out

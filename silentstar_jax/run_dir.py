@@ -2,6 +2,7 @@
 (a lock), a resume that cannot change what the checkpoints mean (the saved config compared first: one
 mismatch check for training and loading), and logs that hold each step once. Loading a trained model from
 one: `loading.py`."""
+
 from __future__ import annotations
 
 import errno
@@ -10,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-from typing import Optional
 
 import yaml
 
@@ -18,10 +18,24 @@ from silentstar_jax.errors import UserError
 
 LOCK_NAME = ".lock"
 # Settings a resumed run may change: they do not change what its checkpoints hold or mean.
-RESUMABLE = ("train.steps", "train.log_every", "train.eval_every", "train.save_every", "train.on_nonfinite",
-             "optim.", "checkpoint.", "mesh.", "model.dtype", "model.remat", "model.attention",
-             "model.init_from", "model.allow_pickle", "data.n_eval", "run.name")
-IGNORED = ("run.out_dir",)   # the same directory, however it is spelled (or after a copy)
+RESUMABLE = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.save_every",
+    "train.on_nonfinite",
+    "optim.",
+    "checkpoint.",
+    "mesh.",
+    "model.dtype",
+    "model.remat",
+    "model.attention",
+    "model.init_from",
+    "model.allow_pickle",
+    "data.n_eval",
+    "run.name",
+)
+IGNORED = ("run.out_dir",)  # the same directory, however it is spelled (or after a copy)
 
 
 def make_run_dir(path: str) -> None:
@@ -40,7 +54,7 @@ class RunLock:
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, LOCK_NAME)
         self._f = None
-        self.previous_owner: Optional[dict] = None   # a dead owner whose lock was taken over
+        self.previous_owner: dict | None = None  # a dead owner whose lock was taken over
 
     def __enter__(self):
         try:
@@ -56,8 +70,10 @@ class RunLock:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise UserError(f"{self.path}: cannot lock ({e.strerror})") from None
             who = f"process {owner.get('pid')} on {owner.get('host')}" if owner else "another process"
-            raise UserError(f"{os.path.dirname(self.path)} is being trained by {who}; "
-                            "wait for it to finish or stop it (one trainer per run directory)") from None
+            raise UserError(
+                f"{os.path.dirname(self.path)} is being trained by {who}; "
+                "wait for it to finish or stop it (one trainer per run directory)"
+            ) from None
         f.seek(0)
         self.previous_owner = _owner(f.read()) or None
         f.seek(0)
@@ -69,7 +85,7 @@ class RunLock:
 
     def __exit__(self, *exc):
         if self._f is not None:
-            self._f.truncate(0)          # an empty lock file: released cleanly (a PID left = owner died)
+            self._f.truncate(0)  # an empty lock file: released cleanly (a PID left = owner died)
             fcntl.flock(self._f, fcntl.LOCK_UN)
             self._f.close()
             self._f = None
@@ -101,14 +117,14 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     for key in sorted(set(old) | set(new)):
         if key in IGNORED or key in old and key in new and old[key] == new[key]:
             continue
-        if key not in old and key in new:    # a setting added since the run was saved: its default
+        if key not in old and key in new:  # a setting added since the run was saved: its default
             continue
         text = f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         (allowed if key.startswith(RESUMABLE) else refused).append(text)
     return allowed, refused
 
 
-def setup_mismatch(meta: dict, current: dict, shapes: dict[str, list[int]]) -> Optional[str]:
+def setup_mismatch(meta: dict, current: dict, shapes: dict[str, list[int]]) -> str | None:
     """What keeps a healthy checkpoint (its metadata: `meta`) from being this setup, or None.
     current: the config being built (as saved: `json_config`); shapes: the parameter shapes it builds.
     The checkpoint's own record decides, not the editable config.yaml."""
@@ -120,9 +136,12 @@ def setup_mismatch(meta: dict, current: dict, shapes: dict[str, list[int]]) -> O
     if isinstance(saved, dict):
         wrong = [k for k in sorted(set(saved) | set(shapes)) if saved.get(k) != shapes.get(k)]
         if wrong:
-            return "the checkpoints hold other parameter shapes (" + "; ".join(
-                f"{k}: {saved.get(k)} -> {shapes.get(k)}" for k in wrong[:3]) + \
-                (f"; {len(wrong) - 3} more" if len(wrong) > 3 else "") + "; checkpoint -> this config)"
+            return (
+                "the checkpoints hold other parameter shapes ("
+                + "; ".join(f"{k}: {saved.get(k)} -> {shapes.get(k)}" for k in wrong[:3])
+                + (f"; {len(wrong) - 3} more" if len(wrong) > 3 else "")
+                + "; checkpoint -> this config)"
+            )
     return None
 
 
@@ -135,12 +154,14 @@ def mismatch_check(cfg, shapes: dict[str, list[int]], refusal):
         why = setup_mismatch(meta, current, shapes)
         if why:
             raise UserError(refusal(why))
+
     return check
 
 
 def json_config(cfg) -> dict:
     """A Config as its checkpoints record it (JSON types: what `setup_mismatch` compares)."""
     from silentstar_jax import config as C
+
     return json.loads(json.dumps(C.to_dict(cfg)))
 
 
@@ -152,8 +173,10 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def code_version(root: str = PACKAGE_ROOT) -> dict:
     """{"commit", "dirty"} of the git checkout whose code is running (dirty: its tracked files differ
     from the commit), so that a result names the code that made it; {} outside a git checkout."""
+
     def git(*args):
         return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
+
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
@@ -181,12 +204,13 @@ def records_without_checkpoint(run_dir: str) -> list[str]:
     return found
 
 
-def archive_records(run_dir: str) -> Optional[str]:
+def archive_records(run_dir: str) -> str | None:
     """`train.py --restart`: move an earlier training's records and checkpoints to
     RUN/archive/<UTC time>/ (nothing is deleted); returns that folder, or None if there was nothing."""
     import glob
     import shutil
     import time
+
     names = [*RECORDS, "checkpoints", "config.yaml", "tb"]
     present = [n for n in names if os.path.exists(os.path.join(run_dir, n))]
     present += [os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "eval_thoughts_*.json"))]
@@ -202,17 +226,20 @@ def archive_records(run_dir: str) -> Optional[str]:
     return dst
 
 
-def read_saved_config(run_dir: str) -> Optional[dict]:
+def read_saved_config(run_dir: str) -> dict | None:
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return None
     from silentstar_jax.config import load_yaml
+
     try:
         with open(path, encoding="utf-8") as f:
             raw = load_yaml(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: cannot read this run's saved config ({str(e).splitlines()[0][:120]}); "
-                        "restore it or start a new run.out_dir") from None
+        raise UserError(
+            f"{path}: cannot read this run's saved config ({str(e).splitlines()[0][:120]}); "
+            "restore it or start a new run.out_dir"
+        ) from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: this run's saved config is not a YAML mapping; restore it or start a new run.out_dir")
     return raw

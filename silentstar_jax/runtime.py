@@ -1,4 +1,5 @@
 """Process set-up shared by the entry points."""
+
 from __future__ import annotations
 
 import ctypes
@@ -7,7 +8,7 @@ import sys
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-TUNED = False   # set once tune_malloc has applied its settings
+TUNED = False  # set once tune_malloc has applied its settings
 
 
 def tune_malloc() -> bool:
@@ -23,9 +24,8 @@ def tune_malloc() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        TUNED = all(libc.mallopt(p, v) == 1 for p, v in
-                    ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
-    except (OSError, AttributeError):   # not glibc (musl, ...): nothing to tune
+        TUNED = all(libc.mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         pass
     return TUNED
 
@@ -38,7 +38,9 @@ def init_distributed() -> None:
     JAX reads only the address from the environment and stops with "Number of processes must be
     defined". Collectives between CPU processes go through gloo (no effect on GPU/TPU)."""
     import jax
+
     from silentstar_jax.errors import UserError
+
     kw: dict = {}
     env = os.environ
     if env.get("JAX_COORDINATOR_ADDRESS"):
@@ -60,7 +62,9 @@ def init_distributed() -> None:
 def entry_point(main):
     """The `run` of every command (`train.py`, `silentstar-train`, `python -m silentstar_jax.train_cli`):
     malloc tuned before anything allocates, then the command (its errors already one line: errors.cli_main)."""
+
     def run() -> None:
         tune_malloc()
         main()
+
     return run

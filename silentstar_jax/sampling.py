@@ -1,4 +1,5 @@
 """Next-token sampling: greedy, temperature, top-k, top-p (nucleus). Pure, jittable."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ import jax.numpy as jnp
 class SamplingConfig:
     greedy: bool = False
     temperature: float = 1.0
-    top_k: int = 0          # 0: off
-    top_p: float = 1.0      # 1.0: off
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
 
 
 def filter_logits(logits_BV, cfg: SamplingConfig):
@@ -25,8 +26,8 @@ def filter_logits(logits_BV, cfg: SamplingConfig):
         order = jnp.argsort(-logits_BV, axis=-1)
         sorted_logits = jnp.take_along_axis(logits_BV, order, axis=-1)
         probs = jax.nn.softmax(sorted_logits, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs          # mass strictly above this token
-        keep_sorted = before < cfg.top_p                     # the top token is always kept
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above this token
+        keep_sorted = before < cfg.top_p  # the top token is always kept
         keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits_BV.shape[0])[:, None], order].set(keep_sorted)
         logits_BV = jnp.where(keep, logits_BV, -jnp.inf)
     return logits_BV

@@ -6,15 +6,16 @@ stacked on a leading [K] axis and one `jax.vmap`ped step trains them all: on a s
 matmuls get K times bigger, which a CPU runs far better than K small ones. Each seed keeps its own
 run directory (RUN/seed<S>), logs and checkpoints, equal to a single-seed run of that seed (tested).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from silentstar_jax import config as C
 from silentstar_jax.errors import UserError
@@ -41,8 +42,13 @@ def make_multi_seed_step(graphdef, cfg: C.Config, tx, sched, mesh: Mesh, seeds: 
         return jax.vmap(one)(params, opt_state, keys)
 
     state = NamedSharding(mesh, P())
-    return jax.jit(step, in_shardings=(state, state, batch_sharding(mesh), None), out_shardings=(state, state, None),
-                   donate_argnums=(0, 1), static_argnums=(4,))
+    return jax.jit(
+        step,
+        in_shardings=(state, state, batch_sharding(mesh), None),
+        out_shardings=(state, state, None),
+        donate_argnums=(0, 1),
+        static_argnums=(4,),
+    )
 
 
 def seed_configs(cfg: C.Config, seeds: list[int]) -> list[C.Config]:
@@ -53,15 +59,23 @@ def seed_configs(cfg: C.Config, seeds: list[int]) -> list[C.Config]:
     if cfg.mesh.distributed or cfg.mesh.fsdp != 1 or cfg.mesh.data not in (1, -1):
         raise UserError("--seeds trains on one device: set mesh.data=1 (and no fsdp, no distributed)")
     mesh = dataclasses.replace(cfg.mesh, data=1)
-    return [dataclasses.replace(cfg, mesh=mesh, run=dataclasses.replace(
-        cfg.run, seed=s, out_dir=os.path.join(cfg.run.out_dir, f"seed{s}"), name=f"{cfg.run.name}-seed{s}"))
-        for s in seeds]
+    return [
+        dataclasses.replace(
+            cfg,
+            mesh=mesh,
+            run=dataclasses.replace(
+                cfg.run, seed=s, out_dir=os.path.join(cfg.run.out_dir, f"seed{s}"), name=f"{cfg.run.name}-seed{s}"
+            ),
+        )
+        for s in seeds
+    ]
 
 
 def _refuse(cfg: C.Config) -> None:
     if thought_counts(cfg) is not None:
-        raise UserError("--seeds: thinking.n_thoughts_train draws a different count per seed; "
-                        "train those seeds one by one")
+        raise UserError(
+            "--seeds: thinking.n_thoughts_train draws a different count per seed; train those seeds one by one"
+        )
 
 
 class SeedGroup:
@@ -73,10 +87,11 @@ class SeedGroup:
         self.runs = [Run(c) for c in cfgs]
         r0 = self.runs[0]
         self.seeds = [r.cfg.run.seed for r in self.runs]
-        self.step_fn = make_multi_seed_step(r0.graphdef, r0.cfg, r0.tx, r0.sched, r0.mesh, self.seeds,
-                                            r0.n_think_pos)
+        self.step_fn = make_multi_seed_step(r0.graphdef, r0.cfg, r0.tx, r0.sched, r0.mesh, self.seeds, r0.n_think_pos)
 
-    def train(self, console=None, stop_after: Optional[int] = None, restart: bool = False) -> list[dict]:
+    def train(self, console=None, stop_after: int | None = None, restart: bool = False) -> list[dict]:
         """Each seed's final evaluation ([] when stopped by `stop_after`, with checkpoints saved)."""
-        return train_loop(self.runs, self.step_fn, stacked=True, console=console, stop_after=stop_after,
-                          restart=restart) or []
+        return (
+            train_loop(self.runs, self.step_fn, stacked=True, console=console, stop_after=stop_after, restart=restart)
+            or []
+        )

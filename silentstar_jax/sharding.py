@@ -6,13 +6,15 @@ those logical axes to mesh axes (Flax's logical partitioning, MaxText's `logical
 Parameters of the thinking heads are `ThinkParam`s, so the optimizer finds them by type (their own
 learning rate), not by attribute name.
 """
+
 from __future__ import annotations
 
 import jax
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from silentstar_jax.config import MeshConfig
 from silentstar_jax.errors import UserError
@@ -24,12 +26,19 @@ from silentstar_jax.errors import UserError
 # (logical axis, mesh axis), in order of preference: a parameter is sharded on the first of its axes
 # listed here whose size the mesh axis divides; a mesh axis is used once per parameter.
 RULES: tuple[tuple[str, str | None], ...] = (
-    ("vocab", "fsdp"), ("mlp", "fsdp"), ("qkv", "fsdp"), ("attn", "fsdp"), ("positions", "fsdp"),
-    ("think_in", "fsdp"), ("embed", "fsdp"), ("think_hidden", None), ("think_out", None),
+    ("vocab", "fsdp"),
+    ("mlp", "fsdp"),
+    ("qkv", "fsdp"),
+    ("attn", "fsdp"),
+    ("positions", "fsdp"),
+    ("think_in", "fsdp"),
+    ("embed", "fsdp"),
+    ("think_hidden", None),
+    ("think_out", None),
     ("layers", None),
 )
 LOGICAL_AXES = frozenset(name for name, _ in RULES)
-MIN_SHARDED_SIZE = 1024   # smaller parameters are replicated: sharding them saves nothing
+MIN_SHARDED_SIZE = 1024  # smaller parameters are replicated: sharding them saves nothing
 
 
 class ThinkParam(nnx.Param):
@@ -67,11 +76,13 @@ def _pure(state: nnx.State, f):
 
 def param_specs(state: nnx.State, mesh_shape: dict[str, int]) -> dict:
     """PartitionSpecs of every parameter (a pure dict like `state.to_pure_dict()`)."""
+
     def spec(v: nnx.Variable):
         axes = v.get_metadata().get("out_sharding")
         if axes is None:
             raise ValueError(f"parameter of shape {v.get_value().shape} declares no logical axes")
         return logical_to_spec(tuple(axes), tuple(v.get_value().shape), mesh_shape)
+
     return _pure(state, spec)
 
 
@@ -107,12 +118,13 @@ def opt_state_specs(tx: optax.GradientTransformation, params_shape, specs):
             if keys[i:] in by_path and shapes[keys[i:]] == tuple(x.shape):
                 return by_path[keys[i:]]
         return P()
+
     return jax.tree_util.tree_map_with_path(spec, jax.eval_shape(tx.init, params_shape))
 
 
 # ---------------------------------------------------------------- the mesh and the batch
 
-BATCH_AXES = ("data", "fsdp")   # the batch is split over every device; parameters over fsdp only
+BATCH_AXES = ("data", "fsdp")  # the batch is split over every device; parameters over fsdp only
 
 
 def make_mesh(m: MeshConfig) -> Mesh:
@@ -120,7 +132,7 @@ def make_mesh(m: MeshConfig) -> Mesh:
     data = m.data if m.data > 0 else max(n // m.fsdp, 1)
     if data * m.fsdp > n:
         raise UserError(f"mesh.data * mesh.fsdp = {data * m.fsdp} but only {n} device(s) are available")
-    devices = np.asarray(jax.devices()[:data * m.fsdp]).reshape(data, m.fsdp)
+    devices = np.asarray(jax.devices()[: data * m.fsdp]).reshape(data, m.fsdp)
     return Mesh(devices, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 

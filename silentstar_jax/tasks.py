@@ -55,6 +55,7 @@ edges + root + sorted options; table + k + query; sorted statements + query) is 
 else to "train". The split is thus a fixed
 property of the problem, independent of the seed, so train and eval never share a prompt.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,20 +64,20 @@ import hashlib
 import inspect
 import operator
 import string
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 SPLITS = ("train", "eval")
-EVAL_MODULUS = 10    # 1 problem in EVAL_MODULUS goes to "eval"
-MAX_STALL = 20_000   # consecutive draws without a new example before the space counts as exhausted
+EVAL_MODULUS = 10  # 1 problem in EVAL_MODULUS goes to "eval"
+MAX_STALL = 20_000  # consecutive draws without a new example before the space counts as exhausted
 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    prompt: str   # everything before the answer ("=" ends the multiply/add/prosqa prompts)
-    answer: str   # the answer text alone
-    thoughts: tuple[str, ...] = ()   # one character per hop for the first answer token; last = answer
+    prompt: str  # everything before the answer ("=" ends the multiply/add/prosqa prompts)
+    answer: str  # the answer text alone
+    thoughts: tuple[str, ...] = ()  # one character per hop for the first answer token; last = answer
     # the same for every answer token, where an answer has several that each need thinking (hops chain)
     token_thoughts: tuple[tuple[str, ...], ...] = ()
     # which answer tokens are scored (empty: all); binding's later query letters are not predictable
@@ -91,7 +92,7 @@ def _operand(rng: np.random.Generator, digits: int) -> int:
     """A uniform integer with exactly `digits` digits (1 <= digits <= 18, int64 range)."""
     if not 1 <= digits <= 18:
         raise ValueError(f"digits must be in 1..18, got {digits}")
-    return int(rng.integers(10 ** (digits - 1), 10 ** digits))
+    return int(rng.integers(10 ** (digits - 1), 10**digits))
 
 
 def _reversed(x: int) -> str:
@@ -99,9 +100,10 @@ def _reversed(x: int) -> str:
     return str(x)[::-1]
 
 
-def _arithmetic(rng: np.random.Generator, op: str, fn: Callable[[int, int], int],
-                digits_a: int, digits_b: int) -> tuple[str, Example]:
-    """"<a>op<b>=" -> "<fn(a, b)>", every number reversed (least significant digit first)."""
+def _arithmetic(
+    rng: np.random.Generator, op: str, fn: Callable[[int, int], int], digits_a: int, digits_b: int
+) -> tuple[str, Example]:
+    """ "<a>op<b>=" -> "<fn(a, b)>", every number reversed (least significant digit first)."""
     a, b = _operand(rng, digits_a), _operand(rng, digits_b)
     return f"{a}{op}{b}", Example(f"{_reversed(a)}{op}{_reversed(b)}=", _reversed(fn(a, b)))
 
@@ -157,8 +159,9 @@ def _prosqa(rng: np.random.Generator, *, n_nodes: int = 12) -> tuple[str, Exampl
         pools = [[v for v in range(2, n_nodes) if labels[v] == bit] for bit in bits]
         if all(pools):
             break
-    target, negative = (int(rng.choice([v for v in pool if depths[v] == max(depths[u] for u in pool)]))
-                        for pool in pools)  # a deepest node of each pool
+    target, negative = (
+        int(rng.choice([v for v in pool if depths[v] == max(depths[u] for u in pool)])) for pool in pools
+    )  # a deepest node of each pool
     name = [string.ascii_lowercase[i] for i in rng.permutation(26)[:n_nodes]]
     shown = [f"{name[p]}>{name[c]}" for p, c in edges]
     options = [name[target], name[negative]]
@@ -168,8 +171,9 @@ def _prosqa(rng: np.random.Generator, *, n_nodes: int = 12) -> tuple[str, Exampl
     return key, Example(" ".join(shown) + f"|{name[root]}?{first}/{second}=", name[target])
 
 
-def _hop_count(rng: np.random.Generator, hops: int, hops_min: int | None,
-               weights: Sequence[float] | None = None) -> int:
+def _hop_count(
+    rng: np.random.Generator, hops: int, hops_min: int | None, weights: Sequence[float] | None = None
+) -> int:
     """k for one example: uniform in hops_min..hops (just hops when hops_min is None), or drawn with
     `weights` (one per k in hops_min..hops, e.g. skewed toward easy problems)."""
     if not 1 <= hops <= 9:
@@ -181,14 +185,24 @@ def _hop_count(rng: np.random.Generator, hops: int, hops_min: int | None,
         return int(rng.integers(lo, hops + 1))
     w = np.asarray(weights, float)
     if len(w) != hops - lo + 1 or (w < 0).any() or not w.sum() > 0:
-        raise ValueError(f"hops_weights must be {hops - lo + 1} non-negative weights (k = {lo}..{hops}) "
-                         f"with a positive sum, got {list(weights)}")
+        raise ValueError(
+            f"hops_weights must be {hops - lo + 1} non-negative weights (k = {lo}..{hops}) "
+            f"with a positive sum, got {list(weights)}"
+        )
     return int(lo + rng.choice(len(w), p=w / w.sum()))
 
 
-def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_min: int | None = None,
-          show_hops: bool = False, hops_weights: Sequence[float] | None = None,
-          single_cycle: bool = False, chain: int = 1) -> tuple[str, Example]:
+def _hops(
+    rng: np.random.Generator,
+    *,
+    n_symbols: int = 16,
+    hops: int = 2,
+    hops_min: int | None = None,
+    show_hops: bool = False,
+    hops_weights: Sequence[float] | None = None,
+    single_cycle: bool = False,
+    chain: int = 1,
+) -> tuple[str, Example]:
     """f^k(q) for a permutation f given as a table in context: k serial look-ups (chain > 1: then
     f^k of that, `chain` answers in all, each needing its own k look-ups)."""
     if not 1 <= chain <= 64:
@@ -196,9 +210,11 @@ def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_
     if not 2 <= n_symbols <= 26:
         raise ValueError(f"n_symbols must be in 2..26 (one letter per symbol), got {n_symbols}")
     if hops_min is not None and hops_min != hops and not show_hops:
-        raise ValueError(f"hops_min={hops_min} with hops={hops} mixes hop counts, which a prompt that hides "
-                         "k (show_hops=False) makes ambiguous; set show_hops=True")
-    if single_cycle:   # f is one n-cycle: f^k(q) != q for k < n (no guessing the query back)
+        raise ValueError(
+            f"hops_min={hops_min} with hops={hops} mixes hop counts, which a prompt that hides "
+            "k (show_hops=False) makes ambiguous; set show_hops=True"
+        )
+    if single_cycle:  # f is one n-cycle: f^k(q) != q for k < n (no guessing the query back)
         order = rng.permutation(n_symbols).tolist()
         perm = [0] * n_symbols
         for i, x in enumerate(order):
@@ -210,7 +226,7 @@ def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_
     letters = string.ascii_lowercase
     table = "".join(letters[v] for v in perm)
     steps, x = [], q
-    for _ in range(chain):     # answer token a: its k hops from the token before it
+    for _ in range(chain):  # answer token a: its k hops from the token before it
         path = []
         for _ in range(k):
             x = perm[x]
@@ -221,19 +237,28 @@ def _hops(rng: np.random.Generator, *, n_symbols: int = 16, hops: int = 2, hops_
     return (f"{table}{k}{letters[q]}", Example(prompt, answer, steps[0], tuple(steps) if chain > 1 else ()))
 
 
-def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2, hops_min: int | None = None,
-             hops_weights: Sequence[float] | None = None, queries: int = 1) -> tuple[str, Example]:
+def _binding(
+    rng: np.random.Generator,
+    *,
+    n_vars: int = 8,
+    hops: int = 2,
+    hops_min: int | None = None,
+    hops_weights: Sequence[float] | None = None,
+    queries: int = 1,
+) -> tuple[str, Example]:
     """The digit a query variable is bound to through a chain of k variable-to-variable bindings
     (queries > 1: that many distinct query variables, each answered in turn, "?d7?b2")."""
     k = _hop_count(rng, hops, hops_min, hops_weights)
-    need = max(2, queries)   # chains of >= k variables: one per query, and at least two (none stands out)
+    need = max(2, queries)  # chains of >= k variables: one per query, and at least two (none stands out)
     if not 1 <= queries <= 10:
         raise ValueError(f"queries must be in 1..10 (one digit per chain), got {queries}")
     if not need * hops <= n_vars <= 26:
-        raise ValueError(f"n_vars must be in {need}*hops..26 = {need * hops}..26 ({need} chains of hops "
-                         f"variables, one letter per variable), got {n_vars}")
-    while True:   # chain lengths: a random composition of n_vars, at least `need` chains of >= k variables
-        n_chains = int(rng.integers(2, min(10, n_vars) + 1))   # one distinct digit per chain
+        raise ValueError(
+            f"n_vars must be in {need}*hops..26 = {need * hops}..26 ({need} chains of hops "
+            f"variables, one letter per variable), got {n_vars}"
+        )
+    while True:  # chain lengths: a random composition of n_vars, at least `need` chains of >= k variables
+        n_chains = int(rng.integers(2, min(10, n_vars) + 1))  # one distinct digit per chain
         cuts = sorted((rng.choice(n_vars - 1, n_chains - 1, replace=False) + 1).tolist())
         lengths = [b - a for a, b in zip([0, *cuts], [*cuts, n_vars])]
         if sum(length >= k for length in lengths) >= need:
@@ -242,28 +267,30 @@ def _binding(rng: np.random.Generator, *, n_vars: int = 8, hops: int = 2, hops_m
     digits = [str(d) for d in rng.permutation(10)[:n_chains]]
     chains, statements, start = [], [], 0
     for length, digit in zip(lengths, digits):
-        chain = names[start:start + length]
+        chain = names[start : start + length]
         start += length
         chains.append((chain, digit))
         statements += [f"{chain[0]}={digit}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, length)]
     long_enough = [c for c in chains if len(c[0]) >= k]
-    picks = [int(rng.integers(len(long_enough)))] if queries == 1 else \
-        rng.permutation(len(long_enough))[:queries].tolist()
-    asked = [(chain[k - 1], digit, tuple(reversed(chain[:k - 1])) + (digit,))   # chain[i]: i + 1 hops
-             for chain, digit in (long_enough[i] for i in picks)]                # from the digit
+    picks = (
+        [int(rng.integers(len(long_enough)))] if queries == 1 else rng.permutation(len(long_enough))[:queries].tolist()
+    )
+    asked = [
+        (chain[k - 1], digit, tuple(reversed(chain[: k - 1])) + (digit,))  # chain[i]: i + 1 hops
+        for chain, digit in (long_enough[i] for i in picks)
+    ]  # from the digit
     key = ";".join(sorted(statements)) + "".join(f"?{query}" for query, _, _ in asked)
     shown = "".join(f"{statements[i]};" for i in rng.permutation(len(statements)))
     (query, digit, thoughts), rest = asked[0], asked[1:]
     if not rest:
         return key, Example(f"{shown}?{query}", digit, thoughts)
-    answer = digit + "".join(f"?{q}{d}" for q, d, _ in rest)   # scored: the digits (a query is not
-    scored = (True,) + (False, False, True) * len(rest)          # predictable, its answer is)
-    per_token = (thoughts,) + tuple(x for _, _, t in rest for x in ((), (), t))   # "?", the query, its digit
+    answer = digit + "".join(f"?{q}{d}" for q, d, _ in rest)  # scored: the digits (a query is not
+    scored = (True,) + (False, False, True) * len(rest)  # predictable, its answer is)
+    per_token = (thoughts,) + tuple(x for _, _, t in rest for x in ((), (), t))  # "?", the query, its digit
     return key, Example(f"{shown}?{query}", answer, thoughts, per_token, scored)
 
 
-TASKS: dict[str, Sampler] = {"multiply": _multiply, "add": _add, "prosqa": _prosqa, "hops": _hops,
-                             "binding": _binding}
+TASKS: dict[str, Sampler] = {"multiply": _multiply, "add": _add, "prosqa": _prosqa, "hops": _hops, "binding": _binding}
 
 
 def n_thoughts(task: str, **task_kwargs) -> int:
@@ -279,7 +306,7 @@ def n_thoughts(task: str, **task_kwargs) -> int:
 
 
 def split_of(task: str, key: str) -> str:
-    """"train" or "eval" for a canonical problem key: a stable hash, so splits never overlap."""
+    """ "train" or "eval" for a canonical problem key: a stable hash, so splits never overlap."""
     digest = hashlib.blake2b(f"{task}:{key}".encode(), digest_size=8).digest()
     return "eval" if int.from_bytes(digest, "big") % EVAL_MODULUS == 0 else "train"
 
@@ -310,9 +337,11 @@ def make_examples(task: str, n: int, *, seed: int, split: str, **task_kwargs) ->
         if key in seen or split_of(task, key) != split:
             stall += 1
             if stall >= MAX_STALL:
-                raise ValueError(f"task {task!r} {task_kwargs} has fewer than {n} distinct {split!r} "
-                                 f"problems (found {len(examples)}); ask for fewer or make the problems "
-                                 "larger")
+                raise ValueError(
+                    f"task {task!r} {task_kwargs} has fewer than {n} distinct {split!r} "
+                    f"problems (found {len(examples)}); ask for fewer or make the problems "
+                    "larger"
+                )
             continue
         seen.add(key)
         examples.append(ex)

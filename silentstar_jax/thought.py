@@ -5,11 +5,11 @@ talk tokens. Step i (0-based) gets position id t + i + 1 (thinking.positions: sa
 end step). The same `run_chain` serves training (all L positions at once, base keys = the sequence's
 own, causal) and generation (one position, base keys = the KV cache): only the base-key mask differs.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ def _mlp(x, w1, b1, w2, b2):
 # start/end/pause are stored as value / EMB_GRAD_SCALE and used as EMB_GRAD_SCALE * param, so these three
 # vectors learn that many times faster than the learning rate says (docs/design.md §3)
 EMB_GRAD_SCALE = 100.0
-LOG_SIGMA_RANGE = (-10.0, 2.0)     # log σ clamped before the exp: no overflow or zero σ
+LOG_SIGMA_RANGE = (-10.0, 2.0)  # log σ clamped before the exp: no overflow or zero σ
 
 
 class ThoughtHeads(nnx.Module):
@@ -58,15 +58,21 @@ class ThoughtHeads(nnx.Module):
         ln_rms = jnp.sqrt(jnp.mean(jnp.square(gpt2.ln_f_scale[...])))
         self.proj_kernel = tp(jnp.eye(D) * (emb_rms / ln_rms), "think_in", "embed")
         self.proj_bias = tp(jnp.zeros((D,)), "embed")
-        self.log_sigma = tp(jnp.log(cfg.sigma_init * emb_rms))   # one scalar policy scale
+        self.log_sigma = tp(jnp.log(cfg.sigma_init * emb_rms))  # one scalar policy scale
         normal = lambda shape, std: std * jax.random.normal(rngs.params(), shape)
         H = max(D // 4, 1)
         self.mix_w1, self.mix_b1 = tp(normal((2 * D, D), 0.02), "think_in", "embed"), tp(jnp.zeros((D,)), "embed")
         # zero last layer + negative bias: w = sigmoid(bias) ~ 0 whatever the input, i.e. the base model
         self.mix_w2 = tp(jnp.zeros((D, 1)), "embed", "think_out")
         self.mix_b2 = tp(jnp.full((1,), cfg.mix_init_bias, jnp.float32), "think_out")
-        self.value_w1, self.value_b1 = tp(normal((D, H), 0.02), "embed", "think_hidden"), tp(jnp.zeros((H,)), "think_hidden")
-        self.value_w2, self.value_b2 = tp(jnp.zeros((H, 1)), "think_hidden", "think_out"), tp(jnp.zeros((1,)), "think_out")
+        self.value_w1, self.value_b1 = (
+            tp(normal((D, H), 0.02), "embed", "think_hidden"),
+            tp(jnp.zeros((H,)), "think_hidden"),
+        )
+        self.value_w2, self.value_b2 = (
+            tp(jnp.zeros((H, 1)), "think_hidden", "think_out"),
+            tp(jnp.zeros((1,)), "think_out"),
+        )
 
     def embedding(self, name: str):
         return EMB_GRAD_SCALE * getattr(self, name)[...]
@@ -90,18 +96,19 @@ class ThoughtHeads(nnx.Module):
 @dataclasses.dataclass(frozen=True)
 class _Chain:
     """What every step of one run_chain call reads (trace-time constants and arrays)."""
+
     gpt2: GPT2
     heads: ThoughtHeads
     layout: ChainLayout
     pos_BL: jax.Array
-    base_k: jax.Array            # [NL, B, K, H, Dh]
+    base_k: jax.Array  # [NL, B, K, H, Dh]
     base_v: jax.Array
-    base_mask: jax.Array         # [L, K] or [B, 1, L, K]
-    talk_ABLD: jax.Array         # [A-1, B, L, D]
-    key: Optional[jax.Array]     # None: deterministic thoughts
-    h0_BLD: Optional[jax.Array]  # thinking.seed: base
-    noise_len: Optional[int]
-    n_detach: Optional[jax.Array] = None  # thinking.progressive: thoughts 1..n_detach are constants
+    base_mask: jax.Array  # [L, K] or [B, 1, L, K]
+    talk_ABLD: jax.Array  # [A-1, B, L, D]
+    key: jax.Array | None  # None: deterministic thoughts
+    h0_BLD: jax.Array | None  # thinking.seed: base
+    noise_len: int | None
+    n_detach: jax.Array | None = None  # thinking.progressive: thoughts 1..n_detach are constants
 
     @property
     def sampled(self) -> bool:
@@ -124,7 +131,7 @@ def _feedback(c: _Chain, y_BLD):
     if cfg.feedback == "latent":
         return c.heads.project(y_BLD)
     p_BLV = jax.nn.softmax(c.gpt2.logits(y_BLD) / cfg.feedback_temperature, axis=-1)
-    tok_BLD = p_BLV @ c.gpt2.wte[...]           # the lens's expected token embedding
+    tok_BLD = p_BLV @ c.gpt2.wte[...]  # the lens's expected token embedding
     return tok_BLD + c.heads.project(y_BLD) if cfg.feedback == "token+latent" else tok_BLD
 
 
@@ -149,10 +156,11 @@ def _thought_raw(c: _Chain, i, y_prev_BLD):
         return jnp.broadcast_to(heads.embedding("pause"), y_prev_BLD.shape), jnp.zeros(y_prev_BLD.shape[:-1])
     if cfg.feedback == "sample":
         return _sampled_token(c, i, y_prev_BLD)
-    if cfg.seed == "base":   # i is a Python int (written-out steps) or traced (inside the scan)
+    if cfg.seed == "base":  # i is a Python int (written-out steps) or traced (inside the scan)
         first = i == 1
-        y_prev_BLD = (c.h0_BLD if first else y_prev_BLD) if isinstance(i, int) else \
-            jnp.where(first, c.h0_BLD, y_prev_BLD)
+        y_prev_BLD = (
+            (c.h0_BLD if first else y_prev_BLD) if isinstance(i, int) else jnp.where(first, c.h0_BLD, y_prev_BLD)
+        )
     mu = _feedback(c, y_prev_BLD)
     if not c.sampled:
         return mu, jnp.zeros(mu.shape[:-1])
@@ -172,7 +180,7 @@ def _sampled_token(c: _Chain, i, y_prev_BLD):
     if c.heads.cfg.seed != "base" or (isinstance(i, int) and i > 1):
         return _token_draw(c, i, y_prev_BLD)
     seed_BLD, zero_BL = c.heads.project(c.h0_BLD), jnp.zeros(y_prev_BLD.shape[:-1])
-    if isinstance(i, int):                      # thought 1, written out
+    if isinstance(i, int):  # thought 1, written out
         return seed_BLD, zero_BL
     z_BLD, lp_BL = _token_draw(c, i, y_prev_BLD)  # inside the scan: select
     return jnp.where(i == 1, seed_BLD, z_BLD), jnp.where(i == 1, zero_BL, lp_BL)
@@ -259,10 +267,24 @@ def _scan_chunks(c: _Chain, n_scan: int, size: int, y0_BLD, logp0_BL):
     put = lambda buf, new, ci: tuple(jax.lax.dynamic_update_slice_in_dim(b, n, ci * size, 1) for b, n in zip(buf, new))
 
     def chunk(diff, fixed, ci, y_prev, buf, logp):
-        (gpt2, heads), (base_k, base_v, talk, h0), (pos, mask, key, n_detach) = \
-            nnx.merge(gdef, diff[0]), diff[1:], fixed
-        cc = dataclasses.replace(c, gpt2=gpt2, heads=heads, pos_BL=pos, base_k=base_k, base_v=base_v,
-                                 base_mask=mask, talk_ABLD=talk, key=key, h0_BLD=h0, n_detach=n_detach)
+        (gpt2, heads), (base_k, base_v, talk, h0), (pos, mask, key, n_detach) = (
+            nnx.merge(gdef, diff[0]),
+            diff[1:],
+            fixed,
+        )
+        cc = dataclasses.replace(
+            c,
+            gpt2=gpt2,
+            heads=heads,
+            pos_BL=pos,
+            base_k=base_k,
+            base_v=base_v,
+            base_mask=mask,
+            talk_ABLD=talk,
+            key=key,
+            h0_BLD=h0,
+            n_detach=n_detach,
+        )
         y_last, ks, vs, y, z, logp = _chunk(cc, ci * size, size, y_prev, buf, logp)
         return y_last, (jnp.stack(ks, 1), jnp.stack(vs, 1)), y, z, logp
 
@@ -286,7 +308,7 @@ def _scan_chunks(c: _Chain, n_scan: int, size: int, y0_BLD, logp0_BL):
         (y_last, buf, logp), (y, z, saved) = jax.lax.scan(body, (y0_BLD, buf0, logp0_BL), jnp.arange(n_scan))
         return (y_last, buf, y, z, logp), saved
 
-    pullback = {}   # the chunk VJP's structure, and which residuals are inputs: set by fwd, read by bwd
+    pullback = {}  # the chunk VJP's structure, and which residuals are inputs: set by fwd, read by bwd
 
     @jax.custom_vjp
     def scan_chunks(diff, fixed):
@@ -305,16 +327,18 @@ def _scan_chunks(c: _Chain, n_scan: int, size: int, y0_BLD, logp0_BL):
             d_next, d_buf, d_diff = carry
             ci, saved, dy, dz = xs
             it = iter(saved)
-            pull = jax.tree.unflatten(pullback["tree"], [next(it) if j is None else known[j]
-                                                         for j in pullback["where"]])
+            pull = jax.tree.unflatten(
+                pullback["tree"], [next(it) if j is None else known[j] for j in pullback["where"]]
+            )
             d_new = tuple(jax.lax.dynamic_slice_in_dim(b, ci * size, size, 1) for b in d_buf)
             g_diff, g_prev, g_buf, _ = pull((d_next, d_new, dy, dz, d_logp))
             add = lambda a, b: jax.tree.map(jnp.add, a, b)
             return (g_prev, add(d_buf, g_buf), add(d_diff, g_diff)), None
 
         zeros = jax.tree.map(jnp.zeros_like, diff)
-        (_, _, d_diff), _ = jax.lax.scan(body, (d_last, d_buf, zeros), (jnp.arange(n_scan), saved, d_y, d_z),
-                                         reverse=True)
+        (_, _, d_diff), _ = jax.lax.scan(
+            body, (d_last, d_buf, zeros), (jnp.arange(n_scan), saved, d_y, d_z), reverse=True
+        )
         return d_diff, None
 
     scan_chunks.defvjp(fwd, bwd)
@@ -322,8 +346,20 @@ def _scan_chunks(c: _Chain, n_scan: int, size: int, y0_BLD, logp0_BL):
     return scan_chunks(diff, (c.pos_BL, c.base_mask, c.key, c.n_detach))
 
 
-def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, base_v, base_mask,
-              talk_ABLD, key=None, h0_BLD=None, noise_len=None, n_detach=None):
+def run_chain(
+    gpt2: GPT2,
+    heads: ThoughtHeads,
+    n_thoughts: int,
+    pos_BL,
+    base_k,
+    base_v,
+    base_mask,
+    talk_ABLD,
+    key=None,
+    h0_BLD=None,
+    noise_len=None,
+    n_detach=None,
+):
     """Run start, n thoughts, end, talk tokens at every query position in [B, L] at once.
 
     base_k/base_v: [NL, B, K, H, Dh]; base_mask: [L, K] or [B, 1, L, K]; talk_ABLD: [A-1, B, L, D]
@@ -345,11 +381,23 @@ def run_chain(gpt2: GPT2, heads: ThoughtHeads, n_thoughts: int, pos_BL, base_k, 
     if cfg.seed == "base" and cfg.feedback != "pause" and n_thoughts and h0_BLD is None:
         raise ValueError("thinking.seed=base needs the base hidden state h0_BLD")
     lay = ChainLayout(n_thoughts, talk_ABLD.shape[0] + 1, cfg.positions)
-    c = _Chain(gpt2, heads, lay, pos_BL, base_k, base_v, base_mask, talk_ABLD, key, h0_BLD, noise_len,
-               None if n_detach is None else jnp.asarray(n_detach, jnp.int32))
+    c = _Chain(
+        gpt2,
+        heads,
+        lay,
+        pos_BL,
+        base_k,
+        base_v,
+        base_mask,
+        talk_ABLD,
+        key,
+        h0_BLD,
+        noise_len,
+        None if n_detach is None else jnp.asarray(n_detach, jnp.int32),
+    )
     S, B, L = lay.n_steps, pos_BL.shape[0], pos_BL.shape[1]
     size = S if cfg.chain == "unrolled" else min(cfg.unroll, S)
-    n_scan = S // size if size < S else 0            # full chunks under lax.scan; the rest written out
+    n_scan = S // size if size < S else 0  # full chunks under lax.scan; the rest written out
     y_prev, logp = jnp.zeros((B, L, mcfg.n_embd)), jnp.zeros((B, L))
     ys, zs, buf = [], [], None
     if n_scan:

@@ -1,4 +1,5 @@
 """Tokenizers: a built-in byte-level one (no files, for models trained from scratch) and HF's."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ class Tokenizer(Protocol):
 
 class ByteTokenizer:
     """UTF-8 bytes are ids 0..255; then <|endoftext|> (256) and <|pad|> (257). Vocab padded to 260."""
+
     name = "byte"
     eos_id = 256
     pad_id = 257
@@ -49,10 +51,14 @@ class HFTokenizer:
 
     def __init__(self, name_or_path: str):
         if os.path.isdir(name_or_path) and not any(
-                os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
-            raise UserError(f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt); "
-                            "copy them from the model's original directory")
+            os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES
+        ):
+            raise UserError(
+                f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt); "
+                "copy them from the model's original directory"
+            )
         from transformers import AutoTokenizer
+
         try:
             self._tok = AutoTokenizer.from_pretrained(name_or_path)
         except Exception as e:  # noqa: BLE001 - HF raises many types; the user needs one line
@@ -91,5 +97,6 @@ def tokenizer_for(cfg) -> Tokenizer:
         if not cfg.model.init_from:
             raise UserError("data.tokenizer=auto needs model.init_from")
         from silentstar_jax.hf import resolve
+
         spec = resolve(cfg.model.init_from)
     return load_tokenizer(spec)

@@ -3,6 +3,7 @@ per thought; each cell the probability of the thought's logit-lens top token, la
 beneath, p(token) with and without thinking and the mixing weight. Drawn from the same per-token
 records that --json prints (display.event_json), so the picture and the JSON cannot disagree.
 matplotlib is imported here only (its Figure API: no display, no global state)."""
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,14 @@ def trace_cells(records: list[dict]) -> dict:
         for j, th in enumerate(r.get("thoughts", [])):
             tok, p = th["top"][0]
             p_top[j, t], labels[j][t] = p, tok
-    return {"p_top": p_top, "labels": labels, "tokens": [r["token"] for r in records],
-            "p_think": np.array([math.exp(r["logprob"]) for r in records]),
-            "p_base": np.array([math.exp(r["logprob_base"]) for r in records]),
-            "mix_weight": np.array([r.get("mix_weight", 0.0) for r in records])}
+    return {
+        "p_top": p_top,
+        "labels": labels,
+        "tokens": [r["token"] for r in records],
+        "p_think": np.array([math.exp(r["logprob"]) for r in records]),
+        "p_base": np.array([math.exp(r["logprob_base"]) for r in records]),
+        "mix_weight": np.array([r.get("mix_weight", 0.0) for r in records]),
+    }
 
 
 def plot_trace(records: list[dict], path: str, title: str = "") -> dict:
@@ -39,6 +44,7 @@ def plot_trace(records: list[dict], path: str, title: str = "") -> dict:
     if not records:
         raise UserError("--plot: nothing to draw (no tokens)")
     from matplotlib.figure import Figure
+
     c = trace_cells(records)
     n, T = c["p_top"].shape
     fig = Figure(figsize=(max(4.0, 0.75 * T + 1.5), 1.2 + 0.55 * max(n, 1) + 1.8), layout="constrained")
@@ -50,8 +56,15 @@ def plot_trace(records: list[dict], path: str, title: str = "") -> dict:
             for t in range(T):
                 if c["labels"][j][t]:
                     p = c["p_top"][j, t]
-                    ax.text(t, j, f"{_label(c['labels'][j][t])}\n{p:.2f}", ha="center", va="center", fontsize=8,
-                            color="white" if p > 0.6 else "black")
+                    ax.text(
+                        t,
+                        j,
+                        f"{_label(c['labels'][j][t])}\n{p:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if p > 0.6 else "black",
+                    )
         ax.set_yticks(range(n), [f"thought {j + 1}" for j in range(n)])
         fig.colorbar(im, ax=ax, label="p(lens top token)", shrink=0.8)
     else:
@@ -67,10 +80,15 @@ def plot_trace(records: list[dict], path: str, title: str = "") -> dict:
     b.set_xticks(x, [_label(s) for s in c["tokens"]])
     b.set_xlabel("token")
     b.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    cells = {"p_top": [[None if math.isnan(v) else float(v) for v in row] for row in c["p_top"]],
-             "labels": c["labels"], "tokens": c["tokens"], "p_think": c["p_think"].tolist(),
-             "p_base": c["p_base"].tolist(), "mix_weight": c["mix_weight"].tolist()}
-    try:   # the cells ride along as the PNG's Description text: a reader can check the picture's numbers
+    cells = {
+        "p_top": [[None if math.isnan(v) else float(v) for v in row] for row in c["p_top"]],
+        "labels": c["labels"],
+        "tokens": c["tokens"],
+        "p_think": c["p_think"].tolist(),
+        "p_base": c["p_base"].tolist(),
+        "mix_weight": c["mix_weight"].tolist(),
+    }
+    try:  # the cells ride along as the PNG's Description text: a reader can check the picture's numbers
         fig.savefig(path, dpi=110, metadata={"Description": json.dumps(cells)})
     except OSError as e:
         raise UserError(f"--plot {path}: cannot write ({e.strerror})") from None

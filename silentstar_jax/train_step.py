@@ -1,5 +1,6 @@
 """Optimizer, initial state and the one jitted train step (pure: params, opt state and
 batch in; new params, opt state and metrics out; params and opt state donated)."""
+
 from __future__ import annotations
 
 import functools
@@ -16,16 +17,20 @@ from silentstar_jax.model import ChainOptions
 from silentstar_jax.objective import compute_loss, supervision_weight, target_weights
 from silentstar_jax.sharding import batch_sharding
 
+
 def make_optimizer(cfg: Config, labels, decay_mask) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with warmup + cosine; `labels` (sharding.param_labels) puts ThinkParams in their own
     learning-rate group (optim.thinking_lr_mult); `decay_mask` (sharding.decay_mask): which decay."""
     o = cfg.optim
     sched = optax.warmup_cosine_decay_schedule(
-        0.0, o.lr, min(o.warmup_steps, max(cfg.train.steps - 1, 0)), max(cfg.train.steps, 1), o.lr * o.min_lr_ratio)
+        0.0, o.lr, min(o.warmup_steps, max(cfg.train.steps - 1, 0)), max(cfg.train.steps, 1), o.lr * o.min_lr_ratio
+    )
     think_sched = lambda step: sched(step) * o.thinking_lr_mult
     adamw = lambda lr: optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask)
-    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                     optax.multi_transform({"base": adamw(sched), "think": adamw(think_sched)}, labels))
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.multi_transform({"base": adamw(sched), "think": adamw(think_sched)}, labels),
+    )
     return tx, sched
 
 
@@ -56,7 +61,7 @@ def n_thoughts_at(cfg: Config, step: int) -> int:
 def progressive_prefix(key, n: int):
     """thinking.progressive: how many leading thoughts of this step are constants, U{0..n-1} (0 if n = 0),
     from its own stream of the step's key."""
-    return jax.random.randint(jax.random.fold_in(key, 0x5eed), (), 0, max(n, 1))
+    return jax.random.randint(jax.random.fold_in(key, 0x5EED), (), 0, max(n, 1))
 
 
 def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
@@ -69,14 +74,28 @@ def make_loss_fn(graphdef, cfg: Config, n_think_pos: int = 0):
         chain = ChainOptions()
         if t.enabled:
             chain = ChainOptions(
-                key=key, n_samples=t.n_samples, n_thoughts=n_thoughts,
+                key=key,
+                n_samples=t.n_samples,
+                n_thoughts=n_thoughts,
                 n_detach=progressive_prefix(key, t.n_thoughts if n_thoughts is None else n_thoughts)
-                if t.progressive else None,
+                if t.progressive
+                else None,
                 think_idx_BQ=think_positions(batch.attn_mask, batch.loss_mask, t.n_ahead, n_think_pos)
-                if n_think_pos else None)
+                if n_think_pos
+                else None,
+            )
         out = model(batch.tokens, batch.attn_mask, chain)
-        return compute_loss(out, batch.tokens, batch.attn_mask, batch.loss_mask, t, cfg.loss, batch.thought_targets,
-                            supervision_weight(cfg.loss, step_idx, cfg.train.steps), lens=model.gpt2.logits)
+        return compute_loss(
+            out,
+            batch.tokens,
+            batch.attn_mask,
+            batch.loss_mask,
+            t,
+            cfg.loss,
+            batch.thought_targets,
+            supervision_weight(cfg.loss, step_idx, cfg.train.steps),
+            lens=model.gpt2.logits,
+        )
 
     return loss_fn
 
@@ -91,6 +110,7 @@ def switch_over_counts(fn, counts: list[int]):
     """fn(*args, n) with n a Python int -> g(*args, n) with n traced: one compiled program holding a
     branch per count, of which lax.switch runs only the chosen one (the cost of the fixed-count
     program, not of the largest). Metrics a count does not define (sup_ce_j for j > n) are NaN."""
+
     def g(*args, n):
         shapes = [jax.eval_shape(functools.partial(fn, n=k), *args) for k in counts]
         keys = sorted(set().union(*(s[0].keys() for s in shapes)))
@@ -99,8 +119,11 @@ def switch_over_counts(fn, counts: list[int]):
             def run(*a):
                 metrics, rest = fn(*a, n=k)
                 return {key: metrics.get(key, jnp.float32(jnp.nan)) for key in keys}, rest
+
             return run
+
         return jax.lax.switch(jnp.asarray(n, jnp.int32) - counts[0], [branch(k) for k in counts], *args)
+
     return g
 
 
@@ -140,11 +163,13 @@ def make_step_fn(graphdef, cfg: Config, tx, sched, n_think_pos: int = 0):
         # a non-finite loss, gradient or updated parameter: the update is not applied (the trainer
         # stops or skips, train.on_nonfinite), so non-finite parameters never exist, nor get saved
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & \
-            jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_params)]))
+        finite = (
+            jnp.isfinite(metrics["loss"])
+            & jnp.isfinite(grad_norm)
+            & jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(new_params)]))
+        )
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        metrics = dict(metrics, grad_norm=grad_norm, lr=sched(step_idx),
-                       nonfinite=1.0 - finite.astype(jnp.float32))
+        metrics = dict(metrics, grad_norm=grad_norm, lr=sched(step_idx), nonfinite=1.0 - finite.astype(jnp.float32))
         return keep(new_params, params), keep(new_opt_state, opt_state), metrics
 
     return step
@@ -171,9 +196,18 @@ def make_train_step(graphdef, cfg: Config, tx, sched, mesh: Mesh, p_shard, o_sha
     def step(params, opt_state, batch, step_idx, n_thoughts=None):
         return pure(params, opt_state, batch, step_idx, base_key, n_thoughts)
 
-    b_shard = batch_sharding(mesh)    # every array of the Batch: rows split over the devices
-    if counts is not None:      # the count is data
-        return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None, None),
-                       out_shardings=(p_shard, o_shard, None), donate_argnums=(0, 1))
-    return jax.jit(step, in_shardings=(p_shard, o_shard, b_shard, None), out_shardings=(p_shard, o_shard, None),
-                   donate_argnums=(0, 1), static_argnums=(4,))
+    b_shard = batch_sharding(mesh)  # every array of the Batch: rows split over the devices
+    if counts is not None:  # the count is data
+        return jax.jit(
+            step,
+            in_shardings=(p_shard, o_shard, b_shard, None, None),
+            out_shardings=(p_shard, o_shard, None),
+            donate_argnums=(0, 1),
+        )
+    return jax.jit(
+        step,
+        in_shardings=(p_shard, o_shard, b_shard, None),
+        out_shardings=(p_shard, o_shard, None),
+        donate_argnums=(0, 1),
+        static_argnums=(4,),
+    )

@@ -2,6 +2,7 @@
 training loop (`train_loop`): log, evaluate, checkpoint, stop on a signal, resume exactly where the run
 stopped (params, optimizer, step, data position; RNG = f(seed, step)). A `--seeds` group goes through
 the same loop: K Runs whose parameters are stacked and trained by one vmapped step (seeds.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,6 @@ import os
 import signal
 import sys
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -25,10 +25,27 @@ from silentstar_jax.errors import NonFiniteError, Stopped, UserError, is_disk_fu
 from silentstar_jax.evaluate import evaluate, make_eval_fn
 from silentstar_jax.fs import disk_full, staged
 from silentstar_jax.model import build_model
-from silentstar_jax.run_dir import (CODE_LOG, RunLock, archive_records, config_changes, json_config, make_run_dir,
-                                    mismatch_check, record_code, records_without_checkpoint, truncate_log)
-from silentstar_jax.sharding import (batch_sharding, decay_mask, make_mesh, opt_state_specs, param_labels,
-                                     param_specs, shardings)
+from silentstar_jax.run_dir import (
+    CODE_LOG,
+    RunLock,
+    archive_records,
+    config_changes,
+    json_config,
+    make_run_dir,
+    mismatch_check,
+    record_code,
+    records_without_checkpoint,
+    truncate_log,
+)
+from silentstar_jax.sharding import (
+    batch_sharding,
+    decay_mask,
+    make_mesh,
+    opt_state_specs,
+    param_labels,
+    param_specs,
+    shardings,
+)
 from silentstar_jax.tokenizer import tokenizer_for
 from silentstar_jax.train_step import init_state, make_optimizer, make_train_step, n_think_positions, n_thoughts_at
 
@@ -38,6 +55,7 @@ def resolved_model_config(cfg: C.Config) -> C.Config:
     if not cfg.model.init_from:
         return cfg
     from silentstar_jax.hf import config_from_hf, resolve
+
     hf = config_from_hf(resolve(cfg.model.init_from))
     keep = {k: getattr(cfg.model, k) for k in ("init_from", "allow_pickle", "dtype", "remat", "attention")}
     model = dataclasses.replace(hf, **keep)
@@ -49,7 +67,7 @@ class _Stopper:
     """SIGTERM/SIGINT -> finish the current step, save, then stop (exit 128 + the signal)."""
 
     def __init__(self):
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._old = {}
 
     def __enter__(self):
@@ -76,8 +94,9 @@ class Run:
         self.mesh = make_mesh(cfg.mesh)
         n_dev = self.mesh.size
         if cfg.train.batch_size % n_dev:
-            raise UserError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the "
-                            f"{n_dev} devices of the mesh")
+            raise UserError(
+                f"train.batch_size ({cfg.train.batch_size}) must be divisible by the {n_dev} devices of the mesh"
+            )
         model = build_model(cfg, self.tok)
         self.graphdef, state = nnx.split(model)
         params = state.to_pure_dict()
@@ -89,14 +108,15 @@ class Run:
         self.data, self.eval_rows = build_data(cfg, self.tok)
         self.eval_by_k = eval_rows_by_k(cfg.data, self.tok, cfg.train.seq_len + 1)
         self.step = 0
-        self.primary = jax.process_index() == 0     # the one process that writes logs and config
+        self.primary = jax.process_index() == 0  # the one process that writes logs and config
         make_run_dir(self.out_dir)
-        self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep,
-                                 cfg.checkpoint.async_save)
+        self.ckpt = Checkpointer(
+            os.path.join(self.out_dir, "checkpoints"), cfg.checkpoint.keep, cfg.checkpoint.async_save
+        )
         self._bshard = batch_sharding(self.mesh)
         self.eval_fn = make_eval_fn(self.graphdef)
-        self.wall_s = 0.0   # training wall time over every session of this run (saved in checkpoints)
-        self.skipped = 0    # updates skipped as non-finite in this session (train.on_nonfinite=skip)
+        self.wall_s = 0.0  # training wall time over every session of this run (saved in checkpoints)
+        self.skipped = 0  # updates skipped as non-finite in this session (train.on_nonfinite=skip)
 
     # ---------------------------------------------------------------- checkpoints
     def restore_latest(self, warn=None, set_aside: bool = False, say=None) -> bool:
@@ -108,11 +128,17 @@ class Run:
         p_target = abstract_like(self.params, self.p_shard)
         o_target = abstract_like(self.opt_state, self.o_shard)
         current = json_config(self.cfg)
-        check = mismatch_check(self.cfg, shapes(self.params), lambda why: (
-            f"{self.out_dir}: {why}: resuming would change what they mean; nothing was changed: set these back, "
-            "or train in a new run.out_dir"))
-        found = self.ckpt.restore_newest_valid(lambda s: self.ckpt.restore(s, p_target, o_target), warn,
-                                               set_aside, check)
+        check = mismatch_check(
+            self.cfg,
+            shapes(self.params),
+            lambda why: (
+                f"{self.out_dir}: {why}: resuming would change what they mean; nothing was changed: set these back, "
+                "or train in a new run.out_dir"
+            ),
+        )
+        found = self.ckpt.restore_newest_valid(
+            lambda s: self.ckpt.restore(s, p_target, o_target), warn, set_aside, check
+        )
         if found is None:
             return False
         params, opt, meta = found[1]
@@ -125,9 +151,14 @@ class Run:
         return True
 
     def save(self) -> None:
-        meta = {"step": self.step, "seed": self.cfg.run.seed, "data": self.data.state, "wall_s": self.wall_s,
-                "config": C.to_dict(self.cfg)}
-        self.ckpt.save(self.step, self.params, self.opt_state, meta)   # a failed save: one line (checkpoint.py)
+        meta = {
+            "step": self.step,
+            "seed": self.cfg.run.seed,
+            "data": self.data.state,
+            "wall_s": self.wall_s,
+            "config": C.to_dict(self.cfg),
+        }
+        self.ckpt.save(self.step, self.params, self.opt_state, meta)  # a failed save: one line (checkpoint.py)
 
     def write_failed(self, path: str, e: OSError) -> Exception:
         """A log or evaluation that could not be written during training: a full disk stops with one
@@ -147,14 +178,18 @@ class Run:
             return
         if self.cfg.train.on_nonfinite == "skip":
             self.skipped += len(bad)
-            print(f"warning: {self.cfg.run.name}: non-finite loss or gradients at step(s) {', '.join(map(str, bad))}: "
-                  f"update(s) skipped ({self.skipped} so far)", file=sys.stderr)
+            print(
+                f"warning: {self.cfg.run.name}: non-finite loss or gradients at step(s) {', '.join(map(str, bad))}: "
+                f"update(s) skipped ({self.skipped} so far)",
+                file=sys.stderr,
+            )
             return
         newest = self.ckpt.latest_step()
         raise NonFiniteError(
             f"non-finite loss or gradients at step {bad[0]}: the update was not applied and training stopped "
             f"({'newest checkpoint: step ' + str(newest) if newest is not None else 'no checkpoint written'}); "
-            "lower optim.lr, or set train.on_nonfinite=skip to skip such batches")
+            "lower optim.lr, or set train.on_nonfinite=skip to skip such batches"
+        )
 
     def put_batch(self, rows: Batch) -> Batch:
         """Global batch -> arrays sharded over the mesh. Every process builds the same global batch
@@ -163,8 +198,9 @@ class Run:
             return jax.tree.map(lambda v: jax.device_put(np.asarray(v), self._bshard), rows)
         n, i = jax.process_count(), jax.process_index()
         per = len(rows.tokens) // n
-        return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
-            self._bshard, np.asarray(v)[i * per:(i + 1) * per]), rows)
+        return jax.tree.map(
+            lambda v: jax.make_array_from_process_local_data(self._bshard, np.asarray(v)[i * per : (i + 1) * per]), rows
+        )
 
     # ---------------------------------------------------------------- the two jobs
     def evaluate(self) -> dict:
@@ -184,14 +220,16 @@ class Run:
 
     def step_fn(self):
         """The jitted train step for this run's batches."""
-        return make_train_step(self.graphdef, self.cfg, self.tx, self.sched, self.mesh, self.p_shard,
-                               self.o_shard, self.n_think_pos)
+        return make_train_step(
+            self.graphdef, self.cfg, self.tx, self.sched, self.mesh, self.p_shard, self.o_shard, self.n_think_pos
+        )
 
-    def train(self, console=None, stop_after: Optional[int] = None, restart: bool = False) -> dict:
+    def train(self, console=None, stop_after: int | None = None, restart: bool = False) -> dict:
         """Train to train.steps (or stop, with a checkpoint, after `stop_after` steps of this session:
         returns {}); the held-out evaluation at the end. restart: archive an earlier training's records."""
-        results = train_loop([self], self.step_fn(), stacked=False, console=console, stop_after=stop_after,
-                             restart=restart)
+        results = train_loop(
+            [self], self.step_fn(), stacked=False, console=console, stop_after=stop_after, restart=restart
+        )
         return results[0] if results else {}
 
     def open_run_dir(self, stack: contextlib.ExitStack, console, restart: bool = False) -> None:
@@ -199,35 +237,43 @@ class Run:
         (its recorded setup compared with this one), the logs cut to the restored step, the config
         written. A directory with records but no checkpoint is refused (never trained over), unless
         `restart` moves them to RUN/archive/ first."""
-        say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)   # one line each
-        stack.callback(lambda: self.ckpt.close())      # the manager open at the end (restart replaces it)
+        say = lambda msg: console.print(msg, soft_wrap=True, markup=False, highlight=False)  # one line each
+        stack.callback(lambda: self.ckpt.close())  # the manager open at the end (restart replaces it)
         if self.primary:
             lock = stack.enter_context(RunLock(self.out_dir))
             if lock.previous_owner:
-                say(f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
-                    "which ended without releasing it")
+                say(
+                    f"note: took over the lock of process {lock.previous_owner.get('pid')}, "
+                    "which ended without releasing it"
+                )
             if restart:
                 self.ckpt.close()
                 archived = archive_records(self.out_dir)
-                self.ckpt = Checkpointer(os.path.join(self.out_dir, "checkpoints"), self.cfg.checkpoint.keep,
-                                         self.cfg.checkpoint.async_save)
+                self.ckpt = Checkpointer(
+                    os.path.join(self.out_dir, "checkpoints"), self.cfg.checkpoint.keep, self.cfg.checkpoint.async_save
+                )
                 if archived:
                     say(f"--restart: the earlier training's records and checkpoints moved to {archived}")
         if jax.process_count() > 1 and restart:
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices("run directory archived")
         if self.restore_latest(lambda msg: say(f"warning: {msg}"), set_aside=self.primary, say=say):
             say(f"resuming {self.out_dir} from step {self.step}")
         elif found := records_without_checkpoint(self.out_dir):
             damaged = os.path.join(self.out_dir, "damaged-checkpoints")
-            why = (f"its checkpoints are all damaged (moved to {damaged})" if "damaged-checkpoints" in found
-                   else f"it holds an earlier training's records ({', '.join(found)}) but no checkpoint")
+            why = (
+                f"its checkpoints are all damaged (moved to {damaged})"
+                if "damaged-checkpoints" in found
+                else f"it holds an earlier training's records ({', '.join(found)}) but no checkpoint"
+            )
             raise UserError(f"{self.out_dir}: {why}; to start over, use a new run.out_dir or --restart")
-        if jax.process_count() > 1:   # every process has read the run directory before it changes
+        if jax.process_count() > 1:  # every process has read the run directory before it changes
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices("run directory checked")
         if self.primary:
-            for log in ("metrics.jsonl", "evals.jsonl", CODE_LOG):   # each step once: drop what follows the restore
+            for log in ("metrics.jsonl", "evals.jsonl", CODE_LOG):  # each step once: drop what follows the restore
                 truncate_log(os.path.join(self.out_dir, log), self.step)
             record_code(self.out_dir, self.step)
             with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
@@ -239,6 +285,7 @@ class Run:
         if not self.primary:
             return stack.enter_context(open(os.devnull, "w")), _NoWriter()
         from tensorboardX import SummaryWriter
+
         writer = SummaryWriter(os.path.join(self.out_dir, "tb"))
         stack.callback(writer.close)
         f = open(os.path.join(self.out_dir, "metrics.jsonl"), "a")
@@ -248,7 +295,7 @@ class Run:
     def _log_step(self, metrics, tps: float, metrics_f, writer) -> str:
         """One line of metrics.jsonl (every metric the objective returns) and TensorBoard; the progress text."""
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        rec = _json_safe({"step": self.step, **m, "tokens_per_second": tps})   # NaN (undefined) -> null
+        rec = _json_safe({"step": self.step, **m, "tokens_per_second": tps})  # NaN (undefined) -> null
         try:
             metrics_f.write(json.dumps(rec, allow_nan=False) + "\n")
             metrics_f.flush()
@@ -282,17 +329,26 @@ class Run:
         if not self.primary:
             return result
         from rich.console import Console
-        print_eval_table(result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}",
-                         Console(file=sys.stdout))
+
+        print_eval_table(
+            result, f"{self.cfg.run.name}: held-out evaluation at step {self.step}", Console(file=sys.stdout)
+        )
         path = os.path.join(self.out_dir, name)
         try:
-            with staged(path, f"the evaluation of step {self.step}",     # an earlier eval.json stays whole
-                        then=f"it is printed above; {self._resumes_from()}") as tmp, open(tmp, "w") as f:
-                json.dump(_json_safe({"step": self.step, "wall_s": self.wall_s, **result}), f, indent=2,
-                          allow_nan=False)
+            with (
+                staged(
+                    path,
+                    f"the evaluation of step {self.step}",  # an earlier eval.json stays whole
+                    then=f"it is printed above; {self._resumes_from()}",
+                ) as tmp,
+                open(tmp, "w") as f,
+            ):
+                json.dump(
+                    _json_safe({"step": self.step, "wall_s": self.wall_s, **result}), f, indent=2, allow_nan=False
+                )
         except OSError as e:
             raise UserError(f"{path}: cannot write the evaluation ({e.strerror}); it is printed above") from None
-        if writer is not None:   # the end of training: the last point of the eval history
+        if writer is not None:  # the end of training: the last point of the eval history
             self._log_eval(result, writer)
         return result
 
@@ -301,8 +357,9 @@ def _unstack(tree, k: int):
     return jax.tree.map(lambda x: x[k], tree)
 
 
-def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after: Optional[int] = None,
-               restart: bool = False) -> Optional[list[dict]]:
+def train_loop(
+    runs: list[Run], step_fn, stacked: bool, console=None, stop_after: int | None = None, restart: bool = False
+) -> list[dict] | None:
     """The one training loop. `runs`: one Run (`step_fn` = its jitted step), or K Runs of one config
     whose parameters, optimizer states and metrics carry a leading [K] axis (`stacked`; seeds.py).
     Each run logs, evaluates, saves, keeps its wall time and is stopped by a signal as it would be alone.
@@ -310,6 +367,7 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
     restart: each run's earlier records are archived first (`train.py --restart`)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     console = console or Console(stderr=True)
     pick = _unstack if stacked else (lambda tree, k: tree)
     r0 = runs[0]
@@ -318,36 +376,46 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
         for r in runs:
             r.open_run_dir(stack, console, restart)
         if len({r.step for r in runs}) > 1:
-            raise UserError(f"{', '.join(r.cfg.run.name for r in runs)} are at different steps "
-                            f"({[r.step for r in runs]}): resume them one by one, then train them together")
+            raise UserError(
+                f"{', '.join(r.cfg.run.name for r in runs)} are at different steps "
+                f"({[r.step for r in runs]}): resume them one by one, then train them together"
+            )
         for r in runs[1:]:
-            r.data, r.eval_fn = r0.data, r0.eval_fn   # one data order for every member; one compiled evaluation
+            r.data, r.eval_fn = r0.data, r0.eval_fn  # one data order for every member; one compiled evaluation
         if stacked:
             from silentstar_jax.seeds import stack_seeds
+
             params, opt_state = stack_seeds([(r.params, r.opt_state) for r in runs], r0.mesh)
         else:
             params, opt_state = r0.params, r0.opt_state
         step = first_step = r0.step
 
-        def sync():      # the members' own state, before they save or evaluate
+        def sync():  # the members' own state, before they save or evaluate
             for k, r in enumerate(runs):
                 r.params, r.opt_state, r.step = pick(params, k), pick(opt_state, k), step
                 r.wall_s = walls[k] + time.perf_counter() - t_session
 
-        def check_finite():   # one device read for every step since the last check
+        def check_finite():  # one device read for every step since the last check
             flags = jax.device_get([f for _, f in pending])
             for k, r in enumerate(runs):
                 r._nonfinite([s for (s, _), f in zip(pending, flags) if pick(f, k) > 0])
             pending.clear()
 
-        tokens_per_step = tc.batch_size * tc.grad_accum * (tc.seq_len + 1)     # per member
+        tokens_per_step = tc.batch_size * tc.grad_accum * (tc.seq_len + 1)  # per member
         live = console.is_terminal
-        progress = Progress(TextColumn("step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
-                            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                            console=console, disable=not live)
+        progress = Progress(
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            disable=not live,
+        )
         task = progress.add_task("train", total=tc.steps, completed=step, info="compiling...")
         t_session, walls = time.perf_counter(), [r.wall_s for r in runs]
-        t_last, steps_since, pending = t_session, 0, []        # pending: (step, non-finite flag) not yet read
+        t_last, steps_since, pending = t_session, 0, []  # pending: (step, non-finite flag) not yet read
         for r in runs:
             r.skipped = 0
         writers = [r._writers(stack) for r in runs]
@@ -357,7 +425,7 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
             if stop_after is not None and step - first_step >= stop_after:
                 break
             for r in runs:
-                r.ckpt.poll()        # an asynchronous save that failed stops training here
+                r.ckpt.poll()  # an asynchronous save that failed stops training here
             batch = r0.put_batch(next(r0.data))
             n = n_thoughts_at(cfg, step) if cfg.thinking.enabled else None
             params, opt_state, metrics = step_fn(params, opt_state, batch, step, n)
@@ -392,18 +460,15 @@ def train_loop(runs: list[Run], step_fn, stacked: bool, console=None, stop_after
             if r.ckpt.latest_step() != step:
                 r.save()
             r.ckpt.wait()
-        saved = f"checkpoint{'s' if len(runs) > 1 else ''} saved in " + \
-            ", ".join(os.path.join(r.out_dir, "checkpoints") for r in runs)
+        saved = f"checkpoint{'s' if len(runs) > 1 else ''} saved in " + ", ".join(
+            os.path.join(r.out_dir, "checkpoints") for r in runs
+        )
         if stopper.signum is not None:
-            raise Stopped(f"stopped by {signal.Signals(stopper.signum).name} at step {step}; {saved}",
-                          stopper.signum)
+            raise Stopped(f"stopped by {signal.Signals(stopper.signum).name} at step {step}; {saved}", stopper.signum)
         if step < tc.steps:
             console.print(f"stopped at step {step}; {saved}")
             return None
         return [r.finish_eval(console, writers[k][1]) for k, r in enumerate(runs)]
-
-
-
 
 
 def _close_quietly(f) -> None:

@@ -1,10 +1,11 @@
 """bench.py's FLOP model (against XLA's own count), its warm-up (no compile is timed) and its command line."""
+
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import run_cli
 from flax import nnx
 
-from conftest import run_cli
 from silentstar_jax import benchmark as bm
 from silentstar_jax.config import ThinkingConfig
 from silentstar_jax.model import SilentStar
@@ -37,7 +38,7 @@ def test_harness_step_compiles_once(n, n_seeds):
     the step returns it (a second compile was timed as a step at --rounds 1 or 2)."""
     step, p, o = bm.train_step_fn(SHAPE, n, 1, n_seeds=n_seeds)
     with bm.Compiles() as c:
-        for i in range(4):       # a warm-up and three more
+        for i in range(4):  # a warm-up and three more
             p, o, loss = step(p, o, i)
     assert c.names == ["jit(step)"], c.names
 
@@ -45,8 +46,8 @@ def test_harness_step_compiles_once(n, n_seeds):
 def test_warmup_runs_until_a_call_compiles_nothing():
     """Timer warms a callable up until a call compiles nothing, at most MAX_WARMUP_CALLS calls."""
     f = jax.jit(lambda x: x * 2)
-    sizes = iter([1, 2, 2, 2])                          # compiles on calls 1 and 2, not on call 3
-    always = iter(range(1, 100))                        # a new shape every call: never done compiling
+    sizes = iter([1, 2, 2, 2])  # compiles on calls 1 and 2, not on call 3
+    always = iter(range(1, 100))  # a new shape every call: never done compiling
     timer = bm.Timer()
     timer.add("settles", lambda: f(jnp.ones(next(sizes))).block_until_ready())
     timer.add("never", lambda: f(jnp.ones(100 + next(always))).block_until_ready())
@@ -54,9 +55,15 @@ def test_warmup_runs_until_a_call_compiles_nothing():
     assert timer.still_compiling == ["never"]
 
 
-@pytest.mark.parametrize("args,needle", [(["--chain", "loop"], "--chain"), (["--chain", "scan:0"], "--chain"),
-                                         (["--thoughts", "2,x"], "--thoughts"),
-                                         (["--preset", "tpu"], "unknown preset")])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--chain", "loop"], "--chain"),
+        (["--chain", "scan:0"], "--chain"),
+        (["--thoughts", "2,x"], "--thoughts"),
+        (["--preset", "tpu"], "unknown preset"),
+    ],
+)
 def test_bench_cli_errors(args, needle):
     proc = run_cli("bench.py", *args, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

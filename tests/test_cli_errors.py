@@ -1,10 +1,10 @@
 """Mistakes a user can make end in one clear line on stderr and exit code 2, never a traceback."""
+
 import json
 import os
 import shutil
 
 import pytest
-
 from conftest import FIXTURE, run_cli
 
 
@@ -37,13 +37,16 @@ def bad_dirs(tmp_path_factory):
     return {"empty": str(empty), "wrong_type": str(wrong_type), "mismatch": str(mismatch), "pickled": str(pickled)}
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("missing", "no such directory"),
-    ("empty", "no config.json"),
-    ("wrong_type", "only 'gpt2'"),
-    ("mismatch", "does not match"),
-    ("pickled", "--allow-pickle"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("missing", "no such directory"),
+        ("empty", "no config.json"),
+        ("wrong_type", "only 'gpt2'"),
+        ("mismatch", "does not match"),
+        ("pickled", "--allow-pickle"),
+    ],
+)
 def test_bad_checkpoints(bad_dirs, case, needle):
     path = bad_dirs.get(case, "./does/not/exist")
     _assert_clean_error(run_cli("generate.py", "--init-from", path, "--prompt", "hi"), needle)
@@ -55,8 +58,25 @@ def test_unknown_hub_name_offline():
 
 
 def test_generate_json_schema():
-    proc = run_cli("generate.py", "--init-from", FIXTURE, "--prompt", "The quick", "--max-new-tokens", "4",
-                   "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "3", "--json", "--no-think")
+    proc = run_cli(
+        "generate.py",
+        "--init-from",
+        FIXTURE,
+        "--prompt",
+        "The quick",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--json",
+        "--no-think",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(l) for l in proc.stdout.strip().splitlines()]
     assert [l["step"] for l in lines[:-1]] == [0, 1, 2, 3]

@@ -1,5 +1,6 @@
 """The config surface earns its place: every field is documented where it is declared, and every field
 is set by a shipped config or named by a test (a knob nothing exercises is a knob nobody knows works)."""
+
 from __future__ import annotations
 
 import ast
@@ -26,8 +27,11 @@ def _field_lines() -> dict[str, dict[str, int]]:
     out = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
-            out[node.name] = {s.target.id: s.lineno for s in node.body
-                              if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+            out[node.name] = {
+                s.target.id: s.lineno
+                for s in node.body
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+            }
     return out
 
 
@@ -46,9 +50,12 @@ def test_documented_rule_can_fail():
 def test_every_config_field_has_a_comment():
     lines = open(CONFIG_PY).read().split("\n")
     where = _field_lines()
-    missing = [f"{sec}.{name} (config.py:{where[cls.__name__][name]})"
-               for sec, cls in _sections().items() for name in where[cls.__name__]
-               if not documented(lines, where[cls.__name__][name])]
+    missing = [
+        f"{sec}.{name} (config.py:{where[cls.__name__][name]})"
+        for sec, cls in _sections().items()
+        for name in where[cls.__name__]
+        if not documented(lines, where[cls.__name__][name])
+    ]
     assert not missing, "config fields without a comment: " + ", ".join(missing)
 
 
@@ -68,8 +75,12 @@ def _named_by_tests() -> str:
 def used(key: str, configs: set[str], tests: str) -> bool:
     """Set in a shipped config, or named by a test: `section.name`, a keyword `name=` or a dict key `"name":`."""
     sec, name = key.split(".")
-    return (key in configs or key in tests or re.search(rf"\b{name}\s*=[^=]", tests) is not None
-            or re.search(rf"[\"']{name}[\"']\s*:", tests) is not None)
+    return (
+        key in configs
+        or key in tests
+        or re.search(rf"\b{name}\s*=[^=]", tests) is not None
+        or re.search(rf"[\"']{name}[\"']\s*:", tests) is not None
+    )
 
 
 def test_used_rule_can_fail():
@@ -82,8 +93,12 @@ def test_used_rule_can_fail():
 
 def test_every_config_field_is_used_by_a_config_or_a_test():
     configs, tests = _set_by_configs(), _named_by_tests()
-    unused = [f"{sec}.{f.name}" for sec, cls in _sections().items() for f in dataclasses.fields(cls)
-              if not used(f"{sec}.{f.name}", configs, tests)]
+    unused = [
+        f"{sec}.{f.name}"
+        for sec, cls in _sections().items()
+        for f in dataclasses.fields(cls)
+        if not used(f"{sec}.{f.name}", configs, tests)
+    ]
     assert not unused, "config fields no shipped config sets and no test names: " + ", ".join(unused)
 
 
@@ -91,7 +106,9 @@ def test_a_removed_knob_is_refused_unless_at_its_built_in_value():
     """Older runs' config.yaml hold removed fields at their old defaults (accepted); a user's other value is
     refused in one line rather than dropped unseen."""
     import pytest
+
     from silentstar_jax.errors import UserError
+
     assert C.from_dict({"thinking": {"normalize_advantages": False, "reward": "logprob_gain"}}) == C.from_dict({})
     with pytest.raises(UserError, match="thinking.normalize_advantages' was removed"):
         C.from_dict({"thinking": {"normalize_advantages": True}})

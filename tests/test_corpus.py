@@ -1,23 +1,32 @@
 """The user's data path (corpus.py): a task written as text lines, trained through data.source: files,
 scored at the held-out answers with generate.py --score's numbers."""
+
 import json
 import os
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
+
 from silentstar_jax.config import load_config
 from silentstar_jax.corpus import summarize, write_corpus
 
 TASK = ["data.n_symbols=5", "data.chain=3", "data.n_train=48", "data.n_eval=6", "train.seq_len=11"]
-MICRO = ["model.n_embd=32", "model.n_head=2", "train.steps=2", "train.batch_size=4", "train.log_every=1",
-         "train.eval_every=0", "train.save_every=2", "checkpoint.async_save=false"]
+MICRO = [
+    "model.n_embd=32",
+    "model.n_head=2",
+    "train.steps=2",
+    "train.batch_size=4",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.save_every=2",
+    "checkpoint.async_save=false",
+]
 
 
 def _answer(line: str, n: int) -> tuple[int, str]:
     """k and the chain of answers of a hops line "table|k q answers", computed from its table."""
-    table, rest = line[:n], line[n + 1:]
+    table, rest = line[:n], line[n + 1 :]
     k, q = int(rest[0]), rest[1]
     f = {chr(ord("a") + i): c for i, c in enumerate(table)}
     out, x = "", q
@@ -39,35 +48,45 @@ def test_written_lines_are_the_task_problems_and_held_out(corpus):
     out, res = corpus
     lines = (out / "train.txt").read_text().splitlines()
     assert len(lines) == res["train_lines"] == 48 and len(set(lines)) == 48
-    assert all(line[5] == "|" and _answer(line, 5)[1] == line[8:] for line in lines)   # correct answers
-    assert {_answer(line, 5)[0] for line in lines} == {1, 2}                             # the config's mix
-    by_k = {k: (out / f"train_k{k}.txt").read_text().splitlines() for k in (1, 2)}   # split by difficulty
+    assert all(line[5] == "|" and _answer(line, 5)[1] == line[8:] for line in lines)  # correct answers
+    assert {_answer(line, 5)[0] for line in lines} == {1, 2}  # the config's mix
+    by_k = {k: (out / f"train_k{k}.txt").read_text().splitlines() for k in (1, 2)}  # split by difficulty
     assert by_k == {k: [x for x in lines if _answer(x, 5)[0] == k] for k in (1, 2)}
     held = [json.loads(x) for x in (out / "heldout.jsonl").read_text().splitlines()]
     assert sorted(r["k"] for r in held) == [1] * 6 + [2] * 6
     for r in held:
         assert r["text"] == r["prompt"] + r["answer"] and _answer(r["text"], 5) == (r["k"], r["answer"])
-    assert not {r["text"] for r in held} & set(lines)                                    # never trained on
+    assert not {r["text"] for r in held} & set(lines)  # never trained on
 
 
 def test_text_run_scores_like_generate_score(corpus, tmp_path):
     out, _ = corpus
     run = tmp_path / "run"
-    proc = run_cli("train.py", "--config", "configs/unsupervised-text.yaml", *MICRO, "train.seq_len=11",
-                   f"data.files=[{out / 'train.txt'}]", f"run.out_dir={run}", timeout=600)
+    proc = run_cli(
+        "train.py",
+        "--config",
+        "configs/unsupervised-text.yaml",
+        *MICRO,
+        "train.seq_len=11",
+        f"data.files=[{out / 'train.txt'}]",
+        f"run.out_dir={run}",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     from silentstar_jax.config import load_config as load
     from silentstar_jax.data import build_data
     from silentstar_jax.tokenizer import tokenizer_for
+
     cfg = load(str(run / "config.yaml"))
     tok = tokenizer_for(cfg)
     data, _ = build_data(cfg, tok)
     blocks = data.rows.tokens
-    assert (blocks[:, -1] == tok.eos_id).all() and (blocks[:, 5] == ord("|")).all()   # one problem per block
+    assert (blocks[:, -1] == tok.eos_id).all() and (blocks[:, 5] == ord("|")).all()  # one problem per block
 
     res_path = tmp_path / "score.json"
-    sc = run_cli("corpus.py", "score", "--checkpoint", str(run), "--heldout", str(out / "heldout.jsonl"),
-                 "--json", str(res_path))
+    sc = run_cli(
+        "corpus.py", "score", "--checkpoint", str(run), "--heldout", str(out / "heldout.jsonl"), "--json", str(res_path)
+    )
     assert sc.returncode == 0, sc.stderr[-2000:]
     res = json.loads(res_path.read_text())
     assert set(res) >= {"base", "thinking"} and set(res["thinking"]) == {"1", "2"}
@@ -76,14 +95,17 @@ def test_text_run_scores_like_generate_score(corpus, tmp_path):
     gen = run_cli("generate.py", "--checkpoint", str(run), "--score", line["text"], "--json")
     assert gen.returncode == 0, gen.stderr[-2000:]
     recs = [json.loads(x) for x in gen.stdout.splitlines() if x.startswith('{"pos"')]
-    p = {path: np.exp([r[key] for r in recs if r["pos"] >= len(line["prompt"])])
-         for path, key in (("thinking", "logprob"), ("base", "logprob_base"))}
+    p = {
+        path: np.exp([r[key] for r in recs if r["pos"] >= len(line["prompt"])])
+        for path, key in (("thinking", "logprob"), ("base", "logprob_base"))
+    }
     for path in ("thinking", "base"):
         one = summarize([{"k": 2, "p": p[path]}])["2"]
         assert one["lines"] == 1 and len(p[path]) == 3
         np.testing.assert_allclose(one["answer_accuracy"], np.mean(p[path] > 0.5))
     from silentstar_jax.corpus import answer_scores, read_heldout
     from silentstar_jax.loading import load_run
+
     model, tok, _, _ = load_run(str(run))
     mine = answer_scores(model, tok, [line], True)[0]["p"]
     np.testing.assert_allclose(mine, p["thinking"], rtol=1e-4)
@@ -93,8 +115,10 @@ def test_text_run_scores_like_generate_score(corpus, tmp_path):
 def test_corpus_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ab"}\n')
-    cases = [("write", "--config", "configs/text-files.yaml", "--out", str(tmp_path / "o")),
-             ("score", "--checkpoint", str(tmp_path / "none"), "--heldout", str(bad))]
+    cases = [
+        ("write", "--config", "configs/text-files.yaml", "--out", str(tmp_path / "o")),
+        ("score", "--checkpoint", str(tmp_path / "none"), "--heldout", str(bad)),
+    ]
     for args in cases:
         proc = run_cli("corpus.py", *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -107,6 +131,7 @@ def test_disk_full_writing_the_corpus_keeps_what_was_there(tmp_path, capsys, mon
     import errno
 
     from silentstar_jax import corpus
+
     out = tmp_path / "o"
     out.mkdir()
     (out / "train.txt").write_text("mine\n")
@@ -116,10 +141,10 @@ def test_disk_full_writing_the_corpus_keeps_what_was_there(tmp_path, capsys, mon
         if str(file).endswith("heldout.jsonl") and "w" in mode:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_open(file, mode, *a, **k)
+
     monkeypatch.setattr(builtins, "open", full_open)
     with pytest.raises(SystemExit) as e:
-        corpus.main(["write", "--config", os.path.join(ROOT, "configs", "unsupervised.yaml"), "--out", str(out),
-                     *TASK])
+        corpus.main(["write", "--config", os.path.join(ROOT, "configs", "unsupervised.yaml"), "--out", str(out), *TASK])
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert e.value.code == 4 and err.count("\n") == 1 and "disk full on /" in err and str(out) in err, err

@@ -1,6 +1,7 @@
 """Text data through HF `datasets`: local formats, text_field, streaming (hold-out, packing, exact
 resume), the hub path (load_dataset faked: no network) and deterministic shuffling. Byte tokenizer,
 blocks of T = 16 tokens, a few dozen short documents."""
+
 import json
 import signal
 
@@ -52,7 +53,7 @@ def packed(docs):
     independently of data.pack)."""
     flat = [t for d in docs for t in [*d.encode(), EOS]]
     n = len(flat) // T
-    return np.asarray(flat[:n * T]).reshape(n, T)
+    return np.asarray(flat[: n * T]).reshape(n, T)
 
 
 def stream_pieces(batches):
@@ -81,13 +82,14 @@ def one_line_error(excinfo):
 
 # ---------------------------------------------------------------- local files, not streaming
 
+
 @pytest.mark.parametrize("fmt", ["txt", "jsonl", "parquet"])
 def test_local_formats_pack_the_same_blocks(tmp_path, fmt):
     docs = make_docs(60)
     train, evals = build_data(cfg(files=[write(tmp_path, fmt, {"text": docs})]), TOK)
     want = packed(docs)
     n_eval = max(1, len(want) // 20)
-    np.testing.assert_array_equal(train.rows.tokens, want[:-n_eval])   # eval: the tail, held out
+    np.testing.assert_array_equal(train.rows.tokens, want[:-n_eval])  # eval: the tail, held out
     np.testing.assert_array_equal(evals.tokens, want[-n_eval:])
     assert evals.loss_mask.all() and train.rows.attn_mask.all()
 
@@ -131,8 +133,9 @@ def test_non_text_values_are_one_line_and_nulls_are_empty(tmp_path, streaming):
 
 
 def test_old_stream_state_is_one_line(tmp_path):
-    train, _ = build_data(cfg(files=[write(tmp_path, "txt", {"text": make_docs(30)})], streaming=True,
-                              eval_docs=5), TOK)
+    train, _ = build_data(
+        cfg(files=[write(tmp_path, "txt", {"text": make_docs(30)})], streaming=True, eval_docs=5), TOK
+    )
     with pytest.raises(UserError) as e:
         train.restore({"hf": {}, "leftover": []})
     assert "older streaming iterator" in one_line_error(e)
@@ -144,11 +147,14 @@ def test_negative_shuffle_seed_is_refused():
     assert "data.shuffle_seed" in one_line_error(e)
 
 
-@pytest.mark.parametrize("files,needle", [
-    (["a.txt", "b.jsonl"], "mixes formats"),
-    (["a.csv"], "unsupported extension '.csv'"),
-    (["a.txt", "gone.txt"], "not found: "),
-])
+@pytest.mark.parametrize(
+    "files,needle",
+    [
+        (["a.txt", "b.jsonl"], "mixes formats"),
+        (["a.csv"], "unsupported extension '.csv'"),
+        (["a.txt", "gone.txt"], "not found: "),
+    ],
+)
 def test_bad_files_are_one_line(tmp_path, files, needle):
     for f in ("a.txt", "b.jsonl", "a.csv"):
         (tmp_path / f).write_text('{"text": "x"}\n')
@@ -168,32 +174,35 @@ def test_eval_split_with_local_files_is_refused(tmp_path, streaming):
 
 # ---------------------------------------------------------------- streaming local files
 
+
 @pytest.mark.parametrize("fmt", ["txt", "jsonl", "parquet"])
 def test_streaming_holds_out_the_head_and_packs_every_document(tmp_path, fmt):
     docs = make_docs(60)
     train, evals = build_data(cfg(files=[write(tmp_path, fmt, {"text": docs})], streaming=True, eval_docs=5), TOK)
     np.testing.assert_array_equal(evals.tokens, packed(docs[:5]))
     pass_tokens = sum(len(d) + 1 for d in docs[5:])
-    batches = [next(train) for _ in range(2 * pass_tokens // (B * T) + 2)]   # a bit over two passes
+    batches = [next(train) for _ in range(2 * pass_tokens // (B * T) + 2)]  # a bit over two passes
     assert all(b.tokens.shape == (B, T) and b.loss_mask.all() for b in batches)
     flat, pieces = stream_pieces(batches)
-    assert flat[:len(rejoined(pieces))] == rejoined(pieces)   # documents back to back, EOS between
+    assert flat[: len(rejoined(pieces))] == rejoined(pieces)  # documents back to back, EOS between
     n = len(docs) - 5
-    first, second = pieces[:n], pieces[n:2 * n]
-    assert sorted(first) == sorted(second) == docs[5:]         # each pass: every training doc once
-    assert first != second and first != docs[5:]                # shuffled, differently each pass
-    assert not set(pieces) & set(docs[:5])                      # eval documents never trained on
+    first, second = pieces[:n], pieces[n : 2 * n]
+    assert sorted(first) == sorted(second) == docs[5:]  # each pass: every training doc once
+    assert first != second and first != docs[5:]  # shuffled, differently each pass
+    assert not set(pieces) & set(docs[:5])  # eval documents never trained on
 
 
 def test_streaming_without_documents_after_hold_out_is_one_line(tmp_path):
     path = write(tmp_path, "jsonl", {"text": make_docs(20)})
     train, _ = build_data(cfg(files=[path], streaming=True, eval_docs=20), TOK)
+
     def hung(*_):
         raise TimeoutError("next() loops forever on an empty stream")
+
     old = signal.signal(signal.SIGALRM, hung)
     signal.alarm(20)
     try:
-        with pytest.raises(UserError) as e:   # before the fix: an endless loop
+        with pytest.raises(UserError) as e:  # before the fix: an endless loop
             next(train)
     finally:
         signal.alarm(0)
@@ -230,6 +239,7 @@ def test_streaming_resume_is_exact_across_blocks(tmp_path, k):
 
 # ---------------------------------------------------------------- hub datasets (load_dataset faked)
 
+
 @pytest.fixture
 def fake_hub(monkeypatch):
     """datasets.load_dataset -> in-memory splits; returns the calls as (path, name, split, streaming)."""
@@ -253,13 +263,13 @@ def test_hub_eval_split(fake_hub):
     splits, calls = fake_hub
     train, evals = build_data(hub_cfg(eval_split="validation"), TOK)
     assert calls == [("user/tiny", "small", "train", False), ("user/tiny", "small", "validation", False)]
-    np.testing.assert_array_equal(train.rows.tokens, packed(splits["train"]))   # all of train: none held out
+    np.testing.assert_array_equal(train.rows.tokens, packed(splits["train"]))  # all of train: none held out
     np.testing.assert_array_equal(evals.tokens, packed(splits["validation"]))
 
 
 def test_hub_tail_held_out_of_split(fake_hub):
     splits, calls = fake_hub
-    train, evals = build_data(hub_cfg(split="validation"), TOK)   # a non-default split, passed through
+    train, evals = build_data(hub_cfg(split="validation"), TOK)  # a non-default split, passed through
     assert calls == [("user/tiny", "small", "validation", False)]
     want = packed(splits["validation"])
     np.testing.assert_array_equal(np.concatenate([train.rows.tokens, evals.tokens]), want)
@@ -282,17 +292,21 @@ def test_hub_streaming_eval_split(fake_hub):
     assert calls == [("user/tiny", "small", "validation", True), ("user/tiny", "small", "train", True)]
     np.testing.assert_array_equal(evals.tokens, packed(splits["validation"][:6]))
     _, pieces = stream_pieces([next(train) for _ in range(20)])
-    assert sorted(pieces[:60]) == splits["train"]                # nothing of train held out
+    assert sorted(pieces[:60]) == splits["train"]  # nothing of train held out
     _resume_matches(lambda: make()[0], 3, 16)
 
 
-@pytest.mark.parametrize("error,needle", [
-    (FileNotFoundError("Dataset 'user/nope' doesn't exist on the Hub\nsecond line"), "doesn't exist on the Hub"),
-    (ConnectionError(), "ConnectionError"),
-])
+@pytest.mark.parametrize(
+    "error,needle",
+    [
+        (FileNotFoundError("Dataset 'user/nope' doesn't exist on the Hub\nsecond line"), "doesn't exist on the Hub"),
+        (ConnectionError(), "ConnectionError"),
+    ],
+)
 def test_hub_load_failure_is_one_line(monkeypatch, error, needle):
     def load_dataset(*args, **kwargs):
         raise error
+
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     with pytest.raises(UserError) as e:
         build_data(cfg(source="hf", dataset="user/nope"), TOK)
@@ -307,6 +321,7 @@ def test_hub_needs_a_dataset_name():
 
 
 # ---------------------------------------------------------------- deterministic shuffling
+
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_shuffle_seed(tmp_path, streaming):
@@ -323,23 +338,29 @@ def test_shuffle_seed(tmp_path, streaming):
 
 # ---------------------------------------------------------------- task rows: thought targets
 
+
 def test_files_curriculum_adds_each_file_at_its_step_and_resumes_exactly(tmp_path):
     """data.files_curriculum [0, 0.5] of 10 steps: blocks of the first file only before step 5, of both
     after; each file packed and held out on its own (its tail); resumed bit for bit; bad lists refused."""
     from silentstar_jax.data import CurriculumIterator
-    docs = {"easy": make_docs(80, "easy"), "hard": [x.upper() for x in make_docs(80, "hard")]}   # no block in both
+
+    docs = {"easy": make_docs(80, "easy"), "hard": [x.upper() for x in make_docs(80, "hard")]}  # no block in both
     files = [write(tmp_path, "txt", {"text": v}, name=k) for k, v in docs.items()]
-    c = C.from_dict({"data": {"source": "files", "files": files, "files_curriculum": [0.0, 0.5]},
-                     "train": {"seq_len": SEQ_LEN, "batch_size": B, "steps": 10}})
+    c = C.from_dict(
+        {
+            "data": {"source": "files", "files": files, "files_curriculum": [0.0, 0.5]},
+            "train": {"seq_len": SEQ_LEN, "batch_size": B, "steps": 10},
+        }
+    )
     C.validate(c)
     make = lambda: build_data(c, TOK)[0]
     it, evals = build_data(c, TOK)
     assert isinstance(it, CurriculumIterator)
     want = {k: packed(v).astype(np.int32) for k, v in docs.items()}
     tail = {k: max(1, len(w) // 20) for k, w in want.items()}
-    np.testing.assert_array_equal(evals.tokens, np.concatenate([w[-tail[k]:] for k, w in want.items()]))
-    easy_blocks = {w.tobytes() for w in want["easy"][:-tail["easy"]]}
-    hard_blocks = {w.tobytes() for w in want["hard"][:-tail["hard"]]}
+    np.testing.assert_array_equal(evals.tokens, np.concatenate([w[-tail[k] :] for k, w in want.items()]))
+    easy_blocks = {w.tobytes() for w in want["easy"][: -tail["easy"]]}
+    hard_blocks = {w.tobytes() for w in want["hard"][: -tail["hard"]]}
     later = set()
     for step in range(10):
         rows = {r.tobytes() for r in next(it).tokens}

@@ -1,10 +1,10 @@
 """export.py: a trained run's base GPT-2 loads in `transformers` and gives our base path's logits."""
+
 import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import run_cli, train_micro_run
 
 
@@ -18,6 +18,7 @@ def test_export_loads_in_transformers_with_base_logits(run_dir, tmp_path):
     from transformers import GPT2LMHeadModel
 
     from silentstar_jax.loading import load_run
+
     out = tmp_path / "hf"
     proc = run_cli("export.py", "--checkpoint", run_dir, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -37,9 +38,11 @@ def test_export_user_errors(run_dir, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    for args in (["--checkpoint", run_dir, "--out", str(busy)],            # non-empty, no --force
-                 ["--checkpoint", str(tmp_path / "nope")],                  # no such path
-                 ["--runs", str(tmp_path / "none")]):                       # no run to export
+    for args in (
+        ["--checkpoint", run_dir, "--out", str(busy)],  # non-empty, no --force
+        ["--checkpoint", str(tmp_path / "nope")],  # no such path
+        ["--runs", str(tmp_path / "none")],
+    ):  # no run to export
         proc = run_cli("export.py", *args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

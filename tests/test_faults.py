@@ -3,6 +3,7 @@
 One micro run (6 steps, checkpoints 2, 4, 6) is trained once; each case damages a copy of it and runs
 `train.py` in this process (a traceback would fail the test), or as a separate process where the
 fault needs one (SIGKILL, a second trainer)."""
+
 import builtins
 import errno
 import glob
@@ -17,17 +18,30 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from silentstar_jax import train_cli
 from silentstar_jax.checkpoint import Checkpointer
 from silentstar_jax.errors import UserError
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
-MICRO = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=24",
-         "data.digits_a=2", "data.digits_b=1", "data.n_train=256", "data.n_eval=32",
-         "train.batch_size=8", "train.seq_len=8", "train.log_every=1", "train.save_every=2",
-         "thinking.n_thoughts=1", "mesh.data=1", "checkpoint.async_save=false"]
+MICRO = [
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.n_positions=24",
+    "data.digits_a=2",
+    "data.digits_b=1",
+    "data.n_train=256",
+    "data.n_eval=32",
+    "train.batch_size=8",
+    "train.seq_len=8",
+    "train.log_every=1",
+    "train.save_every=2",
+    "thinking.n_thoughts=1",
+    "mesh.data=1",
+    "checkpoint.async_save=false",
+]
 
 
 def train(capsys, run_dir, *extra, config=TINY):
@@ -46,8 +60,11 @@ def error_lines(err: str) -> list[str]:
 
 
 def steps_of(run_dir) -> list[int]:
-    return sorted(int(os.path.basename(d)) for d in glob.glob(os.path.join(run_dir, "checkpoints", "*"))
-                  if os.path.basename(d).isdigit())
+    return sorted(
+        int(os.path.basename(d))
+        for d in glob.glob(os.path.join(run_dir, "checkpoints", "*"))
+        if os.path.basename(d).isdigit()
+    )
 
 
 def logged_steps(run_dir, name="metrics.jsonl") -> list[int]:
@@ -59,6 +76,7 @@ def checkpoint_params(run_dir, step):
     """The stored parameters of one step, read without a target (as saved)."""
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), 10)
     import orbax.checkpoint as ocp
+
     r = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
     ckpt.close()
     return r["params"]
@@ -69,9 +87,14 @@ def compile_cache(tmp_path_factory):
     """Every case builds a fresh trainer of the same micro shape: a persistent compilation cache
     compiles its programs once for the module (and for the subprocesses, via the environment)."""
     path = str(tmp_path_factory.mktemp("xla_cache"))
-    old = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                                "jax_persistent_cache_min_compile_time_secs",
-                                                "jax_persistent_cache_min_entry_size_bytes")}
+    old = {
+        k: getattr(jax.config, k)
+        for k in (
+            "jax_compilation_cache_dir",
+            "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes",
+        )
+    }
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -116,7 +139,7 @@ def damage(step_dir, kind):
             b = f.read(1)[0]
             f.seek(size // 2)
             f.write(bytes([b ^ 0x10]))
-    elif kind == "checksum":   # the arrays are intact but do not match what was recorded at save time
+    elif kind == "checksum":  # the arrays are intact but do not match what was recorded at save time
         meta = os.path.join(step_dir, "meta", "metadata")
         with open(meta) as f:
             m = json.load(f)
@@ -136,8 +159,9 @@ def damage(step_dir, kind):
 
 
 # ---------------------------------------------------------------- 1. checkpoints
-@pytest.mark.parametrize("kind", ["truncated", "garbled", "bit_flip", "checksum", "no_metadata", "empty_dir",
-                                  "deleted"])
+@pytest.mark.parametrize(
+    "kind", ["truncated", "garbled", "bit_flip", "checksum", "no_metadata", "empty_dir", "deleted"]
+)
 def test_damaged_newest_checkpoint_falls_back_to_the_newest_valid(run, capsys, kind):
     """Fault: the newest checkpoint (step 6) is damaged. Promise: the run resumes from step 4 with one
     warning naming step 6 (moved aside, so step 6 can be saved again), trains on, and logs every step once."""
@@ -200,6 +224,7 @@ def test_logs_without_any_checkpoint_are_not_trained_over(run, capsys):
 
 def _edit_saved_config(run, **model):
     import yaml
+
     path = os.path.join(run, "config.yaml")
     with open(path) as f:
         raw = yaml.safe_load(f)
@@ -229,6 +254,7 @@ def test_generate_on_an_edited_config_is_a_mismatch_and_a_deleted_one_is_recover
     Promise: edited -> one line naming model.n_embd, nothing moved; deleted -> the model is built from
     the config its checkpoints record, with a warning."""
     from silentstar_jax.loading import load_run
+
     _edit_saved_config(run, n_embd=48)
     with pytest.raises(UserError, match=r"model\.n_embd: 32 -> 48"):
         load_run(run)
@@ -254,6 +280,7 @@ def test_no_orbax_tracebacks_on_error_paths(run, compile_cache):
     run whose newest parameter file is truncated (1 run in 6 printed ~130 lines of Orbax's "Exception
     ignored" tracebacks after the warning). Promise: the one line / the warning, and nothing else."""
     from conftest import run_cli
+
     damage(os.path.join(run, "checkpoints", "6"), "truncated")
     for _ in range(6):
         proc = run_cli("generate.py", "--checkpoint", run, "--prompt", "12*3=", "--max-new-tokens", "1", "--json")
@@ -273,14 +300,26 @@ def test_a_learning_rate_that_can_never_train_is_refused_before_anything_is_writ
     assert not os.path.exists(tmp_path / "r")
 
 
-@pytest.mark.parametrize("content,needle", [(b"", "is empty"), (b"\x00\x01\x02binary\xff" * 50, "not UTF-8 text"),
-                                            (b"caf\xe9 latin-1 text", "not UTF-8 text")])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"", "is empty"),
+        (b"\x00\x01\x02binary\xff" * 50, "not UTF-8 text"),
+        (b"caf\xe9 latin-1 text", "not UTF-8 text"),
+    ],
+)
 def test_an_unreadable_data_file_is_named(tmp_path, capsys, content, needle):
     good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
     good.write_text("some text to train on\n" * 50)
     bad.write_bytes(content)
-    code, err = train(capsys, str(tmp_path / "r"), f"data.files=[{good},{bad}]", "train.seq_len=16",
-                      "model.n_positions=32", config=os.path.join(ROOT, "configs", "text-files.yaml"))
+    code, err = train(
+        capsys,
+        str(tmp_path / "r"),
+        f"data.files=[{good},{bad}]",
+        "train.seq_len=16",
+        "model.n_positions=32",
+        config=os.path.join(ROOT, "configs", "text-files.yaml"),
+    )
     assert code == 2 and len(error_lines(err)) == 1, err
     assert str(bad) in err and needle in err
 
@@ -289,6 +328,7 @@ def test_generate_loads_the_newest_valid_checkpoint(run, capsys):
     """Fault: generate.py on a run whose newest checkpoint is damaged, or a step that does not exist.
     Promise: the newest valid one is loaded with a warning; a missing step is one clear error."""
     from silentstar_jax.loading import load_run
+
     damage(os.path.join(run, "checkpoints", "6"), "garbled")
     _, _, _, step = load_run(run)
     assert step == 4 and "checkpoint step 6 is damaged" in capsys.readouterr().err
@@ -302,10 +342,12 @@ def test_latest_run_closes_every_checkpoint_manager(run, tmp_path, monkeypatch):
     """latest_run looks into every candidate run's checkpoints: each Orbax manager it opens is closed
     (open ones keep background threads and, at exit, print Orbax's 'Exception ignored' tracebacks)."""
     from silentstar_jax import checkpoint, loading
+
     opened, closed = [], []
     real_init, real_close = Checkpointer.__init__, Checkpointer.close
-    monkeypatch.setattr(checkpoint.Checkpointer, "__init__",
-                        lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1])
+    monkeypatch.setattr(
+        checkpoint.Checkpointer, "__init__", lambda self, *a, **k: (opened.append(self), real_init(self, *a, **k))[1]
+    )
     monkeypatch.setattr(checkpoint.Checkpointer, "close", lambda self: (closed.append(self), real_close(self))[1])
     root = tmp_path / "runs"
     for name in ("a", "b"):
@@ -321,10 +363,24 @@ def test_sigkill_during_training_and_saving_resumes(tmp_path, capsys, compile_ca
     Promise: the next start resumes from the newest complete checkpoint, never a half-written one,
     and the logs hold every step exactly once."""
     run = str(tmp_path / "killed")
-    args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", TINY, *MICRO, f"run.out_dir={run}",
-            "train.steps=400", "train.save_every=1", "checkpoint.async_save=true"]
-    env = dict(os.environ, XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=compile_cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    args = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        TINY,
+        *MICRO,
+        f"run.out_dir={run}",
+        "train.steps=400",
+        "train.save_every=1",
+        "checkpoint.async_save=true",
+    ]
+    env = dict(
+        os.environ,
+        XLA_FLAGS="",
+        JAX_COMPILATION_CACHE_DIR=compile_cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
     try:
         deadline = time.time() + 240
@@ -374,9 +430,16 @@ def test_second_trainer_is_refused_and_a_stale_lock_taken_over(run, capsys):
     Promise: a second trainer is refused with one line naming the owner's PID; after the owner's
     death its lock is taken over with a note."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from silentstar_jax.run_dir import RunLock\n"
-         f"with RunLock({run!r}):\n    print('locked', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from silentstar_jax.run_dir import RunLock\n"
+            f"with RunLock({run!r}):\n    print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, err = train(capsys, run, "train.steps=8")
@@ -391,8 +454,9 @@ def test_second_trainer_is_refused_and_a_stale_lock_taken_over(run, capsys):
 
 
 # ---------------------------------------------------------------- 4. resume with a changed config
-@pytest.mark.parametrize("override,key", [("model.n_embd=64", "model.n_embd"),
-                                          ("thinking.n_thoughts=2", "thinking.n_thoughts")])
+@pytest.mark.parametrize(
+    "override,key", [("model.n_embd=64", "model.n_embd"), ("thinking.n_thoughts=2", "thinking.n_thoughts")]
+)
 def test_resume_with_a_changed_shape_is_refused(run, capsys, override, key):
     """Fault: resuming with a setting that changes what the checkpoints mean. Promise: one line naming
     the key, exit 2, and the run directory (config.yaml, checkpoints) untouched."""
@@ -416,11 +480,11 @@ def test_metrics_hold_every_step_once_after_resuming_from_an_older_step(run, cap
     was saved). Promise: after the resume every step appears exactly once, in order."""
     shutil.rmtree(os.path.join(run, "checkpoints", "6"))
     with open(os.path.join(run, "metrics.jsonl"), "a") as f:
-        f.write('{"step": 7, "loss": 1.0')                    # a torn last line, too
+        f.write('{"step": 7, "loss": 1.0')  # a torn last line, too
     code, err = train(capsys, run, "train.steps=8")
     assert code == 0, err
     assert logged_steps(run) == list(range(1, 9))
-    sessions = [json.loads(line) for line in open(os.path.join(run, "code.jsonl"))]   # the code of each session
+    sessions = [json.loads(line) for line in open(os.path.join(run, "code.jsonl"))]  # the code of each session
     assert [c["step"] for c in sessions] == [0, 4]
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert all(c["commit"] == head and isinstance(c["dirty"], bool) for c in sessions), sessions
@@ -462,7 +526,10 @@ def _full_disk_for(monkeypatch, wanted):
 
     def full_open(file, mode="r", *a, **k):
         f = real_open(file, mode, *a, **k)
-        return Full(f) if isinstance(file, str) and wanted(os.path.basename(file)) and any(c in mode for c in "wa") else f
+        return (
+            Full(f) if isinstance(file, str) and wanted(os.path.basename(file)) and any(c in mode for c in "wa") else f
+        )
+
     monkeypatch.setattr(builtins, "open", full_open)
 
 
@@ -473,6 +540,7 @@ def test_disk_full_during_a_save_stops_at_once(run, capsys, caplog, monkeypatch,
     reached), one line naming the disk, the step and the newest good checkpoint, exit 4; the half-written
     step is removed, steps 2, 4, 6 untouched, and the same command then resumes from step 6."""
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as jch
+
     real, failed = jch.JsonCheckpointHandler._save_fn, []
 
     async def full_at_8(self, x, directory):
@@ -480,19 +548,20 @@ def test_disk_full_during_a_save_stops_at_once(run, capsys, caplog, monkeypatch,
             failed.append(8)
             _enospc()
         return await real(self, x, directory)
+
     monkeypatch.setattr(jch.JsonCheckpointHandler, "_save_fn", full_at_8)
     before = os.path.getmtime(os.path.join(run, "checkpoints", "6"))
     code, err = train(capsys, run, "train.steps=12", f"checkpoint.async_save={str(async_save).lower()}")
     assert code == 4 and len(error_lines(err)) == 1 and "Traceback" not in err, err
     line = error_lines(err)[0]
     assert "disk full on /" in line and "checkpoint step 8" in line and "(step 6) is intact" in line, line
-    assert failed == [8] and "Traceback" not in caplog.text   # nor in Orbax's logs of its threads
+    assert failed == [8] and "Traceback" not in caplog.text  # nor in Orbax's logs of its threads
     assert steps_of(run) == [2, 4, 6] and not glob.glob(os.path.join(run, "checkpoints", "*tmp*"))
-    assert max(logged_steps(run)) < 10                      # stopped at once, not at the end
+    assert max(logged_steps(run)) < 10  # stopped at once, not at the end
     assert os.path.getmtime(os.path.join(run, "checkpoints", "6")) == before
     monkeypatch.undo()
     code, err = train(capsys, run, "train.steps=8")
-    assert code == 0 and "from step 6" in err and steps_of(run)[-2:] == [6, 8]   # checkpoint.keep: 3
+    assert code == 0 and "from step 6" in err and steps_of(run)[-2:] == [6, 8]  # checkpoint.keep: 3
 
 
 def test_disk_full_writing_the_logs_stops_with_the_step(run, capsys, monkeypatch):
@@ -529,6 +598,7 @@ def _read_only(monkeypatch, root):
         if isinstance(file, str) and os.path.abspath(file).startswith(root) and any(c in mode for c in "wax+"):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), file)
         return real_open(file, mode, *a, **k)
+
     monkeypatch.setattr(builtins, "open", ro_open)
 
 
@@ -560,11 +630,16 @@ def test_yaml_with_python_object_tags_is_refused(tmp_path, capsys):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("optim: {lr: 2e-3, lr: 5}\n", "key 'lr' appears twice in one mapping (lines 1 and 1)"),
-    ("train:\n  steps: 2\noptim:\n  lr: 0.001\ntrain:\n  steps: 9\n",
-     "key 'train' appears twice in one mapping (lines 1 and 5)"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("optim: {lr: 2e-3, lr: 5}\n", "key 'lr' appears twice in one mapping (lines 1 and 1)"),
+        (
+            "train:\n  steps: 2\noptim:\n  lr: 0.001\ntrain:\n  steps: 9\n",
+            "key 'train' appears twice in one mapping (lines 1 and 5)",
+        ),
+    ],
+)
 def test_a_key_written_twice_is_refused(tmp_path, capsys, content, needle):
     """Fault: a key given twice in one mapping (it used to be read as the last one: lr 5, the second
     train: block). Promise: one line naming the key and both lines, exit 2, nothing created."""
@@ -574,15 +649,21 @@ def test_a_key_written_twice_is_refused(tmp_path, capsys, content, needle):
     assert code == 2 and len(error_lines(err)) == 1 and needle in err, err
     assert not (tmp_path / "r").exists()
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "config.yaml").write_text(content)     # a run's saved config: the same loader
+    (tmp_path / "r" / "config.yaml").write_text(content)  # a run's saved config: the same loader
     from silentstar_jax.run_dir import read_saved_config
+
     with pytest.raises(UserError, match="appears twice"):
         read_saved_config(str(tmp_path / "r"))
 
 
-@pytest.mark.parametrize("content,needle", [(b"- 1\n- 2\n", "must be a YAML mapping"),
-                                            (b"just a string\n", "must be a YAML mapping"),
-                                            (bytes(range(256)) * 4, "not a text file")])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b"- 1\n- 2\n", "must be a YAML mapping"),
+        (b"just a string\n", "must be a YAML mapping"),
+        (bytes(range(256)) * 4, "not a text file"),
+    ],
+)
 def test_config_that_is_not_a_mapping(tmp_path, capsys, content, needle):
     """Fault: a config file that is a list, a scalar or binary, plus overrides. Promise: one line, exit 2."""
     cfg = tmp_path / "c.yaml"
@@ -591,12 +672,15 @@ def test_config_that_is_not_a_mapping(tmp_path, capsys, content, needle):
     assert code == 2 and len(error_lines(err)) == 1 and needle in err
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("model.n_positions=8", "exceeds model.n_positions"),      # checked with thinking off too
-    ("train.save_every=-1", "train.save_every must be >= 0"),
-    ("train.eval_every=-5", "train.eval_every must be >= 0"),
-    ("data.n_eval=0", "data.n_eval must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.n_positions=8", "exceeds model.n_positions"),  # checked with thinking off too
+        ("train.save_every=-1", "train.save_every must be >= 0"),
+        ("train.eval_every=-5", "train.eval_every must be >= 0"),
+        ("data.n_eval=0", "data.n_eval must be >= 1"),
+    ],
+)
 def test_settings_refused_up_front(tmp_path, capsys, override, needle):
     code, err = train(capsys, str(tmp_path / "r"), "thinking.enabled=false", override)
     assert code == 2 and len(error_lines(err)) == 1 and needle in err
@@ -605,6 +689,7 @@ def test_settings_refused_up_front(tmp_path, capsys, override, needle):
 def test_evaluation_json_has_no_bare_nan():
     """A diverged evaluation is still valid JSON (null, not NaN)."""
     from silentstar_jax.trainer import _json_safe
+
     text = json.dumps(_json_safe({"step": 3, "base": {"nll": float("nan"), "acc": 0.5}}), allow_nan=False)
     assert json.loads(text) == {"step": 3, "base": {"nll": None, "acc": 0.5}}
 
@@ -612,11 +697,17 @@ def test_evaluation_json_has_no_bare_nan():
 def test_only_orbax_abandoned_reads_are_silenced():
     """The filters drop the errors of Orbax's abandoned reads and nothing else of asyncio's or Python's."""
     import logging
+
     from silentstar_jax import checkpoint
+
     keep = checkpoint._AbandonedReadLog().filter
     rec = lambda msg: logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
-    assert not keep(rec("Task exception was never retrieved\nfuture: <Task coro=<async_deserialize() "
-                        "defined at /x/orbax/checkpoint/_src/serialization/serialization.py:394>>"))
+    assert not keep(
+        rec(
+            "Task exception was never retrieved\nfuture: <Task coro=<async_deserialize() "
+            "defined at /x/orbax/checkpoint/_src/serialization/serialization.py:394>>"
+        )
+    )
     assert keep(rec("Task exception was never retrieved\nfuture: <Task coro=<my_job() defined at /x/mine.py:3>>"))
     assert checkpoint._orbax_teardown_noise(RuntimeError("Event loop is closed"), None)
     assert not checkpoint._orbax_teardown_noise(RuntimeError("something else"), None)

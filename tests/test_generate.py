@@ -1,16 +1,18 @@
 """generate.py with thinking: the invariant against scoring, JSON schemas, flags, the prompt loop
 driven through a pseudo-terminal."""
+
 import json
 import os
 import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli, train_micro_run
+from test_thinking import make_model
+
 from silentstar_jax.generation import Generator, score
 from silentstar_jax.sampling import SamplingConfig
-from test_thinking import make_model
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -26,9 +28,9 @@ def test_generation_logprobs_equal_scoring(n):
     ids = prompt + [e.token_id for e in events]
     s = score(model, ids, think=True)
     got = np.array([[e.logprob, e.logprob_base] for e in events])
-    want = np.stack([s["logprob"], s["logprob_base"]], -1)[len(prompt) - 1:]
+    want = np.stack([s["logprob"], s["logprob_base"]], -1)[len(prompt) - 1 :]
     np.testing.assert_allclose(got, want, atol=1e-4)
-    assert np.abs(got[:, 0] - got[:, 1]).max() > 1e-3       # thinking really changed the distribution
+    assert np.abs(got[:, 0] - got[:, 1]).max() > 1e-3  # thinking really changed the distribution
 
 
 def test_score_follows_parameter_changes():
@@ -48,7 +50,7 @@ def test_thoughts_override_and_trace_shapes():
     gen = Generator(model, SamplingConfig(greedy=True), think=True, n_thoughts=5, trace_top_k=4)
     e = next(gen.stream([1, 2, 3], 1))
     assert e.extra["lens_id"].shape == (5, 4) and e.extra["norm"].shape == (5,)
-    assert np.all(np.diff(e.extra["lens_p"], axis=-1) <= 0)          # top-k sorted
+    assert np.all(np.diff(e.extra["lens_p"], axis=-1) <= 0)  # top-k sorted
 
 
 def _json_lines(proc):
@@ -57,8 +59,22 @@ def _json_lines(proc):
 
 
 def test_cli_json_schema_with_thoughts(run_dir):
-    lines = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "12*3=", "--json",
-                                "--max-new-tokens", "3", "--thoughts", "3", "--show-thoughts", "2"))
+    lines = _json_lines(
+        run_cli(
+            "generate.py",
+            "--checkpoint",
+            run_dir,
+            "--prompt",
+            "12*3=",
+            "--json",
+            "--max-new-tokens",
+            "3",
+            "--thoughts",
+            "3",
+            "--show-thoughts",
+            "2",
+        )
+    )
     for rec in lines[:-1]:
         assert set(rec) == {"step", "token_id", "token", "logprob", "logprob_base", "mix_weight", "value", "thoughts"}
         assert len(rec["thoughts"]) == 3
@@ -70,16 +86,19 @@ def test_cli_json_schema_with_thoughts(run_dir):
 
 def test_cli_reports_no_rate_for_two_tokens(run_dir):
     """The first two tokens compile and are not timed: with two tokens there is no rate to report."""
-    lines = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "12*3=", "--json",
-                                "--greedy", "--max-new-tokens", "2"))
-    n = len(lines) - 1                          # 1 or 2: generation may stop at end-of-text
+    lines = _json_lines(
+        run_cli(
+            "generate.py", "--checkpoint", run_dir, "--prompt", "12*3=", "--json", "--greedy", "--max-new-tokens", "2"
+        )
+    )
+    n = len(lines) - 1  # 1 or 2: generation may stop at end-of-text
     assert n in (1, 2) and lines[-1]["tokens_per_second"] is None
     shown = run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "12*3=", "--greedy", "--max-new-tokens", "2")
     assert shown.returncode == 0, shown.stderr
     assert f"{n} token" in shown.stdout and "tokens/s" not in shown.stdout
 
 
-MIN_COMPARED = 3     # tokens before end-of-text that the invariants below compare (not 0 == 0)
+MIN_COMPARED = 3  # tokens before end-of-text that the invariants below compare (not 0 == 0)
 OPEN_PROMPT = "47*"  # the 3-step micro model answers "47*6=" with end-of-text at once when it thinks
 
 
@@ -93,8 +112,19 @@ def _before_eos(lines: list[dict]) -> list[dict]:
 
 
 def test_cli_invariant_generate_vs_score(run_dir):
-    gen = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", OPEN_PROMPT, "--json",
-                              "--greedy", "--max-new-tokens", "6"))
+    gen = _json_lines(
+        run_cli(
+            "generate.py",
+            "--checkpoint",
+            run_dir,
+            "--prompt",
+            OPEN_PROMPT,
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "6",
+        )
+    )
     text = OPEN_PROMPT + gen[-1]["text"]
     scored = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--score", text, "--json"))
     by_pos = {r["pos"]: r for r in scored}
@@ -105,10 +135,24 @@ def test_cli_invariant_generate_vs_score(run_dir):
 
 
 def test_cli_no_think_is_plain_model(run_dir):
-    plain = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--prompt", OPEN_PROMPT, "--json",
-                                "--greedy", "--max-new-tokens", "5", "--no-think"))
+    plain = _json_lines(
+        run_cli(
+            "generate.py",
+            "--checkpoint",
+            run_dir,
+            "--prompt",
+            OPEN_PROMPT,
+            "--json",
+            "--greedy",
+            "--max-new-tokens",
+            "5",
+            "--no-think",
+        )
+    )
     text = OPEN_PROMPT + plain[-1]["text"]
-    scored = {r["pos"]: r for r in _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--score", text, "--json"))}
+    scored = {
+        r["pos"]: r for r in _json_lines(run_cli("generate.py", "--checkpoint", run_dir, "--score", text, "--json"))
+    }
     for i, rec in enumerate(_before_eos(plain)):
         assert set(rec) == {"step", "token_id", "token", "logprob", "logprob_base"}
         assert rec["logprob"] == rec["logprob_base"]
@@ -117,7 +161,9 @@ def test_cli_no_think_is_plain_model(run_dir):
 
 def test_cli_finds_latest_run_and_reports_missing(run_dir, tmp_path):
     runs_root = os.path.dirname(run_dir)
-    lines = _json_lines(run_cli("generate.py", "--runs", runs_root, "--prompt", "1*2=", "--json", "--max-new-tokens", "2"))
+    lines = _json_lines(
+        run_cli("generate.py", "--runs", runs_root, "--prompt", "1*2=", "--json", "--max-new-tokens", "2")
+    )
     assert len(lines) == 3
     proc = run_cli("generate.py", "--runs", str(tmp_path / "none"), "--prompt", "x")
     assert proc.returncode == 2 and "python train.py --config configs/tiny.yaml" in proc.stderr
@@ -125,11 +171,13 @@ def test_cli_finds_latest_run_and_reports_missing(run_dir, tmp_path):
 
 
 def test_cli_odd_input_and_long_prompt(run_dir):
-    proc = run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "h\u00e9\x01\u2713\U0001F600", "--max-new-tokens", "3")
+    proc = run_cli(
+        "generate.py", "--checkpoint", run_dir, "--prompt", "h\u00e9\x01\u2713\U0001f600", "--max-new-tokens", "3"
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     proc = run_cli("generate.py", "--checkpoint", run_dir, "--prompt", "9" * 400, "--max-new-tokens", "2")
     assert proc.returncode == 0 and "keeping the newest" in proc.stderr
-    proc = run_cli("generate.py", "--checkpoint", run_dir)            # stdin closed: leaves cleanly
+    proc = run_cli("generate.py", "--checkpoint", run_dir)  # stdin closed: leaves cleanly
     assert proc.returncode == 0 and "Traceback" not in proc.stderr + proc.stdout
 
 
@@ -152,10 +200,9 @@ def _spawn_at_prompt(pexpect, args, env, script=True, **kw):
     and the same test passed alone in 54 s, so a silent start is retried once, with what the first
     child was doing (its /proc state) in the failure if the second is silent too."""
     first = None
-    for attempt in range(2):
+    for _attempt in range(2):
         argv = [os.path.join(ROOT, "generate.py"), *args] if script else list(args)
-        child = pexpect.spawn(sys.executable, argv, env=env, cwd=ROOT,
-                              encoding="utf-8", timeout=300, **kw)
+        child = pexpect.spawn(sys.executable, argv, env=env, cwd=ROOT, encoding="utf-8", timeout=300, **kw)
         try:
             child.expect("prompt> ", timeout=200)
             return child
@@ -170,12 +217,12 @@ def test_prompt_loop_in_a_terminal(run_dir):
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", COLUMNS="120")
     # 12 thoughts per token keep the generation long enough for Ctrl-C to land inside it
     child = _spawn_at_prompt(pexpect, ["--checkpoint", run_dir, "--max-new-tokens", "140", "--thoughts", "12"], env)
-    child.sendline("")                               # empty prompt: asked again
+    child.sendline("")  # empty prompt: asked again
     child.expect("prompt> ")
     child.sendline("12*34=")
-    child.expect("thought")                          # (styled: ANSI codes sit between words)
+    child.expect("thought")  # (styled: ANSI codes sit between words)
     child.expect("→")
-    child.sendintr()                                 # Ctrl-C during generation
+    child.sendintr()  # Ctrl-C during generation
     # on a loaded machine the generation may already have ended when the signal lands; either way
     # the loop must survive Ctrl-C and ask again
     child.expect([r"\(stopped\)", r"tokens/s"])
@@ -185,7 +232,7 @@ def test_prompt_loop_in_a_terminal(run_dir):
     child.close()
     assert child.exitstatus == 0
     child = _spawn_at_prompt(pexpect, ["--checkpoint", run_dir], env)
-    child.sendeof()                                  # Ctrl-D leaves
+    child.sendeof()  # Ctrl-D leaves
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
@@ -203,18 +250,25 @@ def test_ctrl_c_while_the_first_token_compiles(run_dir):
     so the ordinary start is the same code path."""
     import io
     import re
+
     pexpect = pytest.importorskip("pexpect")
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", COLUMNS="120")
     # exec generate.py from a process that ignores SIGINT (inherited across exec)
-    args = ["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-            f"os.execv(sys.executable, [sys.executable, {os.path.join(ROOT, 'generate.py')!r}, *sys.argv[1:]])",
-            "--checkpoint", run_dir, "--max-new-tokens", "4"]
+    args = [
+        "-c",
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        f"os.execv(sys.executable, [sys.executable, {os.path.join(ROOT, 'generate.py')!r}, *sys.argv[1:]])",
+        "--checkpoint",
+        run_dir,
+        "--max-new-tokens",
+        "4",
+    ]
     child = _spawn_at_prompt(pexpect, args, env, codec_errors="replace", script=False)
     seen = io.StringIO()
-    seen.write(child.before + child.after)           # what came before the first prompt, too
+    seen.write(child.before + child.after)  # what came before the first prompt, too
     child.logfile_read = seen
     child.sendline("12*34=")
-    child.expect("Thinking")                         # first prompt, first token not out yet
+    child.expect("Thinking")  # first prompt, first token not out yet
     child.sendintr()
     child.expect(r"\(stopped\)")
     child.expect("prompt> ")
@@ -222,13 +276,14 @@ def test_ctrl_c_while_the_first_token_compiles(run_dir):
     child.expect(r"(\d+) tokens, [\d.]+ tokens/s")
     assert int(child.match.group(1)) >= 1
     child.expect("prompt> ")
-    child.sendintr()                                 # Ctrl-C at the prompt: asked again
+    child.sendintr()  # Ctrl-C at the prompt: asked again
     try:
         child.expect("prompt> ", timeout=120)
     except pexpect.TIMEOUT:
-        raise AssertionError(f"no prompt after Ctrl-C at the prompt: {_proc_state(child.pid)}; "
-                             f"output {seen.getvalue()[-600:]!r}") from None
-    os.write(child.child_fd, b"\xff\xfe1*2=\r")      # not UTF-8
+        raise AssertionError(
+            f"no prompt after Ctrl-C at the prompt: {_proc_state(child.pid)}; output {seen.getvalue()[-600:]!r}"
+        ) from None
+    os.write(child.child_fd, b"\xff\xfe1*2=\r")  # not UTF-8
     child.expect("not valid UTF-8")
     child.expect("prompt> ")
     child.sendeof()
@@ -253,6 +308,7 @@ def test_score_trace_equals_generation_trace():
 
 def _png_cells(path):
     from PIL import Image
+
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     img = Image.open(path)
@@ -265,8 +321,9 @@ def test_cli_plot_is_a_png_of_the_json_numbers(run_dir, tmp_path, mode):
     """--plot draws from the records --json prints: its cells (carried in the PNG) are those numbers."""
     png = str(tmp_path / "trace.png")
     args = ["--prompt", "12*3=", "--greedy", "--max-new-tokens", "3"] if mode == "prompt" else ["--score", "12*3=36"]
-    lines = _json_lines(run_cli("generate.py", "--checkpoint", run_dir, *args, "--json", "--thoughts", "2",
-                                "--plot", png))
+    lines = _json_lines(
+        run_cli("generate.py", "--checkpoint", run_dir, *args, "--json", "--thoughts", "2", "--plot", png)
+    )
     records = lines[:-1] if mode == "prompt" else lines
     cells = _png_cells(png)
     assert len(cells["p_top"]) == 2 and len(cells["tokens"]) == len(records)
@@ -280,8 +337,10 @@ def test_cli_plot_is_a_png_of_the_json_numbers(run_dir, tmp_path, mode):
 
 
 def test_cli_plot_errors(run_dir, tmp_path):
-    for args, msg in ((["--plot", str(tmp_path / "x.png")], "--plot needs --prompt"),
-                      (["--prompt", "1", "--plot", str(tmp_path / "x.jpg")], "PNG"),
-                      (["--prompt", "1", "--plot", str(tmp_path / "no" / "x.png")], "does not exist")):
+    for args, msg in (
+        (["--plot", str(tmp_path / "x.png")], "--plot needs --prompt"),
+        (["--prompt", "1", "--plot", str(tmp_path / "x.jpg")], "PNG"),
+        (["--prompt", "1", "--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
+    ):
         proc = run_cli("generate.py", "--checkpoint", run_dir, *args)
         assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -1,8 +1,9 @@
 """GPT-2 equals Hugging Face's: golden logits (no torch needed), live torch comparison, greedy
 generation, KV cache against the full pass, export round trip."""
-import numpy as np
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -13,11 +14,11 @@ from silentstar_jax.hf import export_gpt2, load_gpt2, to_hf_tensors
 from silentstar_jax.sampling import SamplingConfig
 
 
-
 def _has_torch():
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -33,6 +34,7 @@ def test_logits_match_hf_golden(tiny_gpt2, expected):
 def test_logits_match_hf_live_random_shapes(tmp_path):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=48, n_head=6, n_positions=40, vocab_size=97)).eval()
     with torch.no_grad():
@@ -48,7 +50,7 @@ def test_logits_match_hf_live_random_shapes(tmp_path):
 
 def test_greedy_generation_matches_hf(tiny_gpt2, expected):
     prompt = expected["prompt_ids"][0].tolist()
-    want = expected["greedy_ids"][0, len(prompt):].tolist()
+    want = expected["greedy_ids"][0, len(prompt) :].tolist()
     gen = Generator(tiny_gpt2, SamplingConfig(greedy=True))
     events, _ = gen.generate(prompt, len(want))
     assert [e.token_id for e in events] == want
@@ -61,10 +63,10 @@ def test_kv_cache_equals_full_forward():
     ids = jax.random.randint(jax.random.key(1), (2, 20), 0, 50)
     full = model(ids)
     cache = model.init_cache(2, 24)
-    h, cache = model.forward_cached(ids[:, :7], cache, 0)          # a prefill of 7 ...
+    h, cache = model.forward_cached(ids[:, :7], cache, 0)  # a prefill of 7 ...
     steps = [model.logits(h)]
-    for t in range(7, 20):                                          # ... then one token at a time
-        h, cache = model.forward_cached(ids[:, t:t + 1], cache, t)
+    for t in range(7, 20):  # ... then one token at a time
+        h, cache = model.forward_cached(ids[:, t : t + 1], cache, t)
         steps.append(model.logits(h))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 
@@ -90,6 +92,7 @@ def test_export_round_trip_exact(tiny_gpt2, tmp_path):
 def test_export_loads_in_transformers(tiny_gpt2, tmp_path, expected):
     import torch
     from transformers import GPT2LMHeadModel
+
     export_gpt2(tiny_gpt2, str(tmp_path))
     hf = GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
     with torch.no_grad():
@@ -107,7 +110,7 @@ def test_deep_model_compiles_in_constant_time():
         g, s = nnx.split(model)
         f = jax.jit(lambda s, x: nnx.merge(g, s)(x))
         hlo = f.lower(s, jax.ShapeDtypeStruct((2, 16), jnp.int32)).compile().as_text()
-        return sum(1 for line in hlo.splitlines() if " = " in line)     # HLO instructions
+        return sum(1 for line in hlo.splitlines() if " = " in line)  # HLO instructions
 
     small, deep = program_size(2), program_size(48)
     assert small > 50 and deep <= small * 1.05 + 5, (small, deep)

@@ -1,4 +1,5 @@
 """Checks that need an NVIDIA GPU (run by bench/device_check.sh); skipped on CPU-only machines."""
+
 import dataclasses
 
 import jax
@@ -12,8 +13,7 @@ from silentstar_jax.config import LossConfig, ModelConfig, ThinkingConfig
 from silentstar_jax.model import ChainOptions, SilentStar
 from silentstar_jax.objective import compute_loss
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs an NVIDIA GPU")]
 
 
 def test_cudnn_attention_matches_xla():
@@ -34,8 +34,13 @@ def test_bf16_thinking_step_on_gpu_matches_fp32():
         model = SilentStar(dataclasses.replace(mc, dtype=dtype), tc, rngs=nnx.Rngs(0))
         assert model.gpt2.base_impl() == ("cudnn" if dtype == "bfloat16" else "xla")
         g, s = nnx.split(model)
-        f = jax.jit(jax.value_and_grad(lambda s: compute_loss(nnx.merge(g, s)(toks, None, ChainOptions(key=jax.random.key(1))),
-                                                              toks, ones, ones, tc, LossConfig())[0]))
+        f = jax.jit(
+            jax.value_and_grad(
+                lambda s: compute_loss(
+                    nnx.merge(g, s)(toks, None, ChainOptions(key=jax.random.key(1))), toks, ones, ones, tc, LossConfig()
+                )[0]
+            )
+        )
         loss, grads = f(s)
         assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(grads))
         losses[dtype] = float(loss)

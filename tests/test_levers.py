@@ -1,6 +1,7 @@
 """The training levers for latent thoughts (docs/design.md §10): wiring options against a sequential
 reference and against generation, chains only at scored positions, thought supervision and its
 anneal, a variable number of thoughts, the gradient throttle, learning rates written 1e-3."""
+
 import dataclasses
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_thinking import MC, base_hidden, forward, hidden_from_embeddings, make_model, tokens, value_and_grad
 
 from silentstar_jax import model as model_lib
 from silentstar_jax.config import Config, LossConfig, ThinkingConfig, load_config
@@ -17,7 +19,6 @@ from silentstar_jax.model import ChainOptions, forward_thought_sources
 from silentstar_jax.objective import compute_loss, supervised_steps, supervision_loss, supervision_weight
 from silentstar_jax.sampling import SamplingConfig
 from silentstar_jax.train_step import n_think_positions, n_thoughts_at, progressive_prefix, think_positions
-from test_thinking import MC, base_hidden, forward, hidden_from_embeddings, make_model, tokens, value_and_grad
 
 
 def _reference_feedback(g, h, cfg, y_D):
@@ -25,7 +26,7 @@ def _reference_feedback(g, h, cfg, y_D):
     if cfg.feedback == "latent":
         return h.project(y_D)
     logits = y_D @ g.wte[...].T
-    if cfg.feedback == "sample":    # deterministic thoughts: the lens's argmax token
+    if cfg.feedback == "sample":  # deterministic thoughts: the lens's argmax token
         return g.wte[...][int(np.argmax(logits))]
     p = np.exp((logits - logits.max()) / cfg.feedback_temperature)
     tok = (p / p.sum()) @ g.wte[...]
@@ -41,15 +42,18 @@ def _reference_logits(model, toks_L, t, n, detach=0):
     seq = [wte[toks_L[i]] + wpe[i] for i in range(t + 1)]
     run = lambda: hidden_from_embeddings(g, jnp.stack(seq)[None])[0, -1]
     h0 = base_hidden(g, toks_L[None])[0, t]
-    step = 1 if cfg.positions == "advance" else 0     # positions: same: every step at t + 1
+    step = 1 if cfg.positions == "advance" else 0  # positions: same: every step at t + 1
     seq.append(h.embedding("start") + wpe[t + 1])
     outs = [run()]
     for j in range(1, n + 1):
         src = h0 if (cfg.seed == "base" and j == 1) else outs[-1]
         src = jax.lax.stop_gradient(src) if detach and j <= detach + 1 else src
         # feedback: sample under seed: base starts from the context's state itself, P(h0)
-        z = h.project(h0) if (cfg.feedback == "sample" and cfg.seed == "base" and j == 1) else \
-            _reference_feedback(g, h, cfg, src)
+        z = (
+            h.project(h0)
+            if (cfg.feedback == "sample" and cfg.seed == "base" and j == 1)
+            else _reference_feedback(g, h, cfg, src)
+        )
         z = jax.lax.stop_gradient(z) if j <= detach else z
         seq.append(z + wpe[t + 1 + step * j])
         outs.append(run())
@@ -67,7 +71,7 @@ def test_wiring_options_equal_sequential_reference(seed, mix_from):
     out = forward(model, toks)
     sup_logits = model.gpt2.logits(supervised_steps(out, 2))
     default = forward(make_model(n_thoughts=2, chain="unrolled"), toks).mixed_logits
-    assert np.abs(np.asarray(out.mixed_logits - default)).max() > 1e-3    # the option changes the result
+    assert np.abs(np.asarray(out.mixed_logits - default)).max() > 1e-3  # the option changes the result
     for t in range(8):
         ref, outs = _reference_logits(model, toks[0], t, 2)
         np.testing.assert_allclose(out.mixed_logits[0, t, 0], ref, atol=1e-5)
@@ -79,6 +83,7 @@ def test_supervision_stride_supervises_every_s_th_thought():
     """loss.supervision_stride = s: target j is read by the lens of thought s*j (binding in one layer
     needs two attention steps per hop), from the sequential reference, and the training step uses it."""
     from silentstar_jax.train_step import make_loss_fn
+
     model = make_model(n_thoughts=4, seed="base", chain="unrolled")
     toks = tokens(B=1, L=6)
     out = forward(model, toks)
@@ -89,11 +94,11 @@ def test_supervision_stride_supervises_every_s_th_thought():
     _, outs = _reference_logits(model, toks[0], 3, 4)
     for j, step in enumerate((2, 4)):
         np.testing.assert_allclose(model.gpt2.logits(strided[0, 3, j]), model.gpt2.logits(outs[step]), atol=1e-5)
-    assert supervised_steps(out, 3, stride=2).shape[2] == 2                                   # fits n // s
+    assert supervised_steps(out, 3, stride=2).shape[2] == 2  # fits n // s
     # the training loss reads the config: its sup CE j is thought 2j's lens CE toward target j
     cfg = Config(model=MC, thinking=model.think_cfg, loss=LossConfig(thought_supervision=1.0, supervision_stride=2))
     targets = np.full((1, 6, 2), -1, np.int32)
-    targets[0, 4] = np.asarray(model.gpt2.logits(strided[0, 3]).argmax(-1))   # at t + 1 = 4 for the chain at t = 3
+    targets[0, 4] = np.asarray(model.gpt2.logits(strided[0, 3]).argmax(-1))  # at t + 1 = 4 for the chain at t = 3
     loss_mask = np.zeros(toks.shape, np.int32)
     loss_mask[:, 4] = 1
     batch = Batch(jnp.asarray(toks), jnp.ones(toks.shape, jnp.int32), jnp.asarray(loss_mask), jnp.asarray(targets))
@@ -110,7 +115,9 @@ def test_last_thought_with_no_thoughts_mixes_the_start_step():
     import os
 
     from conftest import ROOT
+
     from silentstar_jax.train_cli import _thought_counts
+
     model = make_model(n_thoughts=2, seed="base", mix_from="last_thought", chain="unrolled")
     toks = tokens(B=1, L=6)
     out = forward(model, toks, n_thoughts=0)
@@ -120,11 +127,16 @@ def test_last_thought_with_no_thoughts_mixes_the_start_step():
     assert cfg.thinking.mix_from == "last_thought" and _thought_counts("0,2,3", True, cfg) == [0, 2, 3]
 
 
-@pytest.mark.parametrize("feedback,temperature,seed,chain", [("token", 1.0, "base", "unrolled"),
-                                                            ("token", 0.3, "start", "scan"),
-                                                            ("token+latent", 1.0, "base", "scan"),
-                                                            ("sample", 1.0, "base", "scan"),
-                                                            ("sample", 0.5, "start", "unrolled")])
+@pytest.mark.parametrize(
+    "feedback,temperature,seed,chain",
+    [
+        ("token", 1.0, "base", "unrolled"),
+        ("token", 0.3, "start", "scan"),
+        ("token+latent", 1.0, "base", "scan"),
+        ("sample", 1.0, "base", "scan"),
+        ("sample", 0.5, "start", "unrolled"),
+    ],
+)
 def test_token_feedback_equals_sequential_reference(feedback, temperature, seed, chain):
     """thinking.feedback: token: a thought's input is its predecessor's expected token embedding under
     the logit lens at temperature tau; token+latent adds P(y)."""
@@ -134,22 +146,30 @@ def test_token_feedback_equals_sequential_reference(feedback, temperature, seed,
     out = forward(model, toks)
     other_model = make_model(**{**think, "feedback": "latent" if feedback == "token" else "token"})
     other = forward(other_model, toks).mixed_logits
-    assert np.abs(np.asarray(out.mixed_logits - other)).max() > 1e-3    # the option changes the result
+    assert np.abs(np.asarray(out.mixed_logits - other)).max() > 1e-3  # the option changes the result
     for t in range(8):
         ref, _ = _reference_logits(model, toks[0], t, 3)
         np.testing.assert_allclose(out.mixed_logits[0, t, 0], ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("seed,mix_from,feedback,positions", [
-    ("base", "end", "latent", "advance"), ("base", "last_thought", "latent", "advance"),
-    ("base", "end", "token", "advance"), ("start", "end", "token+latent", "advance"),
-    ("start", "end", "sample", "advance"), ("base", "end", "sample", "advance"), ("base", "end", "latent", "same")])
+@pytest.mark.parametrize(
+    "seed,mix_from,feedback,positions",
+    [
+        ("base", "end", "latent", "advance"),
+        ("base", "last_thought", "latent", "advance"),
+        ("base", "end", "token", "advance"),
+        ("start", "end", "token+latent", "advance"),
+        ("start", "end", "sample", "advance"),
+        ("base", "end", "sample", "advance"),
+        ("base", "end", "latent", "same"),
+    ],
+)
 def test_generation_equals_scoring_with_wiring_options(seed, mix_from, feedback, positions):
     model = make_model(n_thoughts=2, seed=seed, mix_from=mix_from, feedback=feedback, positions=positions)
     prompt = [3, 17, 5, 9]
     events, _ = Generator(model, SamplingConfig(greedy=True), think=True).generate(prompt, 6)
     s = score(model, prompt + [e.token_id for e in events], think=True)
-    np.testing.assert_allclose([e.logprob for e in events], s["logprob"][len(prompt) - 1:], atol=1e-4)
+    np.testing.assert_allclose([e.logprob for e in events], s["logprob"][len(prompt) - 1 :], atol=1e-4)
 
 
 @pytest.mark.parametrize("chain", ["unrolled", "scan"])
@@ -160,18 +180,20 @@ def test_sampled_token_thoughts_follow_the_lens(chain):
     model = make_model(n_thoughts=2, seed="start", chain=chain, feedback="sample", feedback_temperature=tau)
     out = forward(model, tokens(B=1, L=4), key=jax.random.key(3), n_samples=K)
     wte = np.asarray(model.gpt2.wte[...])
-    z = np.asarray(out.thoughts)                                              # [K, L, n, D]
-    dist = np.abs(z[..., None, :] - wte).max(-1)                              # [K, L, n, V]
-    assert dist.min(-1).max() == 0.0                                          # every input is a token's embedding
+    z = np.asarray(out.thoughts)  # [K, L, n, D]
+    dist = np.abs(z[..., None, :] - wte).max(-1)  # [K, L, n, V]
+    assert dist.min(-1).max() == 0.0  # every input is a token's embedding
     tok = dist.argmin(-1)
-    logp_all = np.asarray(jax.nn.log_softmax(model.gpt2.logits(forward_thought_sources(out, model.think_cfg)) / tau, axis=-1))
+    logp_all = np.asarray(
+        jax.nn.log_softmax(model.gpt2.logits(forward_thought_sources(out, model.think_cfg)) / tau, axis=-1)
+    )
     ref_logp = np.take_along_axis(logp_all, tok[..., None], -1)[..., 0].sum(-1)
     np.testing.assert_allclose(np.asarray(out.logp), ref_logp, atol=1e-4)
     # thought 1 is fed from the start step, the same in all K samples: the draws' frequencies are its lens's
-    p1 = np.exp(logp_all[0, :, 0])                                            # [L, V]
+    p1 = np.exp(logp_all[0, :, 0])  # [L, V]
     freq = np.stack([np.bincount(tok[:, t, 0], minlength=wte.shape[0]) / K for t in range(4)])
     assert p1.max() < 0.5 and np.abs(freq - p1).max() < 0.035
-    assert len({tuple(r) for r in tok[:, 1, :]}) > 10                         # the samples differ
+    assert len({tuple(r) for r in tok[:, 1, :]}) > 10  # the samples differ
 
 
 def _task_batch(B=4, L=10, seed=0):
@@ -181,8 +203,8 @@ def _task_batch(B=4, L=10, seed=0):
     attn, loss = np.zeros((B, L), np.int32), np.zeros((B, L), np.int32)
     for b in range(B):
         p, a = rng.integers(3, 6), rng.integers(1, 4)
-        attn[b, :p + a] = 1
-        loss[b, p:p + a] = 1
+        attn[b, : p + a] = 1
+        loss[b, p : p + a] = 1
     return jnp.asarray(toks), jnp.asarray(attn), jnp.asarray(loss)
 
 
@@ -192,9 +214,9 @@ def test_think_at_targets_same_loss_and_gradients(A):
     tc = ThinkingConfig(n_thoughts=2, n_ahead=A, estimator="both", chain="unrolled")
     toks, attn, lmask = _task_batch()
     Q = n_think_positions(Batch(toks, attn, lmask), A)
-    assert Q == int(lmask.sum(1).max()) + A - 1        # an answer of a tokens: a + A - 1 chains see it
+    assert Q == int(lmask.sum(1).max()) + A - 1  # an answer of a tokens: a + A - 1 chains see it
     idx = think_positions(attn, lmask, A, Q)
-    assert idx.shape == (4, Q) and int((idx < toks.shape[1]).sum()) < toks.size   # fewer chains than positions
+    assert idx.shape == (4, Q) and int((idx < toks.shape[1]).sum()) < toks.size  # fewer chains than positions
 
     def loss(model, think_idx):
         out = model(toks, attn, ChainOptions(key=jax.random.key(3), think_idx_BQ=think_idx))
@@ -204,15 +226,18 @@ def test_think_at_targets_same_loss_and_gradients(A):
     l_all, g_all = value_and_grad(loss)(model, None)
     l_tgt, g_tgt = value_and_grad(loss)(model, idx)
     np.testing.assert_allclose(l_all, l_tgt, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
-                 nnx.state(g_all, nnx.Param), nnx.state(g_tgt, nnx.Param))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+        nnx.state(g_all, nnx.Param),
+        nnx.state(g_tgt, nnx.Param),
+    )
 
 
 def test_think_positions_are_the_scored_ones():
     attn = jnp.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
     lmask = jnp.array([[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]])
     idx = think_positions(attn, lmask, 1, 2)
-    np.testing.assert_array_equal(idx, [[2, 3], [4, 6]])      # 6 = padding (L)
+    np.testing.assert_array_equal(idx, [[2, 3], [4, 6]])  # 6 = padding (L)
 
 
 def test_supervision_loss_against_numpy():
@@ -220,8 +245,8 @@ def test_supervision_loss_against_numpy():
     B, L, J, V = 2, 5, 2, 7
     logits = rng.normal(size=(B, L, J, V)).astype(np.float32)
     tt = np.full((B, L, J), -1, np.int32)
-    tt[0, 3] = [1, 4]            # targets of the token at 3: the chain at position 2 is supervised
-    tt[1, 2, 0] = 6              # only j = 1 at the chain at 1
+    tt[0, 3] = [1, 4]  # targets of the token at 3: the chain at position 2 is supervised
+    tt[1, 2, 0] = 6  # only j = 1 at the chain at 1
     total, per_j = supervision_loss(jnp.asarray(logits), jnp.asarray(tt))
     lsm = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ces = [-lsm[0, 2, 0, 1], -lsm[0, 2, 1, 4], -lsm[1, 1, 0, 6]]
@@ -260,7 +285,7 @@ def test_supervised_thoughts_get_the_supervision_gradient():
 def test_n_thoughts_override_equals_configured_count():
     toks = tokens(B=1, L=8)
     m3 = make_model(n_thoughts=3)
-    m1 = make_model(n_thoughts=1)                 # the same parameters (they do not depend on n)
+    m1 = make_model(n_thoughts=1)  # the same parameters (they do not depend on n)
     out = forward(m3, toks, n_thoughts=1)
     np.testing.assert_allclose(out.mixed_logits, forward(m1, toks).mixed_logits, atol=1e-6)
     assert out.thoughts.shape[2] == 1
@@ -309,7 +334,10 @@ def test_progressive_prefix_draws_and_the_policy_term():
     def loss(m, nd):
         out = m(toks, None, ChainOptions(key=jax.random.key(7), n_detach=nd))
         return compute_loss(out, toks, ones, ones, tc, policy_only)[0]
-    g = lambda nd: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(nnx.state(nnx.jit(nnx.grad(loss))(model, nd), nnx.Param))))
+
+    g = lambda nd: float(
+        sum(jnp.abs(x).sum() for x in jax.tree.leaves(nnx.state(nnx.jit(nnx.grad(loss))(model, nd), nnx.Param)))
+    )
     assert g(0) > 0.0 and g(2) == 0.0
 
 
@@ -326,7 +354,7 @@ def test_throttle_divides_only_the_chain_gradient_on_shared_weights(monkeypatch)
         m = make_model(throttle=throttle, **tc)
         ones = jnp.ones_like(toks)
         f = lambda mm: compute_loss(mm(toks), toks, ones, ones, mm.think_cfg, LossConfig())[0]
-        l, g = nnx.value_and_grad(f)(m)     # eager: a compiled pair would differ by fusion's rounding
+        l, g = nnx.value_and_grad(f)(m)  # eager: a compiled pair would differ by fusion's rounding
         monkeypatch.undo()
         return l, nnx.state(g, nnx.Param)
 
@@ -355,29 +383,51 @@ def test_hops_recipe_trains_end_to_end(tmp_path):
     import os
 
     from conftest import ROOT
+
     from silentstar_jax.trainer import Run
-    micro = ["model.n_embd=32", "model.n_head=2", "data.n_symbols=6", "data.n_train=64", "data.n_eval=16",
-             "train.steps=6", "train.batch_size=8", "train.seq_len=9", "train.log_every=1", "train.eval_every=3",
-             "train.save_every=0", "mesh.data=1", "checkpoint.async_save=false", "thinking.n_thoughts_train=[2,3]",
-             "loss.supervision_anneal=[0.3,0.6]", f"run.out_dir={tmp_path}"]
+
+    micro = [
+        "model.n_embd=32",
+        "model.n_head=2",
+        "data.n_symbols=6",
+        "data.n_train=64",
+        "data.n_eval=16",
+        "train.steps=6",
+        "train.batch_size=8",
+        "train.seq_len=9",
+        "train.log_every=1",
+        "train.eval_every=3",
+        "train.save_every=0",
+        "mesh.data=1",
+        "checkpoint.async_save=false",
+        "thinking.n_thoughts_train=[2,3]",
+        "loss.supervision_anneal=[0.3,0.6]",
+        f"run.out_dir={tmp_path}",
+    ]
     run = Run(load_config(os.path.join(ROOT, "configs", "hops.yaml"), micro))
     assert run.eval_rows.thought_targets is not None
     res = run.train()
     logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert {"loss_sup", "sup_ce_1", "sup_ce_2", "sup_weight", "ce_think", "mix_weight"} <= set(logs[0])
-    np.testing.assert_allclose([r["sup_weight"] for r in logs], [1, 1, 8 / 9, 1 / 3, 0, 0], atol=1e-6)  # steps 0..5 of 6
+    np.testing.assert_allclose(
+        [r["sup_weight"] for r in logs], [1, 1, 8 / 9, 1 / 3, 0, 0], atol=1e-6
+    )  # steps 0..5 of 6
     assert [json.loads(line)["step"] for line in open(tmp_path / "evals.jsonl")] == [3, 6]
     assert 0.0 <= res["thinking"]["exact_match"] <= 1.0
 
 
-@pytest.mark.parametrize("name,extra", [("demo", ["data.chain=3", "train.seq_len=10"]),
-                                        ("hops-reinforce", ["data.chain=3", "train.seq_len=10"]),
-                                        ("unsupervised", ["data.chain=3", "train.seq_len=12"]),
-                                        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12"]),
-                                        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12",
-                                                                  "thinking.progressive=true"]),
-                                        ("unsupervised-k2", ["data.chain=3", "train.seq_len=12"]),
-                                        ("unsupervised-k3", ["data.chain=3", "train.seq_len=12"])])
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("demo", ["data.chain=3", "train.seq_len=10"]),
+        ("hops-reinforce", ["data.chain=3", "train.seq_len=10"]),
+        ("unsupervised", ["data.chain=3", "train.seq_len=12"]),
+        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12"]),
+        ("unsupervised-scaling", ["data.chain=3", "train.seq_len=12", "thinking.progressive=true"]),
+        ("unsupervised-k2", ["data.chain=3", "train.seq_len=12"]),
+        ("unsupervised-k3", ["data.chain=3", "train.seq_len=12"]),
+    ],
+)
 def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     """configs/demo.yaml (a chain of answers, supervised), configs/hops-reinforce.yaml (the same with
     token thoughts and REINFORCE), configs/unsupervised.yaml (mixed k, no targets, the hardest k
@@ -386,26 +436,43 @@ def test_demo_and_unsupervised_recipes_train_end_to_end(tmp_path, name, extra):
     import os
 
     from conftest import ROOT
+
     from silentstar_jax.data import CurriculumIterator
     from silentstar_jax.trainer import Run
-    micro = ["model.n_embd=32", "model.n_head=2", "data.n_symbols=5", "data.n_train=64", "data.n_eval=16",
-             "train.steps=2", "train.batch_size=8", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
-             "mesh.data=1", "checkpoint.async_save=false", f"run.out_dir={tmp_path}", *extra]
+
+    micro = [
+        "model.n_embd=32",
+        "model.n_head=2",
+        "data.n_symbols=5",
+        "data.n_train=64",
+        "data.n_eval=16",
+        "train.steps=2",
+        "train.batch_size=8",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "mesh.data=1",
+        "checkpoint.async_save=false",
+        f"run.out_dir={tmp_path}",
+        *extra,
+    ]
     run = Run(load_config(os.path.join(ROOT, "configs", f"{name}.yaml"), micro))
     res = run.train()
     ev = json.load(open(tmp_path / "eval.json"))
     logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     if name in ("demo", "hops-reinforce"):
-        assert int((run.data.rows.thought_targets[0] >= 0).any(-1).sum()) == 3    # every answer letter
+        assert int((run.data.rows.thought_targets[0] >= 0).any(-1).sum()) == 3  # every answer letter
         assert "exact_match_k1" not in ev["thinking"] and logs[0]["loss_sup"] > 0
         # REINFORCE's policy term is live (nonzero advantages times log-probs) only with token thoughts
         assert (max(abs(r["loss_policy"]) for r in logs) > 0) == (name == "hops-reinforce")
     else:
-        assert run.data.rows.thought_targets is not None and "loss_sup" not in logs[0]   # no supervision term
+        assert run.data.rows.thought_targets is not None and "loss_sup" not in logs[0]  # no supervision term
         assert {"exact_match_k1", "exact_match_k2"} <= set(ev["thinking"]) <= set(ev["base"]) | {"exact_match"}
         assert isinstance(run.data, CurriculumIterator) == (name in ("unsupervised-k2", "unsupervised-k3"))
-        k = run.cfg.data.hops                                                        # held out: the hardest k only
-        assert ev["thinking"]["exact_match"] == res["thinking"][f"exact_match_k{k}"] and f"exact_match_k{k}" in ev["base"]
+        k = run.cfg.data.hops  # held out: the hardest k only
+        assert (
+            ev["thinking"]["exact_match"] == res["thinking"][f"exact_match_k{k}"] and f"exact_match_k{k}" in ev["base"]
+        )
 
 
 def test_binding_queries_recipe_trains_end_to_end(tmp_path):
@@ -415,16 +482,31 @@ def test_binding_queries_recipe_trains_end_to_end(tmp_path):
     import os
 
     from conftest import ROOT
+
     from silentstar_jax.trainer import Run
-    micro = ["model.n_embd=32", "model.n_head=2", "data.n_vars=6", "data.queries=2", "data.n_train=64",
-             "data.n_eval=16", "train.seq_len=30", "train.steps=2", "train.batch_size=8", "train.log_every=1",
-             "train.eval_every=0", "train.save_every=0", "mesh.data=1", "checkpoint.async_save=false",
-             f"run.out_dir={tmp_path}"]
+
+    micro = [
+        "model.n_embd=32",
+        "model.n_head=2",
+        "data.n_vars=6",
+        "data.queries=2",
+        "data.n_train=64",
+        "data.n_eval=16",
+        "train.seq_len=30",
+        "train.steps=2",
+        "train.batch_size=8",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "mesh.data=1",
+        "checkpoint.async_save=false",
+        f"run.out_dir={tmp_path}",
+    ]
     run = Run(load_config(os.path.join(ROOT, "configs", "binding-mq.yaml"), micro))
     rows = run.data.rows
     scored = rows.loss_mask.astype(bool) & rows.attn_mask.astype(bool)
     targets = (rows.thought_targets >= 0).any(-1)
-    assert (scored.sum(1) == 3).all() and (targets.sum(1) == 2).all()    # two digits + end-of-text; two with hops
+    assert (scored.sum(1) == 3).all() and (targets.sum(1) == 2).all()  # two digits + end-of-text; two with hops
     assert not (targets & ~scored).any()
     run.train()
     ev = json.load(open(tmp_path / "eval.json"))
@@ -435,7 +517,8 @@ def test_binding_queries_recipe_trains_end_to_end(tmp_path):
 
 def test_chain_layout():
     from silentstar_jax.config import ChainLayout
-    lay = ChainLayout(3, 2)                          # start, 3 thoughts, end, 1 talk token
+
+    lay = ChainLayout(3, 2)  # start, 3 thoughts, end, 1 talk token
     assert lay.n_steps == 6 and list(lay.thoughts) == [1, 2, 3] and lay.end == 4 and list(lay.talk) == [5]
     assert [lay.kind(i) for i in range(6)] == ["start", "thought", "thought", "thought", "end", "talk"]
     assert lay.mixed() == [4, 5] and lay.mixed("last_thought") == [3, 5]
@@ -446,8 +529,8 @@ def test_chain_layout():
     assert [lay.offset(i) for i in range(6)] == [1, 2, 3, 4, 5, 6] and lay.position_span == 6
     same = ChainLayout(3, 2, "same")
     assert [same.offset(i) for i in range(6)] == [1, 1, 1, 1, 1, 2] and same.position_span == 2
-    assert [int(same.offset(jnp.int32(i))) for i in range(6)] == [1, 1, 1, 1, 1, 2]     # traced steps (the scan)
-    assert ChainLayout(7, 2, "same").position_span == 2     # the span does not grow with the count
+    assert [int(same.offset(jnp.int32(i))) for i in range(6)] == [1, 1, 1, 1, 1, 2]  # traced steps (the scan)
+    assert ChainLayout(7, 2, "same").position_span == 2  # the span does not grow with the count
 
 
 def test_same_positions_fix_the_end_step_position_and_the_context_room():
@@ -456,11 +539,12 @@ def test_same_positions_fix_the_end_step_position_and_the_context_room():
     config validation) does not shrink with the count."""
     from silentstar_jax.config import validate_thinking
     from silentstar_jax.errors import UserError
+
     small = dataclasses.replace(MC, n_positions=12)
     with pytest.raises(UserError, match="exceeds model.n_positions"):
         validate_thinking(ThinkingConfig(n_thoughts=4), small, seq_len=7)
     validate_thinking(ThinkingConfig(n_thoughts=4, positions="same"), small, seq_len=7)
-    for n in (2, 9):    # 9 thoughts would need 11 ids past the last token under advance
+    for n in (2, 9):  # 9 thoughts would need 11 ids past the last token under advance
         m = make_model(n_thoughts=2, positions="same", mc=small)
         gen = Generator(m, SamplingConfig(greedy=True), think=True, n_thoughts=n)
         assert gen.room == 11
@@ -477,11 +561,25 @@ def test_variable_count_step_is_one_program_equal_to_each_fixed_count(tmp_path):
     import os
 
     from conftest import ROOT
+
     from silentstar_jax.train_step import make_train_step
     from silentstar_jax.trainer import Run
-    micro = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=24", "data.digits_a=2",
-             "data.digits_b=1", "data.n_train=64", "data.n_eval=8", "train.batch_size=4", "train.seq_len=8",
-             "mesh.data=1", "loss.thought=0.5", f"run.out_dir={tmp_path}"]
+
+    micro = [
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=2",
+        "model.n_positions=24",
+        "data.digits_a=2",
+        "data.digits_b=1",
+        "data.n_train=64",
+        "data.n_eval=8",
+        "train.batch_size=4",
+        "train.seq_len=8",
+        "mesh.data=1",
+        "loss.thought=0.5",
+        f"run.out_dir={tmp_path}",
+    ]
     run = Run(load_config(os.path.join(ROOT, "configs", "tiny.yaml"), micro + ["thinking.n_thoughts_train=[1,2]"]))
     fixed_cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), micro)
     args = (run.graphdef, run.tx, run.sched, run.mesh, run.p_shard, run.o_shard)

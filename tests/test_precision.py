@@ -1,4 +1,5 @@
 """Mixed precision: bf16 compute with float32 parameters gives the float32 loss within tolerance."""
+
 import dataclasses
 
 import jax
@@ -21,9 +22,9 @@ def test_bf16_loss_matches_fp32():
     losses = {}
     for dtype in ("float32", "bfloat16"):
         model = SilentStar(dataclasses.replace(mc, dtype=dtype), tc, rngs=nnx.Rngs(0))
-        assert model.gpt2.wte[...].dtype == jnp.float32          # parameters stay float32
+        assert model.gpt2.wte[...].dtype == jnp.float32  # parameters stay float32
         out = model(toks, None, ChainOptions(key=jax.random.key(1)))
-        assert out.mixed_logits.dtype == jnp.float32          # logits / softmax / loss in float32
+        assert out.mixed_logits.dtype == jnp.float32  # logits / softmax / loss in float32
         losses[dtype] = compute_loss(out, toks, ones, ones, tc, LossConfig())[1]
     for k in ("loss_base", "loss_think"):
         assert abs(float(losses["float32"][k]) - float(losses["bfloat16"][k])) < TOLERANCE, k

@@ -1,5 +1,6 @@
 """The results index and the README's results table are generated from the records (results/*/results.json):
 a number typed by hand, or a record changed without regenerating, fails here."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,9 @@ def test_committed_index_is_what_the_records_generate(in_root):
         assert f.read() == index.render_index(docs), "stale: run python -m silentstar_jax.experiment.index"
     with open(index.README) as f:
         readme = f.read()
-    assert readme == index.render_readme(readme, docs), "stale README table: run python -m silentstar_jax.experiment.index"
+    assert readme == index.render_readme(readme, docs), (
+        "stale README table: run python -m silentstar_jax.experiment.index"
+    )
 
 
 def test_every_results_folder_is_indexed_with_a_named_metric(in_root):
@@ -30,23 +33,42 @@ def test_every_results_folder_is_indexed_with_a_named_metric(in_root):
     assert set(docs) == set(index.folders()) and len(docs) >= 20
     for name, doc in docs.items():
         idx = doc["index"]
-        index.metric_name(idx["metric"])                     # raises on a metric without a name
+        index.metric_name(idx["metric"])  # raises on a metric without a name
         assert idx["estimator"] in ("pathwise", "reinforce"), name
         assert set(idx.get("seeds_fresh", [])) <= set(idx["seeds_ever"]), name
 
 
 def _experiment_doc(tmp_path, thinking, nothink):
     """A minimal experiment.py record: the latent arm at two seeds and a no-think control."""
-    runs = [{"arm": "latent", "gridtag": "g", "seed": s, "eval": {"base": {"exact_match": 0.1},
-                                                                 "thinking": {"exact_match": v}}}
-            for s, v in enumerate(thinking)]
-    runs += [{"arm": "nothink", "gridtag": "g", "seed": s, "eval": {"base": {"exact_match": v}}}
-             for s, v in enumerate(nothink)]
-    return {"command": "python experiment.py --out x", "runs": runs,
-            "best_vs_best": {"arms": {"latent": {"gridtag": "g"}, "nothink": {"gridtag": "g"}}},
-            "index": {"title": "t", "finding": "f", "config": "", "supervised": "answer only",
-                      "estimator": "pathwise", "metric": "exact_match", "seeds_fresh": [1], "seeds_ever": [0, 1],
-                      "headline": "claim"}}
+    runs = [
+        {
+            "arm": "latent",
+            "gridtag": "g",
+            "seed": s,
+            "eval": {"base": {"exact_match": 0.1}, "thinking": {"exact_match": v}},
+        }
+        for s, v in enumerate(thinking)
+    ]
+    runs += [
+        {"arm": "nothink", "gridtag": "g", "seed": s, "eval": {"base": {"exact_match": v}}}
+        for s, v in enumerate(nothink)
+    ]
+    return {
+        "command": "python experiment.py --out x",
+        "runs": runs,
+        "best_vs_best": {"arms": {"latent": {"gridtag": "g"}, "nothink": {"gridtag": "g"}}},
+        "index": {
+            "title": "t",
+            "finding": "f",
+            "config": "",
+            "supervised": "answer only",
+            "estimator": "pathwise",
+            "metric": "exact_match",
+            "seeds_fresh": [1],
+            "seeds_ever": [0, 1],
+            "headline": "claim",
+        },
+    }
 
 
 def test_numbers_come_from_the_runs_paired_by_seed(tmp_path):
@@ -62,8 +84,10 @@ def test_numbers_come_from_the_runs_paired_by_seed(tmp_path):
 
 
 def test_index_paths_read_records_not_written_by_experiment_py():
-    doc = {"r": {"a": {"em": 0.25}, "b": {"em": 0.75}},
-           "index": {"metric": "exact_match", "arms": {"thinking": {"0": "r/a/em"}, "nothink": {"0": "r/b/em"}}}}
+    doc = {
+        "r": {"a": {"em": 0.25}, "b": {"em": 0.75}},
+        "index": {"metric": "exact_match", "arms": {"thinking": {"0": "r/a/em"}, "nothink": {"0": "r/b/em"}}},
+    }
     assert index.arm_values(doc, "exact_match") == {"thinking": {0: 0.25}, "nothink": {0: 0.75}}
     doc["index"]["arms"]["pause"] = {"0": "r/c/em"}
     with pytest.raises(KeyError):
@@ -72,7 +96,8 @@ def test_index_paths_read_records_not_written_by_experiment_py():
 
 def test_a_metric_without_a_name_is_refused():
     assert "answer accuracy" in index.metric_name("answer_accuracy") and "not exact match" in index.metric_name(
-        "answer_accuracy")
+        "answer_accuracy"
+    )
     assert "3-hop" in index.metric_name("exact_match_k3")
     with pytest.raises(ValueError):
         index.metric_name("accuracy")

@@ -15,9 +15,9 @@ def test_top_k_keeps_exactly_k():
 def test_top_p_keeps_smallest_nucleus():
     probs = np.array([[0.5, 0.3, 0.15, 0.05]])
     kept = np.isfinite(np.asarray(filter_logits(jnp.log(probs), SamplingConfig(top_p=0.75))))
-    assert kept.tolist() == [[True, True, False, False]]          # 0.5 < 0.75, 0.8 >= 0.75
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.75, 0.8 >= 0.75
     kept = np.isfinite(np.asarray(filter_logits(jnp.log(probs), SamplingConfig(top_p=0.1))))
-    assert kept.tolist() == [[True, False, False, False]]         # the top token always stays
+    assert kept.tolist() == [[True, False, False, False]]  # the top token always stays
 
 
 def test_sampling_frequencies_follow_temperature():
@@ -48,6 +48,7 @@ def test_hf_tokenizer_from_fixture(fixture_dir):
 def test_display_escapes_byte_tokens_once():
     """A lone non-UTF-8 byte shows as the four characters \\xaa; control characters are escaped."""
     from silentstar_jax.display import _tok
+
     tok = ByteTokenizer()
     assert _tok(tok.token_str(0xAA)) == "\\xaa"
     assert _tok(tok.token_str(ord("\n"))) == "\\n"

@@ -1,20 +1,36 @@
 """Several seeds in one program (seeds.py): each seed's logs, checkpoints and evaluation equal a
 single-seed run of that seed."""
+
 import json
 import os
 
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from silentstar_jax import config as C
 from silentstar_jax.errors import UserError
 
-MICRO = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=24",
-         "data.digits_a=2", "data.digits_b=1", "data.n_train=256", "data.n_eval=32",
-         "train.batch_size=8", "train.seq_len=8", "train.log_every=1", "train.save_every=2", "train.eval_every=2",
-         "train.steps=4", "thinking.n_thoughts=1", "mesh.data=1", "checkpoint.async_save=false"]
+MICRO = [
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.n_positions=24",
+    "data.digits_a=2",
+    "data.digits_b=1",
+    "data.n_train=256",
+    "data.n_eval=32",
+    "train.batch_size=8",
+    "train.seq_len=8",
+    "train.log_every=1",
+    "train.save_every=2",
+    "train.eval_every=2",
+    "train.steps=4",
+    "thinking.n_thoughts=1",
+    "mesh.data=1",
+    "checkpoint.async_save=false",
+]
 
 
 def cfg(*extra):
@@ -27,9 +43,10 @@ def records(path):
 
 
 def test_seed_group_equals_single_seed_runs(tmp_path):
+    from silentstar_jax.loading import load_run
     from silentstar_jax.seeds import SeedGroup, seed_configs
     from silentstar_jax.trainer import Run
-    from silentstar_jax.loading import load_run
+
     seeds = [0, 3]
     SeedGroup(seed_configs(cfg(f"run.out_dir={tmp_path / 'group'}"), seeds)).train()
     for s in seeds:
@@ -42,7 +59,10 @@ def test_seed_group_equals_single_seed_runs(tmp_path):
             for k in b:
                 if k != "tokens_per_second" and b[k] is not None:
                     np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=1e-6, err_msg=k)
-        ev_got, ev_want = json.load(open(os.path.join(grouped, "eval.json"))), json.load(open(os.path.join(single, "eval.json")))
+        ev_got, ev_want = (
+            json.load(open(os.path.join(grouped, "eval.json"))),
+            json.load(open(os.path.join(single, "eval.json"))),
+        )
         for path in ("base", "thinking"):
             for k, v in ev_want[path].items():
                 np.testing.assert_allclose(ev_got[path][k], v, rtol=2e-5, atol=1e-6, err_msg=f"{path}/{k}")
@@ -50,6 +70,7 @@ def test_seed_group_equals_single_seed_runs(tmp_path):
         assert sorted(os.listdir(os.path.join(grouped, "checkpoints"))) == ["2", "4"]
         m_got, m_want = load_run(grouped)[0], load_run(single)[0]
         from flax import nnx
+
         for a, b in zip(jax.tree.leaves(nnx.state(m_got, nnx.Param)), jax.tree.leaves(nnx.state(m_want, nnx.Param))):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
     # the seeds really differ: their parameters are not the same
@@ -61,16 +82,19 @@ def test_seed_group_step_compiles_once(tmp_path):
     """A two-seed group's vmapped step compiles once over a warm-up and three more steps."""
     from silentstar_jax.benchmark import Compiles
     from silentstar_jax.seeds import SeedGroup, seed_configs
+
     group = SeedGroup(seed_configs(cfg(f"run.out_dir={tmp_path}", "train.save_every=0", "train.eval_every=0"), [0, 1]))
     with Compiles() as c:
         group.train()
     assert c.names.count("jit(step)") == 1, c.names
 
 
-@pytest.mark.parametrize("extra,needle", [(["thinking.n_thoughts_train=[1,2]"], "different count per seed"),
-                                          (["mesh.data=2"], "one device")])
+@pytest.mark.parametrize(
+    "extra,needle", [(["thinking.n_thoughts_train=[1,2]"], "different count per seed"), (["mesh.data=2"], "one device")]
+)
 def test_seed_group_refuses_what_it_cannot_do(tmp_path, extra, needle):
     from silentstar_jax.seeds import seed_configs
+
     with pytest.raises(UserError, match=needle):
         seed_configs(cfg(f"run.out_dir={tmp_path}", *extra), [0, 1])
 
@@ -79,6 +103,7 @@ def test_seed_group_with_a_variable_count_is_refused_without_assert(tmp_path):
     """SeedGroup built directly (not through seed_configs) refuses a per-step thought count with a
     UserError, which `python -O` keeps (an assert would vanish)."""
     from silentstar_jax.seeds import SeedGroup
+
     c = cfg(f"run.out_dir={tmp_path}", "thinking.n_thoughts_train=[1,2]")
     with pytest.raises(UserError, match="different count per seed"):
         SeedGroup([c, c])
@@ -91,12 +116,27 @@ def test_seeds_sigterm_saves_every_seed_then_resumes_with_wall_time(tmp_path):
     import subprocess
     import sys
     import time
+
     out = tmp_path / "g"
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
-    args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/tiny.yaml", *MICRO,
-            f"run.out_dir={out}", "--seeds", "0,1"]
-    proc = subprocess.Popen(args + ["train.steps=100000", "train.save_every=0"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        "configs/tiny.yaml",
+        *MICRO,
+        f"run.out_dir={out}",
+        "--seeds",
+        "0,1",
+    ]
+    proc = subprocess.Popen(
+        args + ["train.steps=100000", "train.save_every=0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "seed1" / "metrics.jsonl").exists():
         time.sleep(0.5)
@@ -111,8 +151,14 @@ def test_seeds_sigterm_saves_every_seed_then_resumes_with_wall_time(tmp_path):
         assert steps, f"seed {s} saved nothing"
         stopped.append(max(steps))
     assert stopped[0] == stopped[1] > 0
-    done = subprocess.run(args + [f"train.steps={stopped[0] + 2}", "train.save_every=0"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        args + [f"train.steps={stopped[0] + 2}", "train.save_every=0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     for s in (0, 1):
         run = out / f"seed{s}"

@@ -1,5 +1,6 @@
 """Declared shardings and parameter groups (sharding.py): logical axes on every parameter, one rules
 table, thinking parameters found by type."""
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,8 +11,16 @@ from jax.sharding import PartitionSpec as P
 from silentstar_jax import hf
 from silentstar_jax.config import ModelConfig, ThinkingConfig
 from silentstar_jax.model import SilentStar
-from silentstar_jax.sharding import (LOGICAL_AXES, ThinkParam, decay_mask, logical_to_spec, opt_state_specs,
-                                     param, param_labels, param_specs)
+from silentstar_jax.sharding import (
+    LOGICAL_AXES,
+    ThinkParam,
+    decay_mask,
+    logical_to_spec,
+    opt_state_specs,
+    param,
+    param_labels,
+    param_specs,
+)
 
 CFG = ModelConfig(vocab_size=256, n_positions=32, n_embd=64, n_layer=2, n_head=2)
 
@@ -62,16 +71,18 @@ def test_thinking_group_is_found_by_type_not_by_name():
     labels = param_labels(model_state())
     assert set(labels["heads"].values()) == {"think"} and set(labels["gpt2"].values()) == {"base"}
 
-    class Renamed(nnx.Module):   # a thinking parameter under any attribute name stays in its group
+    class Renamed(nnx.Module):  # a thinking parameter under any attribute name stays in its group
         def __init__(self):
             self.anything = ThinkParam(jnp.zeros((3,)), out_sharding=("embed",), eager_sharding=False)
             self.heads = param(jnp.zeros((3,)), ("embed",))
+
     assert param_labels(nnx.split(Renamed())[1]) == {"anything": "think", "heads": "base"}
 
 
 def test_thinking_lr_group_gets_its_own_learning_rate():
     from silentstar_jax import config as C
     from silentstar_jax.train_step import make_optimizer
+
     state = model_state()
     params = state.to_pure_dict()
     cfg = C.from_dict({"optim": {"thinking_lr_mult": 0.0, "warmup_steps": 0}, "train": {"steps": 10}})
@@ -87,6 +98,7 @@ def test_weight_decay_reaches_matrices_only_not_stacked_norms_or_biases():
     Norm scales and biases are stacked [n_layer, D] (two dims) and must not be decayed."""
     from silentstar_jax import config as C
     from silentstar_jax.train_step import make_optimizer
+
     state = model_state()
     params = jax.tree.map(jnp.ones_like, state.to_pure_dict())
     cfg = C.from_dict({"optim": {"weight_decay": 0.1, "warmup_steps": 0, "lr": 1e-2}, "train": {"steps": 10}})
@@ -94,8 +106,18 @@ def test_weight_decay_reaches_matrices_only_not_stacked_norms_or_biases():
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     g = {k: float(jnp.abs(u).max()) > 0 for k, u in updates["gpt2"].items()}
     h = {k: float(jnp.abs(u).max()) > 0 for k, u in updates["heads"].items()}
-    for name in ("ln_1_scale", "ln_1_bias", "ln_2_scale", "ln_2_bias", "c_attn_bias", "attn_proj_bias",
-                 "c_fc_bias", "mlp_proj_bias", "ln_f_scale", "ln_f_bias"):
+    for name in (
+        "ln_1_scale",
+        "ln_1_bias",
+        "ln_2_scale",
+        "ln_2_bias",
+        "c_attn_bias",
+        "attn_proj_bias",
+        "c_fc_bias",
+        "mlp_proj_bias",
+        "ln_f_scale",
+        "ln_f_bias",
+    ):
         assert not g[name], name
     for name in ("wte", "wpe", "c_attn_kernel", "attn_proj_kernel", "c_fc_kernel", "mlp_proj_kernel"):
         assert g[name], name

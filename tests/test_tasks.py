@@ -1,4 +1,5 @@
 """Synthetic tasks: determinism, disjoint splits, correct answers (recomputed here), errors."""
+
 from __future__ import annotations
 
 import collections
@@ -16,7 +17,7 @@ BINDING = re.compile(r"^((?:[a-z]=[a-z0-9];)+)\?([a-z])$")
 ALL_TASKS = ["multiply", "add", "prosqa", "hops", "binding"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gen(task: str, n: int, seed: int, split: str, **kw) -> tuple[Example, ...]:
     return tuple(make_examples(task, n, seed=seed, split=split, **kw))
 
@@ -58,7 +59,7 @@ def solve_hops(prompt: str, hops: int) -> tuple[str, tuple[str, ...], int]:
     assert m, prompt
     table, shown_k, q = m.groups()
     letters = [chr(ord("a") + i) for i in range(len(table))]
-    assert sorted(table) == letters, table        # a permutation of the first n letters
+    assert sorted(table) == letters, table  # a permutation of the first n letters
     assert q in letters
     k = int(shown_k) if shown_k else hops
     path, x = [], q
@@ -167,7 +168,7 @@ def test_all_text_is_printable_ascii():
             text = ex.prompt + ex.answer + "".join(ex.thoughts)
             assert all(32 <= ord(c) < 127 for c in text), text
             assert ex.answer and "=" not in ex.answer
-            if task in ("hops", "binding"):   # no separator: the prompt ends with the query letter
+            if task in ("hops", "binding"):  # no separator: the prompt ends with the query letter
                 assert ex.prompt[-1].islower() and ex.prompt[-2] in "|?" and "=" not in ex.prompt[-2:]
                 assert len(ex.answer) == 1 and ex.thoughts[-1] == ex.answer
             else:
@@ -176,8 +177,10 @@ def test_all_text_is_printable_ascii():
 
 def test_existing_tasks_unchanged():
     """Pinned outputs from before hops/binding were added (the generators must stay byte-identical)."""
-    got = {t: [e.prompt + e.answer for e in make_examples(t, 3, seed=0, split="train")]
-           for t in ("multiply", "add", "prosqa")}
+    got = {
+        t: [e.prompt + e.answer for e in make_examples(t, 3, seed=0, split="train")]
+        for t in ("multiply", "add", "prosqa")
+    }
     assert got["multiply"] == ["68*76=2675", "52*38=5702", "86*29=6526"]
     assert got["add"] == ["568+376=8351", "065+243=209", "773+631=315"]
     assert got["prosqa"][0] == "w>g u>y l>w y>o z>x g>i z>u f>l o>q x>y z>y u>r o>g f>w x>g|z?q/w=q"
@@ -186,11 +189,20 @@ def test_existing_tasks_unchanged():
 
 # ---------------------------------------------------------------- hops
 
-@pytest.mark.parametrize("kw", [{}, {"n_symbols": 5, "hops": 3}, {"n_symbols": 26, "hops": 9},
-                                {"n_symbols": 3, "hops": 1}, {"hops": 4, "show_hops": True}])
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"n_symbols": 5, "hops": 3},
+        {"n_symbols": 26, "hops": 9},
+        {"n_symbols": 3, "hops": 1},
+        {"hops": 4, "show_hops": True},
+    ],
+)
 def test_hops_answers_and_thoughts(kw):
     n_symbols, hops = kw.get("n_symbols", 16), kw.get("hops", 2)
-    n = 12 if n_symbols == 3 else 500   # 3 symbols, 1 hop: 6 tables x 3 queries = 18 problems in all
+    n = 12 if n_symbols == 3 else 500  # 3 symbols, 1 hop: 6 tables x 3 queries = 18 problems in all
     fixed_points = 0
     for ex in gen("hops", n, 3, "train", **kw):
         answer, thoughts, k = solve_hops(ex.prompt, hops)
@@ -198,7 +210,7 @@ def test_hops_answers_and_thoughts(kw):
         assert k == hops
         assert ex.answer == answer and ex.thoughts == thoughts and len(ex.thoughts) == hops
         fixed_points += ex.answer == ex.prompt[-1]
-    assert fixed_points < 0.5 * n   # the answer is not just the query letter
+    assert fixed_points < 0.5 * n  # the answer is not just the query letter
 
 
 def test_hops_show_hops_format():
@@ -215,11 +227,11 @@ def test_hops_mixed_difficulty():
     examples = gen("hops", 2000, 5, "train", hops=4, hops_min=2, show_hops=True)
     counts = collections.Counter()
     for ex in examples:
-        answer, thoughts, k = solve_hops(ex.prompt, hops=-1)   # k must come from the prompt
+        answer, thoughts, k = solve_hops(ex.prompt, hops=-1)  # k must come from the prompt
         assert ex.answer == answer and ex.thoughts == thoughts and len(thoughts) == k
         counts[k] += 1
     assert set(counts) == {2, 3, 4}
-    assert all(500 < c < 830 for c in counts.values()), counts   # uniform, 2000/3 each
+    assert all(500 < c < 830 for c in counts.values()), counts  # uniform, 2000/3 each
     # hops_min == hops is the same as no mixing
     assert gen("hops", 200, 5, "train", hops=3, hops_min=3) == gen("hops", 200, 5, "train", hops=3)
 
@@ -232,8 +244,11 @@ def test_hops_small_space_is_exhausted():
 
 # ---------------------------------------------------------------- binding
 
-@pytest.mark.parametrize("kw", [{}, {"hops": 1}, {"hops": 3, "n_vars": 6}, {"hops": 4, "n_vars": 12},
-                                {"hops": 9, "n_vars": 18}, {"n_vars": 26}])
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"hops": 1}, {"hops": 3, "n_vars": 6}, {"hops": 4, "n_vars": 12}, {"hops": 9, "n_vars": 18}, {"n_vars": 26}],
+)
 def test_binding_answers_and_thoughts(kw):
     n_vars, hops = kw.get("n_vars", 8), kw.get("hops", 2)
     first_is_answer = query_is_head = 0
@@ -245,7 +260,7 @@ def test_binding_answers_and_thoughts(kw):
         assert ex.answer == path[-1] and ex.thoughts == path and len(path) == hops
         depth = {v: len(follow(bound, v)) for v in bound}
         digits = [b for b in bound.values() if b.isdigit()]
-        assert len(digits) >= 2 and len(set(digits)) == len(digits)   # several distinct values
+        assert len(digits) >= 2 and len(set(digits)) == len(digits)  # several distinct values
         # another variable is k hops from a different digit: the chain length gives nothing away
         assert sum(d == hops for d in depth.values()) >= 2
         # every variable's chain ends in a digit; chains do not branch
@@ -253,15 +268,15 @@ def test_binding_answers_and_thoughts(kw):
         assert len(set(referenced)) == len(referenced)
         first_is_answer += ex.prompt.startswith(f"{path[-2] if len(path) > 1 else q}=")
         query_is_head += q not in referenced
-    assert first_is_answer < 0.5 * len(examples)      # the order of the statements says nothing
+    assert first_is_answer < 0.5 * len(examples)  # the order of the statements says nothing
     if hops < n_vars // 2:
-        assert 0 < query_is_head < len(examples)      # the query is sometimes inside a longer chain
+        assert 0 < query_is_head < len(examples)  # the query is sometimes inside a longer chain
 
 
 def test_binding_is_short():
     lengths = [len(e.prompt) + len(e.answer) for e in gen("binding", 2000, 0, "train")]
     assert max(lengths) <= 40
-    assert set(lengths) == {35}   # 8 statements "x=y;" + "?q" + the answer
+    assert set(lengths) == {35}  # 8 statements "x=y;" + "?q" + the answer
 
 
 def test_binding_example_format():
@@ -282,8 +297,14 @@ def test_binding_mixed_difficulty():
     assert all(500 < c < 830 for c in counts.values()), counts
 
 
-@pytest.mark.parametrize("kw", [{"hops": 1, "n_vars": 12, "queries": 4}, {"hops": 2, "n_vars": 8, "queries": 3},
-                                {"hops": 3, "n_vars": 12, "hops_min": 1, "queries": 2}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"hops": 1, "n_vars": 12, "queries": 4},
+        {"hops": 2, "n_vars": 8, "queries": 3},
+        {"hops": 3, "n_vars": 12, "hops_min": 1, "queries": 2},
+    ],
+)
 def test_binding_queries(kw):
     """queries = m: m distinct variables, each exactly k hops from its digit, each followed by its answer;
     only the digits are scored, and each digit carries its own hops."""
@@ -293,7 +314,7 @@ def test_binding_queries(kw):
         asked = [q] + list(ex.answer[2::3])
         assert ex.answer[0::3] == "".join(follow(bound, v)[-1] for v in asked) and ex.answer[1::3] == "?" * (m - 1)
         paths = [follow(bound, v) for v in asked]
-        assert len(set(asked)) == m and len({len(p) for p in paths}) == 1   # distinct queries, one k
+        assert len(set(asked)) == m and len({len(p) for p in paths}) == 1  # distinct queries, one k
         assert ex.scored == tuple(i % 3 == 0 for i in range(len(ex.answer)))
         assert [t for t, s in zip(ex.token_thoughts, ex.scored) if s] == paths and ex.thoughts == paths[0]
         assert not any(t for t, s in zip(ex.token_thoughts, ex.scored) if not s)
@@ -301,8 +322,11 @@ def test_binding_queries(kw):
 
 def test_binding_one_query_is_the_original_task():
     """queries = 1 draws exactly the problems it drew before the option existed (seeded runs stay comparable)."""
-    pinned = [("b=r;v=9;r=g;u=0;l=h;s=8;h=7;g=3;?r", "3"), ("u=x;n=2;z=q;b=8;h=b;q=9;o=6;x=5;?z", "9"),
-              ("e=8;w=3;p=0;o=7;r=2;k=o;j=h;h=5;?k", "7")]   # drawn by the generator before `queries`
+    pinned = [
+        ("b=r;v=9;r=g;u=0;l=h;s=8;h=7;g=3;?r", "3"),
+        ("u=x;n=2;z=q;b=8;h=b;q=9;o=6;x=5;?z", "9"),
+        ("e=8;w=3;p=0;o=7;r=2;k=o;j=h;h=5;?k", "7"),
+    ]  # drawn by the generator before `queries`
     assert [(e.prompt, e.answer) for e in gen("binding", 3, 2, "train", queries=1)] == pinned
     mixed = [(e.prompt, e.answer) for e in gen("binding", 2, 2, "eval", hops=3, n_vars=9, hops_min=1)]
     assert mixed == [("w=m;n=a;a=t;m=9;t=1;b=g;u=z;g=u;z=n;?t", "1"), ("h=x;p=i;i=r;r=9;z=4;y=7;d=3;l=p;x=0;?i", "9")]
@@ -314,9 +338,11 @@ def test_binding_one_query_is_the_original_task():
 
 def test_binding_split_by_problem_not_order():
     """Canonical form = the set of statements + query: a reordered problem stays in its split."""
+
     def canon(ex):
         bound, q = parse_binding(ex.prompt)
         return tuple(sorted(bound.items())), q
+
     # 2 variables, 2 orders each: a key that depended on the order would put ~7 of these in both
     train = {canon(e) for e in gen("binding", 2000, 0, "train", hops=1, n_vars=2)}
     evals = {canon(e) for e in gen("binding", 200, 1, "eval", hops=1, n_vars=2)}
@@ -344,28 +370,31 @@ def test_too_many_examples_raises():
     assert len(make_examples("multiply", 5, seed=0, split="eval", digits_a=1, digits_b=1)) == 5
 
 
-@pytest.mark.parametrize("args,kw", [
-    (("divide", 10), {"split": "train"}),
-    (("add", 10), {"split": "test"}),
-    (("multiply", 10), {"split": "train", "n_nodes": 5}),
-    (("prosqa", 10), {"split": "train", "n_nodes": 30}),
-    (("add", 10), {"split": "train", "digits_a": 0}),
-    (("hops", 10), {"split": "train", "n_symbols": 1}),
-    (("hops", 10), {"split": "train", "n_symbols": 27}),
-    (("hops", 10), {"split": "train", "hops": 0}),
-    (("hops", 10), {"split": "train", "hops": 10, "show_hops": True}),
-    (("hops", 10), {"split": "train", "hops_min": 0, "show_hops": True}),
-    (("hops", 10), {"split": "train", "hops": 3, "hops_min": 4, "show_hops": True}),
-    (("hops", 10), {"split": "train", "hops": 3, "hops_min": 1}),   # mixed k, but k hidden: ambiguous
-    (("hops", 10), {"split": "train", "n_vars": 8}),
-    (("binding", 10), {"split": "train", "hops": 0}),
-    (("binding", 10), {"split": "train", "hops": 10, "n_vars": 26}),
-    (("binding", 10), {"split": "train", "hops": 5}),                # n_vars 8 < 2 * hops
-    (("binding", 10), {"split": "train", "n_vars": 27}),
-    (("binding", 10), {"split": "train", "hops": 2, "hops_min": 3}),
-    (("binding", 10), {"split": "train", "hops_min": 0}),
-    (("binding", 10), {"split": "train", "show_hops": True}),
-])
+@pytest.mark.parametrize(
+    "args,kw",
+    [
+        (("divide", 10), {"split": "train"}),
+        (("add", 10), {"split": "test"}),
+        (("multiply", 10), {"split": "train", "n_nodes": 5}),
+        (("prosqa", 10), {"split": "train", "n_nodes": 30}),
+        (("add", 10), {"split": "train", "digits_a": 0}),
+        (("hops", 10), {"split": "train", "n_symbols": 1}),
+        (("hops", 10), {"split": "train", "n_symbols": 27}),
+        (("hops", 10), {"split": "train", "hops": 0}),
+        (("hops", 10), {"split": "train", "hops": 10, "show_hops": True}),
+        (("hops", 10), {"split": "train", "hops_min": 0, "show_hops": True}),
+        (("hops", 10), {"split": "train", "hops": 3, "hops_min": 4, "show_hops": True}),
+        (("hops", 10), {"split": "train", "hops": 3, "hops_min": 1}),  # mixed k, but k hidden: ambiguous
+        (("hops", 10), {"split": "train", "n_vars": 8}),
+        (("binding", 10), {"split": "train", "hops": 0}),
+        (("binding", 10), {"split": "train", "hops": 10, "n_vars": 26}),
+        (("binding", 10), {"split": "train", "hops": 5}),  # n_vars 8 < 2 * hops
+        (("binding", 10), {"split": "train", "n_vars": 27}),
+        (("binding", 10), {"split": "train", "hops": 2, "hops_min": 3}),
+        (("binding", 10), {"split": "train", "hops_min": 0}),
+        (("binding", 10), {"split": "train", "show_hops": True}),
+    ],
+)
 def test_bad_arguments_raise(args, kw):
     with pytest.raises(ValueError):
         make_examples(*args, seed=0, **kw)
@@ -386,10 +415,10 @@ def test_hops_single_cycle_tables():
         table, rest = ex.prompt.split("|")
         f = {chr(ord("a") + i): c for i, c in enumerate(table)}
         x, seen = "a", set()
-        for _ in range(8):                      # one cycle through all 8 letters
+        for _ in range(8):  # one cycle through all 8 letters
             seen.add(x)
             x = f[x]
         assert x == "a" and len(seen) == 8
         assert ex.answer == solve_hops(ex.prompt, hops=-1)[0] and ex.answer != rest[-1]
     plain = gen("hops", 500, 3, "train", n_symbols=8, hops=2)
-    assert sum(ex.answer == ex.prompt[-1] for ex in plain) > 60    # a random f: f^2(q) = q a quarter of the time
+    assert sum(ex.answer == ex.prompt[-1] for ex in plain) > 60  # a random f: f^2(q) = q a quarter of the time

@@ -1,4 +1,5 @@
 """The thinking forward pass and objective (docs/design.md §3-§6) on tiny shapes."""
+
 import dataclasses
 import functools
 
@@ -34,6 +35,7 @@ def make_model(init_seed=0, mc=MC, **think):
 # Model calls in these tests are compiled (nnx.jit): eagerly, the layer scan is traced and compiled
 # anew at every call (a fresh closure), which made one forward of this tiny model take seconds.
 
+
 def _attend(q, k, v, _):
     return causal_attention(q, k, v), None
 
@@ -53,8 +55,9 @@ def base_hidden(gpt2, toks_BL):
 
 @functools.partial(nnx.jit, static_argnums=(5, 6))
 def _forward(model, toks, attn, key, think_idx_BQ, n_samples, n_thoughts):
-    return model(toks, attn, ChainOptions(key=key, think_idx_BQ=think_idx_BQ, n_samples=n_samples,
-                                          n_thoughts=n_thoughts))
+    return model(
+        toks, attn, ChainOptions(key=key, think_idx_BQ=think_idx_BQ, n_samples=n_samples, n_thoughts=n_thoughts)
+    )
 
 
 def forward(model, toks, attn=None, key=None, think_idx_BQ=None, n_samples=1, n_thoughts=None):
@@ -75,6 +78,7 @@ def loss_fn_for(tc, lc=LossConfig(), key=jax.random.key(7), n_samples=1):
         out = model(toks, None, ChainOptions(key=key, n_samples=n_samples))
         ones = jnp.ones_like(toks)
         return compute_loss(out, toks, ones, ones, tc, lc)[0]
+
     return loss_fn
 
 
@@ -104,7 +108,7 @@ def _reference_mixed_logits(model, toks_L, t, n, A):
     seq.append(h.embedding("start") + wpe[pos])
     for _ in range(n):
         pos += step
-        seq.append(h.project(run()) + wpe[pos])                 # deterministic thought z = mu
+        seq.append(h.project(run()) + wpe[pos])  # deterministic thought z = mu
     pos += step
     seq.append(h.embedding("end") + wpe[pos])
     ys = [run()]
@@ -120,15 +124,23 @@ def _reference_mixed_logits(model, toks_L, t, n, A):
     return jnp.stack(out)
 
 
-@pytest.mark.parametrize("chain,unroll,positions", [("scan", 1, "advance"), ("scan", 4, "advance"),
-                                                    ("unrolled", 1, "advance"), ("scan", 1, "same"),
-                                                    ("scan", 4, "same"), ("unrolled", 1, "same")])
+@pytest.mark.parametrize(
+    "chain,unroll,positions",
+    [
+        ("scan", 1, "advance"),
+        ("scan", 4, "advance"),
+        ("unrolled", 1, "advance"),
+        ("scan", 1, "same"),
+        ("scan", 4, "same"),
+        ("unrolled", 1, "same"),
+    ],
+)
 @pytest.mark.parametrize("n,A", [(3, 2), (0, 1)])
 def test_parallel_forward_equals_sequential_reference(n, A, chain, unroll, positions):
     model = make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll, positions=positions)
     toks = tokens(B=1, L=10)
-    out = forward(model, toks)                                  # key None: deterministic thoughts
-    if positions == "same" and n:                               # the option changes the result
+    out = forward(model, toks)  # key None: deterministic thoughts
+    if positions == "same" and n:  # the option changes the result
         other = forward(make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll), toks).mixed_logits
         assert np.abs(np.asarray(out.mixed_logits - other)).max() > 1e-3
     w = out.mix_weight
@@ -153,8 +165,7 @@ def test_causality():
     for toks in (a, b):
         out = forward(model, toks)
         p = per_position(out, toks, ones, ones, tc)
-        res.append({"base_logits": out.base_logits, "mixed_logits": out.mixed_logits,
-                    "value": out.value, "r": p.r_BL})
+        res.append({"base_logits": out.base_logits, "mixed_logits": out.mixed_logits, "value": out.value, "r": p.r_BL})
     first = {"base_logits": j, "mixed_logits": j - A + 1, "value": j, "r": j - A}
     for name, t in first.items():
         x, y = np.asarray(res[0][name]), np.asarray(res[1][name])
@@ -162,12 +173,18 @@ def test_causality():
         assert np.abs(x[:, t] - y[:, t]).max() > 1e-4, name
 
 
-@pytest.mark.parametrize("estimator,levers", [("reinforce", {}), ("pathwise", {}),
-                                              ("both", dict(seed="base", throttle=True, n_samples=2)),
-                                              ("reinforce", dict(feedback="token")),
-                                              ("both", dict(feedback="token+latent", seed="base")),
-                                              ("reinforce", dict(feedback="sample", n_samples=2)),
-                                              ("reinforce", dict(feedback="sample", seed="base"))])
+@pytest.mark.parametrize(
+    "estimator,levers",
+    [
+        ("reinforce", {}),
+        ("pathwise", {}),
+        ("both", dict(seed="base", throttle=True, n_samples=2)),
+        ("reinforce", dict(feedback="token")),
+        ("both", dict(feedback="token+latent", seed="base")),
+        ("reinforce", dict(feedback="sample", n_samples=2)),
+        ("reinforce", dict(feedback="sample", seed="base")),
+    ],
+)
 def test_unrolled_chain_equals_scan(estimator, levers):
     """Chunked the three ways (5 steps: one per scan iteration; 2 per iteration + 1 after the scan;
     all written out) the chain computes the same sampled thoughts, loss and gradients: the scan's
@@ -216,7 +233,7 @@ def test_gradient_routing(estimator):
         assert proj(g_policy) > 0.0
     g_value = _grads(model, loss_fn_for(tc, only(value=1)), toks)
     value_params = {"value_w1", "value_b1", "value_w2", "value_b2"}
-    if estimator == "pathwise":             # nothing reads the value head: its loss is not computed (§5.2)
+    if estimator == "pathwise":  # nothing reads the value head: its loss is not computed (§5.2)
         assert _norm(g_value) == 0.0
         return
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(g_value)):
@@ -266,7 +283,7 @@ def test_group_mean_baseline_and_samples():
     assert float(jnp.abs(out.mixed_logits[0] - out.mixed_logits[1]).max()) > 0
     ones = jnp.ones_like(toks)
     _, m = compute_loss(out, toks, ones, ones, tc, LossConfig())
-    assert abs(float(m["advantage"])) < 1e-5       # leave-one-out advantages sum to zero per group
+    assert abs(float(m["advantage"])) < 1e-5  # leave-one-out advantages sum to zero per group
 
 
 def test_pause_control_has_no_policy():
@@ -297,8 +314,8 @@ def test_loss_mask_and_padding_respected():
     assert abs(float(metrics(unscored)["loss"]) - float(ref["loss"])) > 1e-5
     # the base CE counts only targets 5..8
     p = per_position(forward(model, toks, attn), toks, attn, lmask, tc)
-    assert float(p.weights_BLA[0, :, 0].sum()) == 4.0       # targets x_5..x_8 (x_9+ are padding)
-    assert float(p.pos_mask_BL[0, 7:].sum()) == 0.0        # t=7 needs x_8, x_9: x_9 is padding
+    assert float(p.weights_BLA[0, :, 0].sum()) == 4.0  # targets x_5..x_8 (x_9+ are padding)
+    assert float(p.pos_mask_BL[0, 7:].sum()) == 0.0  # t=7 needs x_8, x_9: x_9 is padding
 
 
 def _step_program_size(n, chain):

@@ -1,4 +1,5 @@
 """The training system on micro shapes: configs, CLI errors, exact resume, sharding, no recompiles."""
+
 import dataclasses
 import glob
 import json
@@ -11,15 +12,28 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
+
 from silentstar_jax import config as C
 from silentstar_jax.trainer import Run
 
-MICRO = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positions=24",
-         "data.digits_a=2", "data.digits_b=1", "data.n_train=256", "data.n_eval=32",
-         "train.batch_size=8", "train.seq_len=8", "train.log_every=1", "train.save_every=0",
-         "thinking.n_thoughts=1", "mesh.data=1", "checkpoint.async_save=false"]
+MICRO = [
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.n_positions=24",
+    "data.digits_a=2",
+    "data.digits_b=1",
+    "data.n_train=256",
+    "data.n_eval=32",
+    "train.batch_size=8",
+    "train.seq_len=8",
+    "train.log_every=1",
+    "train.save_every=0",
+    "thinking.n_thoughts=1",
+    "mesh.data=1",
+    "checkpoint.async_save=false",
+]
 
 
 def micro_cfg(tmp_path, *extra):
@@ -32,16 +46,19 @@ def test_every_shipped_config_loads(path):
     assert cfg.train.steps >= 1 and cfg.run.out_dir
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("thinking.n_thougths=3", "did you mean 'thinking.n_thoughts'"),
-    ("train.steps=abc", "expected an integer"),
-    ("thinking.estimator=magic", "not one of"),
-    ("thinking.n_ahead=0", "n_ahead must be >= 1"),
-    ("thinking.n_thoughts=40", "exceeds model.n_positions"),
-    ("loss.supervision_stride=0", "supervision_stride must be >= 1"),
-    ("thinking.enabled=false loss.base=0", "the model would have no loss"),
-    ("thinking.feedback=sample thinking.estimator=both", "needs thinking.estimator=reinforce"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("thinking.n_thougths=3", "did you mean 'thinking.n_thoughts'"),
+        ("train.steps=abc", "expected an integer"),
+        ("thinking.estimator=magic", "not one of"),
+        ("thinking.n_ahead=0", "n_ahead must be >= 1"),
+        ("thinking.n_thoughts=40", "exceeds model.n_positions"),
+        ("loss.supervision_stride=0", "supervision_stride must be >= 1"),
+        ("thinking.enabled=false loss.base=0", "the model would have no loss"),
+        ("thinking.feedback=sample thinking.estimator=both", "needs thinking.estimator=reinforce"),
+    ],
+)
 def test_config_errors_are_one_line(tmp_path, override, needle):
     out = tmp_path / "never"
     proc = run_cli("train.py", "--config", "configs/tiny.yaml", *override.split(), f"run.out_dir={out}")
@@ -64,7 +81,7 @@ def test_resume_is_exact(tmp_path):
     straight = Run(micro_cfg(tmp_path / "a", "train.steps=6"))
     straight.train()
     first = Run(micro_cfg(tmp_path / "b", "train.steps=6"))
-    first.train(stop_after=3)                       # as if stopped by SIGTERM after 3 steps
+    first.train(stop_after=3)  # as if stopped by SIGTERM after 3 steps
     resumed = Run(micro_cfg(tmp_path / "b", "train.steps=6"))
     resumed.train()
     assert resumed.step == 6
@@ -81,6 +98,7 @@ def test_one_compilation_and_metrics_schema(tmp_path, thinking):
     """The trainer's step compiles once over a warm-up and three more steps (its initial state is
     placed as the step returns it), and every step logs every metric."""
     from silentstar_jax.benchmark import Compiles
+
     run = Run(micro_cfg(tmp_path, "train.steps=4", f"thinking.enabled={str(thinking).lower()}"))
     with Compiles() as c:
         run.train()
@@ -96,6 +114,7 @@ def test_one_compilation_and_metrics_schema(tmp_path, thinking):
 
 def test_sharded_loss_equals_single_device(tmp_path):
     from silentstar_jax.train_step import make_loss_fn
+
     assert jax.device_count() >= 4
     single = Run(micro_cfg(tmp_path / "s", "mesh.data=1", "mesh.fsdp=1", "model.n_embd=64"))
     sharded = Run(micro_cfg(tmp_path / "m", "mesh.data=2", "mesh.fsdp=2", "model.n_embd=64"))
@@ -120,6 +139,7 @@ def test_restore_onto_different_device_count(tmp_path):
 
 def test_data_state_round_trip():
     from silentstar_jax.data import Batch, RowIterator
+
     rows = Batch(np.arange(30).reshape(10, 3), np.ones((10, 3)), np.ones((10, 3)))
     it = RowIterator(rows, 4, seed=1)
     for _ in range(3):
@@ -135,9 +155,17 @@ def test_data_state_round_trip():
 def test_text_files_source(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(200)))
-    cfg = C.load_config(os.path.join(ROOT, "configs", "text-files.yaml"), MICRO + [
-        f"run.out_dir={tmp_path / 'run'}", f"data.files=[{text}]", "train.steps=2", "train.seq_len=16",
-        "model.n_positions=32"])
+    cfg = C.load_config(
+        os.path.join(ROOT, "configs", "text-files.yaml"),
+        MICRO
+        + [
+            f"run.out_dir={tmp_path / 'run'}",
+            f"data.files=[{text}]",
+            "train.steps=2",
+            "train.seq_len=16",
+            "model.n_positions=32",
+        ],
+    )
     run = Run(cfg)
     res = run.train()
     assert res["base"]["ce"] > 0 and "exact_match" not in res["base"]
@@ -148,10 +176,12 @@ def test_exact_match_equals_greedy_decoding(tmp_path):
     thinking, on rows decoded right and rows decoded wrong (not 0 == 0). Beside each held-out row: the
     row answered with what greedy decoding writes (right by construction) and that answer with its
     last token changed (wrong by construction)."""
+    from flax import nnx
+
     from silentstar_jax.evaluate import evaluate
     from silentstar_jax.generation import Generator
     from silentstar_jax.sampling import SamplingConfig
-    from flax import nnx
+
     run = Run(micro_cfg(tmp_path, "train.steps=30", "optim.lr=0.01"))
     run.train()
     model = nnx.merge(run.graphdef, run.params)
@@ -161,7 +191,7 @@ def test_exact_match_equals_greedy_decoding(tmp_path):
         seen = set()
         for i in range(6):
             T = int(rows.attn_mask[i].sum())
-            p = int(np.argmax(rows.loss_mask[i]))        # the prompt ends where the answer is scored
+            p = int(np.argmax(rows.loss_mask[i]))  # the prompt ends where the answer is scored
             events, _ = gen.generate(rows.tokens[i, :p].tolist(), T - p)
             decoded = [e.token_id for e in events]
             greedy, wrong = rows.tokens[i].copy(), rows.tokens[i].copy()
@@ -181,8 +211,15 @@ def test_signal_saves_and_exits_128_plus_signal(tmp_path, sig):
     """Stopped by SIGTERM / SIGINT: the checkpoint is saved, then exit 143 / 130 (not 0: `train.py &&
     next-step` must not go on with a half-trained model)."""
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="")
-    args = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/tiny.yaml", *MICRO,
-            f"run.out_dir={tmp_path}", "train.steps=100000"]
+    args = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "--config",
+        "configs/tiny.yaml",
+        *MICRO,
+        f"run.out_dir={tmp_path}",
+        "train.steps=100000",
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
@@ -197,9 +234,17 @@ def test_signal_saves_and_exits_128_plus_signal(tmp_path, sig):
 
 
 def _text_cfg(tmp_path, name, files, *extra):
-    return C.load_config(os.path.join(ROOT, "configs", "text-files.yaml"), MICRO + [
-        f"run.out_dir={tmp_path / name}", f"data.files=[{','.join(map(str, files))}]", "train.seq_len=16",
-        "model.n_positions=32", *extra])
+    return C.load_config(
+        os.path.join(ROOT, "configs", "text-files.yaml"),
+        MICRO
+        + [
+            f"run.out_dir={tmp_path / name}",
+            f"data.files=[{','.join(map(str, files))}]",
+            "train.seq_len=16",
+            "model.n_positions=32",
+            *extra,
+        ],
+    )
 
 
 def test_gradient_accumulation_equals_full_batch(tmp_path):
@@ -221,13 +266,14 @@ def test_gradient_accumulation_equals_full_batch(tmp_path):
 def test_arm_control_is_the_experiment_arm(arm, override):
     """`train.py --arm A` is the config with experiment.py's arm override and nothing else, in its own directory."""
     from silentstar_jax.experiment.plan import ARM_OVERRIDES, arm_config
+
     path = os.path.join(ROOT, "configs", "demo.yaml")
     control = arm_config(path, ["train.steps=7"], arm)
     derived = C.load_config(path, ["train.steps=7", override])
     assert ARM_OVERRIDES[arm] == (override,)
     assert control == dataclasses.replace(derived, run=dataclasses.replace(derived.run, out_dir=control.run.out_dir))
     assert control.run.out_dir == derived.run.out_dir + "-" + arm
-    assert control.thinking != C.load_config(path, ["train.steps=7"]).thinking     # the arm changed something
+    assert control.thinking != C.load_config(path, ["train.steps=7"]).thinking  # the arm changed something
 
 
 def test_arm_flag_refuses_unknown_arm(tmp_path):

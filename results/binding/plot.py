@@ -3,6 +3,7 @@ recorded, else exact match, which for one answer per problem is the same number)
 
     python results/binding/plot.py
 """
+
 import json
 import os
 
@@ -21,13 +22,22 @@ for r in runs:
     path = "thinking" if "thinking" in evals[0] else "base"
     metric = "answer_accuracy" if "answer_accuracy" in evals[0][path] else "exact_match"
     queries = r["data"].get("queries", 1)
-    ax.plot([e["step"] for e in evals], [e[path][metric] for e in evals], marker="o", ms=3,
-            ls="-" if queries > 1 else "--",
-            label=f"{r['run']} ({r['model']['n_layer']} layer{'s' * (r['model']['n_layer'] > 1)}, "
-                  f"{r['data']['hops']} hop{'s' * (r['data']['hops'] > 1)}, {queries} quer{'ies' if queries > 1 else 'y'})")
+    ax.plot(
+        [e["step"] for e in evals],
+        [e[path][metric] for e in evals],
+        marker="o",
+        ms=3,
+        ls="-" if queries > 1 else "--",
+        label=f"{r['run']} ({r['model']['n_layer']} layer{'s' * (r['model']['n_layer'] > 1)}, "
+        f"{r['data']['hops']} hop{'s' * (r['data']['hops'] > 1)}, {queries} quer{'ies' if queries > 1 else 'y'})",
+    )
 ax.axhspan(0.30, 0.37, color="0.9", label="guessing level, one query (a digit of the prompt)")
-ax.set(xlabel="training step", ylabel="held-out accuracy at the answers", ylim=(0, 1),
-       title="binding pilots: no look-up learned (solid: dense queries)")
+ax.set(
+    xlabel="training step",
+    ylabel="held-out accuracy at the answers",
+    ylim=(0, 1),
+    title="binding pilots: no look-up learned (solid: dense queries)",
+)
 ax.legend(fontsize=6.5, loc="upper right")
 fig.tight_layout()
 fig.savefig(os.path.join(HERE, "pilots.png"), dpi=120)

@@ -3,6 +3,7 @@
 The arms are overrides of the one config, so the controls cannot drift from the thinking run; every
 arm x grid point config is loaded up front, so a typo fails before the first training starts.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -11,7 +12,6 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 import yaml
 
@@ -31,7 +31,7 @@ ARM_OVERRIDES: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class GridAxis:
     key: str
-    values: tuple[str, ...]      # as the user wrote them (passed through to train.py)
+    values: tuple[str, ...]  # as the user wrote them (passed through to train.py)
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,9 @@ def arm_config(config: str, overrides: list[str], arm: str) -> C.Config:
 def grid_points(axes: list[GridAxis], arm: str) -> list[GridPoint]:
     """Cross product of the axes; `nothink` ignores thinking.* axes (they would change nothing)."""
     axes = [a for a in axes if not (arm == "nothink" and a.key.startswith("thinking."))]
-    return [GridPoint(tuple(zip((a.key for a in axes), combo)))
-            for combo in itertools.product(*(a.values for a in axes))]
+    return [
+        GridPoint(tuple(zip((a.key for a in axes), combo))) for combo in itertools.product(*(a.values for a in axes))
+    ]
 
 
 def _yaml_str(s: str) -> str:
@@ -145,13 +146,27 @@ def _yaml_str(s: str) -> str:
 
 def train_command(config: str, overrides: list[str], spec: RunSpec, out: str) -> list[str]:
     d = spec.dir(out)
-    return [*TRAIN_CMD, "--config", config, *overrides, *ARM_OVERRIDES[spec.arm],
-            *spec.point.overrides, f"run.seed={spec.seed}", f"run.name={_yaml_str(spec.label)}",
-            f"run.out_dir={_yaml_str(d)}"]
+    return [
+        *TRAIN_CMD,
+        "--config",
+        config,
+        *overrides,
+        *ARM_OVERRIDES[spec.arm],
+        *spec.point.overrides,
+        f"run.seed={spec.seed}",
+        f"run.name={_yaml_str(spec.label)}",
+        f"run.out_dir={_yaml_str(d)}",
+    ]
 
 
-def plan_runs(config: str, overrides: list[str], arms: list[str], axes: list[GridAxis],
-              seeds: list[int], thoughts: Optional[list[int]] = None) -> list[RunSpec]:
+def plan_runs(
+    config: str,
+    overrides: list[str],
+    arms: list[str],
+    axes: list[GridAxis],
+    seeds: list[int],
+    thoughts: list[int] | None = None,
+) -> list[RunSpec]:
     """Every run, after checking that each arm x grid point config loads and that each --thoughts count
     fits its context (one-line errors up front, not after the trainings)."""
     specs = []

@@ -3,20 +3,20 @@
 The report is rebuilt from these files alone, so a run is "finished" only when its eval.json is of
 the resolved config's last step.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional
 
 from silentstar_jax import config as C
 from silentstar_jax.errors import UserError
 from silentstar_jax.run_dir import CODE_LOG, read_saved_config
 
 
-def read_json(path: str) -> Optional[dict]:
+def read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
             return json.load(f)
@@ -32,7 +32,7 @@ def _read_jsonl(path: str) -> list[dict]:
         return []
 
 
-def read_config(run_dir: str) -> Optional[C.Config]:
+def read_config(run_dir: str) -> C.Config | None:
     """The run's resolved config.yaml, None when there is none; unreadable or invalid -> UserError."""
     raw = read_saved_config(run_dir)
     if raw is None:
@@ -43,7 +43,7 @@ def read_config(run_dir: str) -> Optional[C.Config]:
         raise UserError(f"{os.path.join(run_dir, 'config.yaml')}: {e}") from None
 
 
-def finished_eval(run_dir: str) -> Optional[dict]:
+def finished_eval(run_dir: str) -> dict | None:
     """eval.json when the run is finished (its step equals the resolved config's train.steps)."""
     cfg, ev = read_config(run_dir), read_json(os.path.join(run_dir, "eval.json"))
     return ev if cfg is not None and ev is not None and ev.get("step") == cfg.train.steps else None
@@ -54,7 +54,7 @@ def main_path(ev: dict) -> str:
     return "thinking" if "thinking" in ev else "base"
 
 
-def metric(ev: Optional[dict], name: str, path: Optional[str] = None) -> Optional[float]:
+def metric(ev: dict | None, name: str, path: str | None = None) -> float | None:
     if ev is None:
         return None
     v = ev.get(path or main_path(ev), {}).get(name)
@@ -67,12 +67,12 @@ class RunRecord:
     tag: str
     seed: int
     dir: str
-    cfg: Optional[C.Config]
-    final: Optional[dict]                    # eval.json of a finished run
-    wall_s: Optional[float]
-    thoughts: dict[int, dict] = field(default_factory=dict)   # N -> eval_thoughts_N.json
-    evals: list[dict] = field(default_factory=list)           # evals.jsonl
-    code: list[dict] = field(default_factory=list)            # code.jsonl: each session's commit
+    cfg: C.Config | None
+    final: dict | None  # eval.json of a finished run
+    wall_s: float | None
+    thoughts: dict[int, dict] = field(default_factory=dict)  # N -> eval_thoughts_N.json
+    evals: list[dict] = field(default_factory=list)  # evals.jsonl
+    code: list[dict] = field(default_factory=list)  # code.jsonl: each session's commit
 
     @property
     def commits(self) -> list[str]:
@@ -98,8 +98,18 @@ def load_record(run_dir: str, arm: str, tag: str, seed: int) -> RunRecord:
         m = re.fullmatch(r"eval_thoughts_(\d+)\.json", name)
         if m and (ev := read_json(os.path.join(run_dir, name))) is not None:
             thoughts[int(m.group(1))] = ev
-    return RunRecord(arm, tag, seed, run_dir, read_config(run_dir), final, wall, dict(sorted(thoughts.items())),
-                     _read_jsonl(os.path.join(run_dir, "evals.jsonl")), _read_jsonl(os.path.join(run_dir, CODE_LOG)))
+    return RunRecord(
+        arm,
+        tag,
+        seed,
+        run_dir,
+        read_config(run_dir),
+        final,
+        wall,
+        dict(sorted(thoughts.items())),
+        _read_jsonl(os.path.join(run_dir, "evals.jsonl")),
+        _read_jsonl(os.path.join(run_dir, CODE_LOG)),
+    )
 
 
 def discover(out: str) -> list[RunRecord]:

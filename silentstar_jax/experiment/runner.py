@@ -3,6 +3,7 @@
 Each training is its own process (one crash or OOM loses one run, not the experiment); its output
 goes to the run's train.log and its wall time to runner.json, so the report needs no runner state.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -14,14 +15,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from silentstar_jax.experiment.plan import TRAIN_CMD, RunSpec, default_thoughts, train_command
 from silentstar_jax.experiment.records import finished_eval, metric, read_config, read_json
 from silentstar_jax.experiment.report import fmt
 
-
-STOPPED = (130, 143)   # train.py's exit codes after SIGINT / SIGTERM (checkpoint saved)
+STOPPED = (130, 143)  # train.py's exit codes after SIGINT / SIGTERM (checkpoint saved)
 
 
 @dataclass
@@ -29,7 +28,7 @@ class Runner:
     config: str
     overrides: list[str]
     out: str
-    thoughts: Optional[list[int]]
+    thoughts: list[int] | None
     total: int
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -57,12 +56,13 @@ class Runner:
     def _failed(self, spec: RunSpec, what: str, run_dir: str) -> str:
         with open(os.path.join(run_dir, "train.log"), errors="replace") as f:
             tail = f.read().splitlines()[-15:]
-        msg = f"FAILED {spec.label}: {what}; last lines of {run_dir}/train.log:\n" + \
-              "\n".join("    " + line for line in tail)
+        msg = f"FAILED {spec.label}: {what}; last lines of {run_dir}/train.log:\n" + "\n".join(
+            "    " + line for line in tail
+        )
         self.say(msg)
         return f"{spec.label}: {what}"
 
-    def execute(self, spec: RunSpec) -> Optional[str]:
+    def execute(self, spec: RunSpec) -> str | None:
         """Train (unless finished), then test-time thought counts; a failure message or None."""
         if self.stop.is_set():
             return None
@@ -80,7 +80,7 @@ class Runner:
             self._add_wall(d, "wall_s", wall)
             ev = finished_eval(d)
             stopped = rc in STOPPED or rc == 0 and ev is None
-            if stopped:                    # the trainer was stopped (Ctrl-C / SIGTERM), saved: start nothing new
+            if stopped:  # the trainer was stopped (Ctrl-C / SIGTERM), saved: start nothing new
                 self.stop.set()
             if rc != 0 or ev is None:
                 return self._failed(spec, "stopped before train.steps" if stopped else f"train.py exited {rc}", d)
@@ -89,7 +89,7 @@ class Runner:
         if not cfg.thinking.enabled:
             return None
         counts = self.thoughts
-        if counts is None:                      # --thoughts counts were checked by plan_runs
+        if counts is None:  # --thoughts counts were checked by plan_runs
             counts, left = default_thoughts(cfg)
             if left:
                 self.say(f"    {spec.label}: thoughts {','.join(map(str, left))} skipped (beyond model.n_positions)")
@@ -97,15 +97,27 @@ class Runner:
         if self.stop.is_set() or not todo:
             return None
         # one process: one data build, one restore; out_dir = d, so a copied directory is evaluated in place
-        cmd = [*TRAIN_CMD, "--config", os.path.join(d, "config.yaml"), "--eval-only",
-               "--thoughts", ",".join(map(str, todo)), f"run.out_dir={d}"]
+        cmd = [
+            *TRAIN_CMD,
+            "--config",
+            os.path.join(d, "config.yaml"),
+            "--eval-only",
+            "--thoughts",
+            ",".join(map(str, todo)),
+            f"run.out_dir={d}",
+        ]
         rc, wall = self._call(cmd, d)
         self._add_wall(d, "thoughts_wall_s", wall)
         for n in todo:
             tt = read_json(os.path.join(d, f"eval_thoughts_{n}.json"))
             if rc != 0 or tt is None:
-                return self._failed(spec, f"--eval-only --thoughts {','.join(map(str, todo))} exited {rc}" if rc
-                                    else f"no eval_thoughts_{n}.json written", d)
+                return self._failed(
+                    spec,
+                    f"--eval-only --thoughts {','.join(map(str, todo))} exited {rc}"
+                    if rc
+                    else f"no eval_thoughts_{n}.json written",
+                    d,
+                )
             self.say(f"    {spec.label} thoughts={n}: exact match {fmt(metric(tt, 'exact_match'))}")
         return None
 
@@ -115,7 +127,7 @@ class Runner:
             futures = [pool.submit(self.execute, s) for s in specs]
             results = [f.result() for f in futures]
         except BaseException:
-            self.stop.set()             # Ctrl-C: the trainers save a checkpoint; start nothing new
+            self.stop.set()  # Ctrl-C: the trainers save a checkpoint; start nothing new
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()

@@ -3,10 +3,10 @@
 Every comparison is over seeds (mean, min, max; differences paired by seed), and arms are compared
 best grid point against best grid point, so each arm gets the same search.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from silentstar_jax import config as C
 from silentstar_jax.experiment.plan import ARM_OVERRIDES
@@ -21,12 +21,12 @@ class Stat:
     n: int
 
 
-def stat(xs: list[Optional[float]]) -> Optional[Stat]:
+def stat(xs: list[float | None]) -> Stat | None:
     xs = [x for x in xs if x is not None]
     return Stat(sum(xs) / len(xs), min(xs), max(xs), len(xs)) if xs else None
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> Optional[Stat]:
+def paired(a: dict[int, float], b: dict[int, float]) -> Stat | None:
     """a - b over the seeds both have: mean, per-seed min and max."""
     return stat([a[s] - b[s] for s in sorted(a) if s in b])
 
@@ -37,10 +37,11 @@ def think_fraction(cfg: C.Config) -> float:
     if not cfg.thinking.enabled or cfg.thinking.think_at != "targets":
         return 1.0
     from silentstar_jax.data import build_data
-    from silentstar_jax.train_step import n_think_positions
     from silentstar_jax.tokenizer import tokenizer_for
+    from silentstar_jax.train_step import n_think_positions
+
     data, _ = build_data(cfg, tokenizer_for(cfg))
-    if not hasattr(data, "rows"):           # the trainer then thinks at every position too
+    if not hasattr(data, "rows"):  # the trainer then thinks at every position too
         return 1.0
     return n_think_positions(data.rows, cfg.thinking.n_ahead) / (cfg.train.seq_len + 1)
 
@@ -56,6 +57,7 @@ def flops_per_token(cfg: C.Config) -> float:
     is scaled by the fraction of positions thinking and by K sampled chains, and averaged over the
     thought counts drawn in training (thinking.n_thoughts_train)."""
     from silentstar_jax.benchmark import Shape, ideal_flops
+
     m, t, T = cfg.model, cfg.thinking, cfg.train.seq_len + 1
     s = Shape(batch=1, seq=T, layers=m.n_layer, d_model=m.n_embd, heads=m.n_head, vocab=m.vocab_size)
     f = ideal_flops(s, None)
@@ -69,6 +71,7 @@ def flops_per_token(cfg: C.Config) -> float:
 @dataclass
 class Group:
     """One arm x grid point over its finished seeds."""
+
     arm: str
     tag: str
     runs: list[RunRecord]
@@ -78,7 +81,7 @@ class Group:
     def thinking(self) -> bool:
         return any(r.thinking for r in self.runs)
 
-    def per_seed(self, name: str = "exact_match", path: Optional[str] = None) -> dict[int, float]:
+    def per_seed(self, name: str = "exact_match", path: str | None = None) -> dict[int, float]:
         vals = {r.seed: metric(r.final, name, path) for r in self.runs}
         return {s: v for s, v in vals.items() if v is not None}
 
@@ -86,9 +89,11 @@ class Group:
         base = self.per_seed(path="base")
         return {s: v - base[s] for s, v in self.per_seed().items() if s in base} if self.thinking else {}
 
-    def metrics(self) -> dict[str, Optional[Stat]]:
-        out = {"answer_accuracy": stat(list(self.per_seed("answer_accuracy").values())),
-               "exact_match": stat(list(self.per_seed().values()))}
+    def metrics(self) -> dict[str, Stat | None]:
+        out = {
+            "answer_accuracy": stat(list(self.per_seed("answer_accuracy").values())),
+            "exact_match": stat(list(self.per_seed().values())),
+        }
         if self.thinking:
             out["base_exact_match"] = stat(list(self.per_seed(path="base").values()))
             out["gap"] = stat(list(self.gap().values()))
@@ -101,10 +106,14 @@ class Group:
 
     def hop_counts(self) -> list[int]:
         """The k of the per-k held-out sets (exact_match_k<k>) in the test-time evaluations; [] if none."""
-        names = {m for r in self.runs for ev in r.thoughts.values() for p in ev.values() if isinstance(p, dict)
-                 for m in p}
-        return sorted(int(m[len("exact_match_k"):]) for m in names
-                      if m.startswith("exact_match_k") and m[len("exact_match_k"):].isdigit())
+        names = {
+            m for r in self.runs for ev in r.thoughts.values() for p in ev.values() if isinstance(p, dict) for m in p
+        }
+        return sorted(
+            int(m[len("exact_match_k") :])
+            for m in names
+            if m.startswith("exact_match_k") and m[len("exact_match_k") :].isdigit()
+        )
 
     def thought_scaling_per_k(self) -> dict[int, dict[int, Stat]]:
         """k -> N -> exact match on k-hop held-out problems with N thoughts: does a k-hop problem need N >= k?"""
@@ -127,18 +136,27 @@ def tag_key(tag: str):
             return (k, 0, float(v), "")
         except ValueError:
             return (k, 1, 0.0, v)
+
     return [one(i) for i in tag.split(",")]
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:
     """Finished runs grouped by arm x grid point, sorted; the best grid point per arm marked."""
-    keys = sorted({(r.arm, r.tag) for r in records if r.final is not None},
-                  key=lambda k: (arm_key(k[0]), tag_key(k[1])))
-    groups = [Group(a, t, sorted((r for r in records if (r.arm, r.tag) == (a, t) and r.final is not None),
-                                 key=lambda r: r.seed)) for a, t in keys]
+    keys = sorted(
+        {(r.arm, r.tag) for r in records if r.final is not None}, key=lambda k: (arm_key(k[0]), tag_key(k[1]))
+    )
+    groups = [
+        Group(
+            a, t, sorted((r for r in records if (r.arm, r.tag) == (a, t) and r.final is not None), key=lambda r: r.seed)
+        )
+        for a, t in keys
+    ]
     for arm in dict.fromkeys(g.arm for g in groups):
-        scored = [(g.metrics()["exact_match"].mean, -i, g) for i, g in enumerate(groups)
-                  if g.arm == arm and g.metrics()["exact_match"] is not None]
+        scored = [
+            (g.metrics()["exact_match"].mean, -i, g)
+            for i, g in enumerate(groups)
+            if g.arm == arm and g.metrics()["exact_match"] is not None
+        ]
         if scored:
             max(scored, key=lambda x: x[:2])[2].best = True
     return groups

@@ -4,29 +4,39 @@
 
     python results/unsupervised/scaling-progressive/compare.py
 """
+
 import json
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ARMS = [("ids advance (default)", "scaling"), ("`positions: same`", "scaling-same"),
-        ("`same` + `progressive`", "scaling-progressive")]
+ARMS = [
+    ("ids advance (default)", "scaling"),
+    ("`positions: same`", "scaling-same"),
+    ("`same` + `progressive`", "scaling-progressive"),
+]
 TRAINED = 4
 
 
 def per_seed(name: str, k: int) -> dict[int, dict[int, float]]:
     """{seed: {N: exact match on k's held-out set}}."""
     runs = json.load(open(os.path.join(HERE, "..", name, "results.json")))["runs"]
-    return {r["seed"]: {int(n): e["thinking"][f"exact_match_k{k}"] for n, e in r["eval_thoughts"].items()}
-            for r in runs if r["finished"]}
+    return {
+        r["seed"]: {int(n): e["thinking"][f"exact_match_k{k}"] for n, e in r["eval_thoughts"].items()}
+        for r in runs
+        if r["finished"]
+    }
 
 
 def main():
-    lines = ["| run | k | seeds | N = 1 | N = 2 | N = 4 (trained max) | N = 6 | N = 8 | N = 6 − N = 4, per seed | N = 8 − N = 4, per seed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| run | k | seeds | N = 1 | N = 2 | N = 4 (trained max) | N = 6 | N = 8 | N = 6 − N = 4, per seed | N = 8 − N = 4, per seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for k, ax in zip((1, 2), axes):
         for label, name in ARMS:
@@ -39,8 +49,11 @@ def main():
             ax.fill_between(ns, lo, hi, alpha=0.15)
             m = dict(zip(ns, mean))
             fall = lambda n: " / ".join(f"{100 * (seeds[s][n] - seeds[s][TRAINED]):+.1f}" for s in sorted(seeds))
-            lines.append(f"| {label} | {k} | {','.join(map(str, sorted(seeds)))} | " +
-                         " | ".join(f"{m[n]:.3f}" for n in (1, 2, 4, 6, 8)) + f" | {fall(6)} | {fall(8)} |")
+            lines.append(
+                f"| {label} | {k} | {','.join(map(str, sorted(seeds)))} | "
+                + " | ".join(f"{m[n]:.3f}" for n in (1, 2, 4, 6, 8))
+                + f" | {fall(6)} | {fall(8)} |"
+            )
         ax.axvspan(2, TRAINED, color="grey", alpha=0.1)
         ax.set_title(f"{k}-hop problems")
         ax.set_xlabel("thoughts at test time N (shaded: trained 2-4)")

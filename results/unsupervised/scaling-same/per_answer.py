@@ -5,6 +5,7 @@ the end step of that answer's chain gets (thinking.positions). The diagnostic be
 
     python results/unsupervised/scaling-same/per_answer.py RUN_DIR 4,6,8 [--rows 300]
 """
+
 import argparse
 
 import jax.numpy as jnp
@@ -22,15 +23,19 @@ args = ap.parse_args()
 model, tok, cfg, step = load_run(args.run)
 print(f"{args.run} (step {step}, thinking.positions: {cfg.thinking.positions})")
 for k, rows in eval_rows_by_k(cfg.data, tok, cfg.train.seq_len + 1).items():
-    toks, attn, lmask = (jnp.asarray(a[:args.rows]) for a in (rows.tokens, rows.attn_mask, rows.loss_mask))
+    toks, attn, lmask = (jnp.asarray(a[: args.rows]) for a in (rows.tokens, rows.attn_mask, rows.loss_mask))
     target = shift_left(toks, 1)
-    scored = np.asarray(shift_left(lmask, 1) * shift_left(attn, 1)) > 0     # position t predicts x_{t+1}
-    t_RJ = np.stack([np.nonzero(r)[0] for r in scored])                      # [rows, answers]: every row alike
+    scored = np.asarray(shift_left(lmask, 1) * shift_left(attn, 1)) > 0  # position t predicts x_{t+1}
+    t_RJ = np.stack([np.nonzero(r)[0] for r in scored])  # [rows, answers]: every row alike
     assert (t_RJ == t_RJ[0]).all(), "rows with answers at different positions"
     for n in (int(x) for x in args.thoughts.split(",")):
         hit = np.asarray(jnp.argmax(model(toks, attn, n_thoughts=n).mixed_logits[:, :, 0], -1) == target)
         acc_J = np.take_along_axis(hit, t_RJ, axis=1).mean(0)
         exact = np.take_along_axis(hit, t_RJ, axis=1).all(1).mean()
         end_id = [int(cfg.thinking.layout(n).offset(n + 1)) + int(t) for t in t_RJ[0]]
-        print(f"k={k} N={n} exact match {exact:.3f} | accuracy per answer: "
-              + " ".join(f"{a:.2f}" for a in acc_J) + " | end-step position id: " + " ".join(map(str, end_id)))
+        print(
+            f"k={k} N={n} exact match {exact:.3f} | accuracy per answer: "
+            + " ".join(f"{a:.2f}" for a in acc_J)
+            + " | end-step position id: "
+            + " ".join(map(str, end_id))
+        )
