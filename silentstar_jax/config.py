@@ -111,12 +111,10 @@ class ThinkingConfig:
     # token thoughts; REINFORCE only; the argmax when deterministic); pause = a fixed learned embedding (the control)
     feedback: Literal["latent", "pause", "token", "token+latent", "sample"] = "latent"
     feedback_temperature: float = 1.0  # τ of the lens softmax for token feedback
-    estimator: Literal["reinforce", "pathwise", "both"] = (
-        "reinforce"  # how thoughts learn: reinforce (score function, value baseline), pathwise (through z), both
-    )
-    baseline: Literal["value", "group_mean", "value+group_mean"] = (
-        "value"  # REINFORCE baseline: the value head, the leave-one-out mean of K chains, or their average
-    )
+    # how thoughts learn: reinforce (score function, value baseline), pathwise (through z), both
+    estimator: Literal["reinforce", "pathwise", "both"] = "reinforce"
+    # REINFORCE baseline: the value head, the leave-one-out mean of K chains, or their average
+    baseline: Literal["value", "group_mean", "value+group_mean"] = "value"
     n_samples: int = 1  # K sampled chains per position (group_mean needs K > 1)
     clip_negative_advantages: bool = False  # Quiet-STaR: only chains better than the baseline are reinforced
     sigma_init: float = 0.1  # policy std, relative to the RMS of the token embeddings
@@ -159,9 +157,8 @@ class LossConfig:
     # target j (data thought_targets), weight annealed linearly to 0 between the two fractions of
     # train.steps (docs/design.md §10). [1, 1]: never annealed.
     thought_supervision: float = 0.0
-    supervision_anneal: list[float] = field(
-        default_factory=lambda: [1.0, 1.0]
-    )  # [start_frac, end_frac] of train.steps over which thought_supervision goes to 0
+    # [start_frac, end_frac] of train.steps over which thought_supervision goes to 0
+    supervision_anneal: list[float] = field(default_factory=lambda: [1.0, 1.0])
     # s thoughts per intermediate target: target j supervises thought s*j (a one-layer look-up that
     # needs two attention steps per hop, as in binding: find the statement, then read its right side)
     supervision_stride: int = 1
@@ -169,9 +166,8 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["task", "hf", "files"] = (
-        "task"  # task: built-in generator; hf: a datasets hub dataset; files: local .txt / .jsonl / parquet
-    )
+    # task: built-in generator; hf: a datasets hub dataset; files: local .txt / .jsonl / parquet
+    source: Literal["task", "hf", "files"] = "task"
     task: Literal["multiply", "add", "prosqa", "hops", "binding"] = "multiply"  # built-in task family for source=task
     digits_a: int = 2  # multiply, add
     digits_b: int = 2  # multiply, add: digits of the second operand
@@ -216,9 +212,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 1e-3  # peak learning rate (warmup, then cosine to lr * min_lr_ratio)
-    thinking_lr_mult: float = (
-        1.0  # lr multiplier for the thinking heads (ThinkParams: start/end/pause, P, σ, gate, value)
-    )
+    # lr multiplier for the thinking heads (ThinkParams: start/end/pause, P, σ, gate, value)
+    thinking_lr_mult: float = 1.0
     warmup_steps: int = 50  # linear warmup from 0
     min_lr_ratio: float = 0.1  # the cosine decay's floor, as a fraction of lr
     weight_decay: float = 0.01  # AdamW decay, on matrices only (not biases or layer-norm scales)

@@ -21,37 +21,38 @@ def _sections() -> dict[str, type]:
     return {f.name: getattr(C, f.type) if isinstance(f.type, str) else f.type for f in dataclasses.fields(C.Config)}
 
 
-def _field_lines() -> dict[str, dict[str, int]]:
-    """class name -> field name -> line number (1-based) of its declaration in config.py."""
+def _field_lines() -> dict[str, dict[str, tuple[int, int]]]:
+    """class name -> field name -> (first, last) line (1-based) of its declaration in config.py."""
     tree = ast.parse(open(CONFIG_PY).read())
     out = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             out[node.name] = {
-                s.target.id: s.lineno
+                s.target.id: (s.lineno, s.end_lineno)
                 for s in node.body
                 if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
             }
     return out
 
 
-def documented(lines: list[str], lineno: int) -> bool:
-    """A trailing comment on the field's line, or a comment line directly above it."""
-    line, above = lines[lineno - 1], lines[lineno - 2].strip()
-    return "#" in line or above.startswith("#")
+def documented(lines: list[str], span: tuple[int, int]) -> bool:
+    """A comment within the field's declaration (lines span[0]..span[1]), or a comment line directly above it."""
+    first, last = span
+    return any("#" in line for line in lines[first - 1 : last]) or lines[first - 2].strip().startswith("#")
 
 
 def test_documented_rule_can_fail():
-    assert documented(["# why", "x: int = 1"], 2)
-    assert documented(["", "x: int = 1   # why"], 2)
-    assert not documented(["y: int = 2", "x: int = 1"], 2)
+    assert documented(["# why", "x: int = 1"], (2, 2))
+    assert documented(["", "x: int = 1   # why"], (2, 2))
+    assert documented(["", "x: int = (", "    1  # why", ")"], (2, 4))
+    assert not documented(["y: int = 2", "x: int = 1"], (2, 2))
 
 
 def test_every_config_field_has_a_comment():
     lines = open(CONFIG_PY).read().split("\n")
     where = _field_lines()
     missing = [
-        f"{sec}.{name} (config.py:{where[cls.__name__][name]})"
+        f"{sec}.{name} (config.py:{where[cls.__name__][name][0]})"
         for sec, cls in _sections().items()
         for name in where[cls.__name__]
         if not documented(lines, where[cls.__name__][name])
