@@ -123,11 +123,6 @@ def uses_policy(tcfg: ThinkingConfig) -> bool:
     return tcfg.feedback != "pause" and tcfg.estimator in ("reinforce", "both")
 
 
-def uses_value(tcfg: ThinkingConfig) -> bool:
-    """The value head is read: as the policy term's baseline (value or value+group_mean)."""
-    return uses_policy(tcfg) and tcfg.baseline != "group_mean"
-
-
 def supervised_steps(out: Forward, n_targets: int, stride: int = 1):
     """[BK, L, J, D] the outputs of thought steps s, 2s, .., Js (s = loss.supervision_stride: s thoughts per
     intermediate target; J = the targets that fit, min(n_targets, n // s)); None when none fits."""
@@ -168,8 +163,8 @@ def compute_loss(
     w0 = weights[..., 0]
     loss_think = -masked_mean(p.lp_mix_BLA, weights)
     use_policy = uses_policy(tcfg)
-    # the value head is a REINFORCE baseline and nothing else reads it: trained only where one reads it
-    loss_value = masked_mean(jnp.square(out.value - r), pos_mask) if uses_value(tcfg) else jnp.zeros(())
+    # trained whenever loss.value > 0, also where nothing reads it (pathwise): docs/design.md §5.2 says why
+    loss_value = masked_mean(jnp.square(out.value - r), pos_mask)
     a = advantages(r, out.value, pos_mask, tcfg, p.K)
     loss_policy = -masked_mean(a * out.logp, pos_mask) if use_policy else jnp.zeros(())
 
