@@ -50,6 +50,21 @@ def run_cli(script: str, *args: str, timeout: int = 300, cwd: str = ROOT, stdin=
     )
 
 
+# The micro shape of configs/tiny.yaml the training tests share (each adds its steps, saves and devices).
+MICRO_SHAPE = [
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.n_positions=24",
+    "data.digits_a=2",
+    "data.digits_b=1",
+    "data.n_train=256",
+    "data.n_eval=32",
+    "train.batch_size=8",
+    "train.seq_len=8",
+    "train.log_every=1",
+]
+
 # A micro thinking run (3 steps) for the generation tests; its context is the caller's n_positions.
 MICRO_RUN = [
     "model.n_layer=1",

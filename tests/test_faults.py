@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import MICRO_SHAPE, ROOT
 
 from silentstar_jax import train_cli
 from silentstar_jax.checkpoint import Checkpointer
@@ -26,17 +26,7 @@ from silentstar_jax.errors import UserError
 
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 MICRO = [
-    "model.n_layer=1",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "model.n_positions=24",
-    "data.digits_a=2",
-    "data.digits_b=1",
-    "data.n_train=256",
-    "data.n_eval=32",
-    "train.batch_size=8",
-    "train.seq_len=8",
-    "train.log_every=1",
+    *MICRO_SHAPE,
     "train.save_every=2",
     "thinking.n_thoughts=1",
     "mesh.data=1",

@@ -9,22 +9,12 @@ import sys
 
 import jax
 import numpy as np
-from conftest import ROOT
+from conftest import MICRO_SHAPE, ROOT
 
 from silentstar_jax import config as C
 
 MICRO = [
-    "model.n_layer=1",
-    "model.n_embd=32",
-    "model.n_head=2",
-    "model.n_positions=24",
-    "data.digits_a=2",
-    "data.digits_b=1",
-    "data.n_train=256",
-    "data.n_eval=32",
-    "train.batch_size=8",
-    "train.seq_len=8",
-    "train.log_every=1",
+    *MICRO_SHAPE,
     "train.save_every=2",
     "train.steps=4",
     "thinking.n_thoughts=1",
