@@ -81,6 +81,9 @@ def test_numbers_come_from_the_runs_paired_by_seed(tmp_path):
     assert "0.750 (0.500 to 1.000)" in text and "held-out exact match" in text
     row = index.headline_row("x", doc)
     assert "exact_match: thinking 0.750, no-think 0.300" in row and "| 1 / 2 |" in row
+    assert "− no-think +0.450 (+0.100 to +0.800)" in row and "| not in the record |" in row
+    doc["runs"][0]["commits"] = ["0123456789abcdef", "fedcba9876543210+dirty"]
+    assert "| 0123456, fedcba9+dirty |" in index.headline_row("x", doc)
 
 
 def test_index_paths_read_records_not_written_by_experiment_py():

@@ -106,6 +106,29 @@ def gaps(arms: dict[str, dict[int, float]]) -> dict[str, Stat | None]:
     return {f"thinking − {ARM_NAMES[o]}": paired(th, arms[o]) for o in ("nothink", "pause", "base") if o in arms}
 
 
+def _walk_commits(node, out: list[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "commit" and isinstance(v, str):
+                out.append(v)
+            elif k == "commits" and isinstance(v, list):
+                out.extend(c for c in v if isinstance(c, str))
+            else:
+                _walk_commits(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _walk_commits(v, out)
+
+
+def commits(doc: dict) -> str:
+    """The commits that trained the runs, as the records name them (runs' code.jsonl); else the index's own
+    `commits` line (a record made before runs logged their commit, read from its results.md)."""
+    found: list[str] = []
+    _walk_commits({k: v for k, v in doc.items() if k != "index"}, found)
+    short = dict.fromkeys(c[:7] + ("+dirty" if c.endswith("+dirty") else "") for c in found)
+    return ", ".join(short) or doc["index"].get("commits", "not in the record")
+
+
 def entry(name: str, doc: dict) -> list[str]:
     idx = doc["index"]
     arms = arm_values(doc, idx["metric"])
@@ -115,7 +138,7 @@ def entry(name: str, doc: dict) -> list[str]:
         idx["finding"],
         "",
         f"config `{idx['config'] or '—'}` · supervised: {idx['supervised']} · estimator: {idx['estimator']}"
-        f" · seeds {_seeds(idx)}",
+        f" · seeds {_seeds(idx)} · commits: {commits(doc)}",
         "",
     ]
     if arms:
@@ -171,9 +194,15 @@ def headline_row(name: str, doc: dict) -> str:
     fresh, ever = idx.get("seeds_fresh", []), idx["seeds_ever"]
     cfg = f"`{idx['config']}`" if idx["config"] else "—"
     result = f"{idx['metric']}: {nums}" if nums else "no comparable numbers (see the record)"
+    g = gaps(arms)
+    spread = "; ".join(
+        f"− {ARM_NAMES[o].split(' (')[0]} {_fmt(g[k], signed=True)}"
+        for o in ("nothink", "pause")
+        if (k := f"thinking − {ARM_NAMES[o]}") in g and g[k] is not None
+    )
     return (
         f"| {idx['headline']} | {idx['supervised']} | {idx['estimator']} | {cfg} | {len(fresh)} / {len(ever)} "
-        f"| {result} | [{name}](results/{name}/results.md) |"
+        f"| {result} | {spread or '—'} | {commits(doc)} | [{name}](results/{name}/results.md) |"
     )
 
 
@@ -184,8 +213,9 @@ def readme_table(docs: dict[str, dict]) -> str:
             BEGIN,
             "",
             "| claim | what is supervised | estimator | config | fresh / all seeds | mean over seeds "
-            "(metric: thinking, no-think, pause) | record |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "(metric: thinking, no-think, pause) | thinking minus control, paired by seed: mean (min to max) "
+            "| commits | record |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
             END,
