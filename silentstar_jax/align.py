@@ -1,4 +1,4 @@
-"""Alignment of the forward outputs (docs/design.md §3, §5.3): the chain at position t, talk step s,
+"""Alignment of the forward outputs (docs/design.md §3, §5.5): the chain at position t, talk step s,
 predicts x_{t+1+s}, so targets and inputs are the sequence shifted left; with n_samples = K each
 row's chains are sampled K times, rows b*K .. b*K+K-1."""
 

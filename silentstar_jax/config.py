@@ -118,7 +118,12 @@ class ThinkingConfig:
     n_samples: int = 1  # K sampled chains per position (group_mean needs K > 1)
     clip_negative_advantages: bool = False  # Quiet-STaR: only chains better than the baseline are reinforced
     sigma_init: float = 0.1  # policy std, relative to the RMS of the token embeddings
-    mix_init_bias: float = -4.0  # sigmoid(-4) = 0.018: training starts at the base model
+    mix_init_bias: float = -4.0  # sigmoid(-4) = 0.018: training starts at the base model (anchor: none)
+    # what the thinking prediction is built on (docs/design.md §5.4). none: a gate mixes h0 with the chain's
+    # end step; residual: h0 + Δ(end step), Δ zero-initialised, no gate; sequence: n passes of the whole
+    # sequence, each re-reading every position's own token plus the thoughts fed back so far (PonderLM),
+    # their scale zero-initialised, no gate. Anchored, thinking starts as the base model exactly.
+    anchor: Literal["none", "residual", "sequence"] = "none"
     remat: bool = False  # jax.checkpoint on each chain step
     chain: Literal["scan", "unrolled"] = "scan"  # unrolled: faster steps, compile time grows with n
     unroll: int = 1  # chain: scan: steps written out per scan iteration (see run_chain)
@@ -195,6 +200,9 @@ class DataConfig:
     eval_docs: int = 200  # streaming: documents held out for evaluation
     streaming: bool = False  # source=hf: stream instead of downloading the whole split
     files: list[str] = field(default_factory=list)  # source=files: paths (.txt: lines; .jsonl: text_field; .parquet)
+    # source=files: held-out files, evaluation's text (training never reads them); empty: the last 5% of
+    # data.files' blocks
+    eval_files: list[str] = field(default_factory=list)
     files_curriculum: list[float] = field(default_factory=list)  # easy to hard by file: data.files[i] joins
     # training at this fraction of train.steps (one per file, first 0)
     text_field: str = "text"
@@ -478,6 +486,18 @@ def validate_thinking(t: ThinkingConfig, m: ModelConfig | None, seq_len: int) ->
             raise UserError(f"thinking.n_thoughts_train must be [lo, hi] with 0 <= lo <= hi, got {t.n_thoughts_train}")
     if t.mix_from == "last_thought" and t.n_thoughts < 1:
         raise UserError("thinking.mix_from=last_thought needs thinking.n_thoughts >= 1")
+    if t.anchor == "sequence":
+        clash = [
+            (t.n_ahead != 1, f"n_ahead = {t.n_ahead} (passes predict the next token only: 1)"),
+            (t.think_at != "all", "think_at = targets (every position takes part in every pass)"),
+            (t.feedback == "sample", "feedback = sample (use latent, token, token+latent or pause)"),
+            (t.progressive, "progressive"),
+            (bool(t.n_thoughts_train), "n_thoughts_train"),
+        ]
+        for bad, what in clash:
+            if bad:
+                raise UserError(f"thinking.anchor=sequence does not support thinking.{what}")
+        return  # passes use the token's own position ids: no span to check
     lay = t.layout(max([t.n_thoughts] + list(t.n_thoughts_train)))
     span = lay.position_span
     if m is not None and seq_len + span > m.n_positions:
@@ -556,6 +576,8 @@ def validate(cfg: Config) -> None:
                 f"({len(d.files)} here; data.source: files, not streaming), the first 0, "
                 f"non-decreasing and < 1, got {c}"
             )
+    if d.eval_files and (d.source != "files" or d.streaming or d.files_curriculum):
+        raise UserError("data.eval_files is for data.source: files (not streaming, no data.files_curriculum)")
     if d.eval_hops_min is not None and not 1 <= d.eval_hops_min <= d.hops:
         raise UserError(f"data.eval_hops_min must be in 1..data.hops = 1..{d.hops}, got {d.eval_hops_min}")
     if not cfg.thinking.enabled and cfg.loss.base == 0:

@@ -1,4 +1,8 @@
-"""A task as a user's own text: plain lines for `data.source: files`, and the score at their answers.
+"""Corpora for `data.source: files`: real text held out by file (`gather`), a task as a user's own text
+(`write`), and the score at its answers (`score`).
+
+    python corpus.py gather --out corpus/stdlib       # the Python standard library, held out by file
+    python train.py --config configs/text-lm.yaml      # reads corpus/stdlib/{train,heldout}.jsonl
 
 The recipe must not need the built-in task's metadata (loss masks, thought targets, hop counts):
 
@@ -77,6 +81,62 @@ def write_corpus(cfg, out: str) -> dict:
     return {"paths": paths, "train_lines": len(lines), "heldout_lines": sum(len(v) for v in held.values())}
 
 
+def default_source() -> str:
+    """The Python standard library's source: real text (code and its English docstrings) on every machine."""
+    import sysconfig
+
+    return sysconfig.get_paths()["stdlib"]
+
+
+def gather_text(
+    src: str | None, out: str, ext: str = ".py", heldout_every: int = 10, max_mb: float = 8.0, heldout_mb: float = 0.1
+) -> dict:
+    """train.jsonl and heldout.jsonl: one document ({text, path}) per file under `src` whose name ends in
+    `ext`, held out *by file*: a file is held out when crc32 of its path (relative to src) % heldout_every == 0,
+    so the split of a file does not depend on which other files exist. Files are taken in that hash
+    order up to max_mb of training text and heldout_mb of held-out text; files.json records every file
+    used and where it went. src None: the Python standard library (recorded by version, not path)."""
+    import platform
+    import zlib
+
+    from silentstar_jax.fs import staged
+
+    label = src or f"python {platform.python_version()} standard library"
+    src = src or default_source()
+
+    if not os.path.isdir(src):
+        raise UserError(f"corpus gather: {src} is not a directory")
+    if heldout_every < 2:
+        raise UserError(f"corpus gather: --heldout-every must be >= 2, got {heldout_every}")
+    paths = []
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "__pycache__"))
+        paths += [os.path.relpath(os.path.join(root, f), src) for f in sorted(files) if f.endswith(ext)]
+    crc = lambda rel: zlib.crc32(rel.encode())
+    split = {"train": [], "heldout": []}
+    budget = {"train": max_mb * 1e6, "heldout": heldout_mb * 1e6}
+    for rel in sorted(paths, key=lambda r: (crc(r), r)):
+        which = "heldout" if crc(rel) % heldout_every == 0 else "train"
+        try:
+            with open(os.path.join(src, rel), encoding="utf-8") as f:
+                text = f.read()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.strip() and budget[which] >= len(text):
+            budget[which] -= len(text)
+            split[which].append((rel, text))
+    if not split["train"] or not split["heldout"]:
+        raise UserError(f"corpus gather: {src} holds too few {ext} files for a train / held-out split")
+    with staged(out, "the corpus", is_dir=True) as tmp:
+        for which, docs in split.items():
+            with open(os.path.join(tmp, f"{which}.jsonl"), "w") as f:
+                f.writelines(json.dumps({"text": t, "path": rel}) + "\n" for rel, t in docs)
+        manifest = {w: [rel for rel, _ in docs] for w, docs in split.items()}
+        with open(os.path.join(tmp, "files.json"), "w") as f:
+            json.dump({"source": label, "ext": ext, "heldout_every": heldout_every, **manifest}, f, indent=1)
+    return {w: {"files": len(d), "bytes": sum(len(t) for _, t in d)} for w, d in split.items()}
+
+
 def read_heldout(path: str) -> list[dict]:
     try:
         with open(path) as f:
@@ -149,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--config", required=True, help="a config with data.source: task")
     w.add_argument("--out", required=True, help="directory for train.txt and heldout.jsonl")
     w.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    g = sub.add_parser("gather", help="real text held out by file: train.jsonl, heldout.jsonl, files.json")
+    g.add_argument("--src", help="directory of text files (default: the Python standard library's source)")
+    g.add_argument("--out", required=True, help="directory for the corpus")
+    g.add_argument("--ext", default=".py", help="file names ending in this (default .py)")
+    g.add_argument("--heldout-every", type=int, default=10, help="about one file in this many is held out")
+    g.add_argument("--max-mb", type=float, default=8.0, help="training text at most this many MB")
+    g.add_argument("--heldout-mb", type=float, default=0.1, help="held-out text at most this many MB")
     s = sub.add_parser("score", help="accuracy at the held-out lines' answer tokens, with and without thinking")
     s.add_argument("--checkpoint", required=True, help="run directory or one checkpoint")
     s.add_argument("--heldout", required=True, help="heldout.jsonl from `corpus.py write`")
@@ -170,6 +237,11 @@ def main(argv=None) -> None:
             + (f"; split by hop count: {', '.join(by_k)}" if by_k else "")
             + f") and {res['paths']['heldout']} ({res['heldout_lines']} held-out lines)"
         )
+        return
+    if args.cmd == "gather":
+        res = gather_text(args.src, args.out, args.ext, args.heldout_every, args.max_mb, args.heldout_mb)
+        for which, v in res.items():
+            print(f"{which}: {v['files']} files, {v['bytes'] / 1e6:.2f} MB -> {os.path.join(args.out, which)}.jsonl")
         return
     if args.thoughts is not None and args.thoughts < 0:
         raise UserError(f"--thoughts must be >= 0, got {args.thoughts}")

@@ -324,10 +324,10 @@ def text_rows_by_file(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Batch, np.
 
 
 def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Batch, Batch]:
-    """Whole (non-streaming) text dataset -> packed train and eval blocks. Eval: `eval_split`, or
-    the last 5% of the blocks of `split` (which training then never sees)."""
+    """Whole (non-streaming) text dataset -> packed train and eval blocks. Eval: `eval_split`,
+    data.eval_files, or the last 5% of the blocks of `split` (which training then never sees)."""
 
-    def blocks_of(split):
+    def blocks_of(split, d=d):
         ds = _load_hf(d, split, streaming=False)
         if d.text_field not in ds.column_names:
             raise UserError(f"data.text_field {d.text_field!r} not in the dataset's columns {ds.column_names}")
@@ -338,6 +338,8 @@ def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Batch, Batch]:
     train = blocks_of(d.split)
     if d.eval_split:
         evals = blocks_of(d.eval_split)
+    elif d.source == "files" and d.eval_files:
+        evals = blocks_of(d.split, dataclasses.replace(d, files=d.eval_files))
     else:
         n_eval = max(1, len(train) // 20)
         if len(train) < 2:

@@ -17,6 +17,7 @@ from silentstar_jax.config import ChainLayout
 from silentstar_jax.errors import UserError
 from silentstar_jax.model import ChainOptions, forward_thought_sources, thought_trace
 from silentstar_jax.objective import token_logprob
+from silentstar_jax.passes import init_pass_caches
 from silentstar_jax.sampling import SamplingConfig, sample
 
 PREFILL_BUCKET = 64
@@ -117,8 +118,12 @@ class Generator:
         self.n_thoughts = n
         # chain positions run past the token's own (generation has no talk steps)
         self.n_positions = self.gpt2.cfg.n_positions
+        # thinking.anchor: sequence: n passes over the tokens' own positions, one KV cache each
+        self.passes = think and model.think_cfg.anchor == "sequence"
         self.room = (
-            token_room(self.n_positions, ChainLayout(n, 1, model.think_cfg.positions)) if think else self.n_positions
+            token_room(self.n_positions, ChainLayout(n, 1, model.think_cfg.positions))
+            if think and not self.passes
+            else self.n_positions
         )
         self.sampling = sampling
         graphdef, self.state = nnx.split(model)
@@ -126,12 +131,16 @@ class Generator:
         def decode(state, cache, tokens_BQ, start, last, key):
             m = nnx.merge(graphdef, state)
             g = getattr(m, "gpt2", m)
+            cache, pass_caches = cache if self.passes else (cache, None)
             h_BQD, cache = g.forward_cached(tokens_BQ, cache, start)
             h0_BD = jax.lax.dynamic_index_in_dim(h_BQD, last, axis=1, keepdims=False)
             logits_base = g.logits(h0_BD)
             extra = {}
             logits = logits_base
-            if think:
+            if self.passes:
+                logits, extra, pass_caches = m.think_passes(tokens_BQ, h_BQD, pass_caches, start, last, trace_top_k)
+                cache = (cache, pass_caches)
+            elif think:
                 logits, extra = m.think_at(h0_BD, cache, start + last, n_thoughts, trace_top_k)
             token = sample(logits, key, sampling)
             return cache, token, token_logprob(logits, token), token_logprob(logits_base, token), extra
@@ -155,6 +164,8 @@ class Generator:
         tokens = np.zeros((1, bucket), np.int32)
         tokens[0, :Lp] = prompt_ids
         cache = self.gpt2.init_cache(1, self.n_positions)
+        if self.passes:
+            cache = (cache, init_pass_caches(self.gpt2, self.n_thoughts, 1, self.n_positions))
         key = jax.random.key(seed)
         # Prefill: pad slots beyond the prompt are written to the cache but never attended to
         # before a real token overwrites them (queries only see keys at or before their position).

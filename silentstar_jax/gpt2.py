@@ -126,13 +126,16 @@ class GPT2(nnx.Module):
 
     def forward_hidden(self, tokens_BL, attn_mask_BL=None):
         """Causal pass. Returns h [B, L, D] after ln_f and each layer's (k, v) [NL, B, L, H, Dh]."""
-        B, L = tokens_BL.shape
+        return self.forward_embedded(self.embed(tokens_BL, jnp.arange(tokens_BL.shape[1])[None]), attn_mask_BL)
+
+    def forward_embedded(self, x_BLD, attn_mask_BL=None):
+        """The causal pass from input embeddings (positions added): h after ln_f, (k, v)."""
         impl = self.base_impl() if attn_mask_BL is None else "xla"
 
         def attend(q, k, v, _):
             return causal_attention(q, k, v, attn_mask_BL, impl), (k, v)
 
-        x, kv = self.run_layers(self.embed(tokens_BL, jnp.arange(L)[None]), attend)
+        x, kv = self.run_layers(x_BLD, attend)
         return self.final_norm(x), kv
 
     def __call__(self, tokens_BL, attn_mask_BL=None):
@@ -146,14 +149,16 @@ class GPT2(nnx.Module):
         dt = compute_dtype(cfg)
         return jnp.zeros(shape, dt), jnp.zeros(shape, dt)
 
-    def forward_cached(self, tokens_BQ, cache, start):
-        """Run Q new tokens at positions [start, start+Q) against and into the cache.
-        Returns h [B, Q, D] after ln_f and the updated cache."""
+    def forward_cached(self, tokens_BQ, cache, start, extra_BQD=None):
+        """Run Q new tokens at positions [start, start+Q) against and into the cache; extra_BQD is
+        added to their input embeddings (thinking.anchor: sequence). Returns h [B, Q, D] after ln_f
+        and the updated cache."""
         Q = tokens_BQ.shape[1]
 
         def attend(q, k, v, layer_cache):
             return cached_attention(q, k, v, *layer_cache, start)
 
         x = self.embed(tokens_BQ, (start + jnp.arange(Q))[None])
+        x = x if extra_BQD is None else x + extra_BQD
         x, cache = self.run_layers(x, attend, cache)
         return self.final_norm(x), cache

@@ -10,6 +10,7 @@ from flax import nnx, struct
 from silentstar_jax.align import repeat_samples, shift_left
 from silentstar_jax.config import ChainLayout, ModelConfig, ThinkingConfig
 from silentstar_jax.gpt2 import GPT2
+from silentstar_jax.passes import run_passes, run_passes_cached
 from silentstar_jax.thought import ThoughtHeads, run_chain
 
 
@@ -71,6 +72,9 @@ class SilentStar(nnx.Module):
         n = cfg.n_thoughts if chain.n_thoughts is None else chain.n_thoughts
         rep = lambda x, axis=0: repeat_samples(x, K, axis)
         tokens_BL, h0_BLD = rep(tokens_BL), rep(h0_BLD)
+        if cfg.anchor == "sequence":
+            mask = None if attn_mask_BL is None else rep(attn_mask_BL)
+            return self._passes(tokens_BL, mask, h0_BLD, n, chain.key, base_logits, hidden)
         k0, v0 = rep(k0, 1), rep(v0, 1)
         key_mask_BL = jnp.ones((BK, L), bool) if attn_mask_BL is None else rep(attn_mask_BL).astype(bool)
         if chain.think_idx_BQ is None:  # every position thinks
@@ -105,7 +109,7 @@ class SilentStar(nnx.Module):
         )
         h0_BLAD = jnp.stack([shift_left(h0_BLD, s) for s in range(A)], axis=2)
         y_BQAD = jnp.stack([y_SBQD[i] for i in lay.mixed(cfg.mix_from)], axis=2)
-        w_BQA = self.heads.mix_weight(take(h0_BLAD), y_BQAD)
+        w_BQA, y_BQAD = self.heads.combine(take(h0_BLAD), y_BQAD)
         # back to [BK, L, ...]: positions without a chain keep the base model (w = 0, no thoughts)
         w_BLA = put(jnp.zeros((BK, L, A), w_BQA.dtype), w_BQA)
         y_BLAD = put(h0_BLAD, y_BQAD)
@@ -127,6 +131,32 @@ class SilentStar(nnx.Module):
             layout=lay,
         )
 
+    def _passes(self, tokens_BL, attn_mask_BL, h0_BLD, n, key, base_logits, hidden) -> Forward:
+        """thinking.anchor: sequence (passes.py): n passes over the whole sequence; rows already
+        repeated K times. The layout's start step holds h0, thought j pass j's output, end pass n's."""
+        g, cfg = self.gpt2, self.think_cfg
+        gc = g if not cfg.throttle else _grad_scaled(g, 1.0 / max(n, 1))
+        h_nBLD, z_nBLD, logp_BL = run_passes(
+            gc, self.heads, n, tokens_BL, attn_mask_BL, h0_BLD, key, cfg.chain == "scan"
+        )
+        h_last = h_nBLD[-1] if n else h0_BLD
+        steps = jnp.concatenate([h0_BLD[None], h_nBLD, h_last[None]])
+        BK, L = tokens_BL.shape
+        return Forward(
+            base_logits=base_logits,
+            hidden=hidden,
+            mixed_logits=g.logits(h_last)[:, :, None],
+            mix_weight=jnp.ones((BK, L, 1), h_last.dtype),
+            value=self.heads.value(h0_BLD),
+            logp=logp_BL,
+            thoughts=jnp.moveaxis(z_nBLD, 0, 2),
+            think_mask=jnp.ones((BK, L), bool),
+            sigma=jnp.exp(self.heads.sigma_log()).mean(),
+            chain_out=h_last[:, :, None],
+            steps=jnp.moveaxis(steps, 0, 2),
+            layout=cfg.layout(n),
+        )
+
     def think_at(self, h0_BD, cache, pos, n_thoughts: int | None = None, trace_top_k: int = 0):
         """Generation: the chain (start, n thoughts, end) for one position `pos` per row, against the
         KV cache (keys at positions <= pos). Returns mixed logits [B, V] and a trace dict."""
@@ -139,14 +169,28 @@ class SilentStar(nnx.Module):
         talk = jnp.zeros((0, B, 1, g.cfg.n_embd))
         y, z, _ = run_chain(g, heads, n, pos_BL, k_cache, v_cache, mask, talk, None, h0_BD[:, None])
         lay = self.think_cfg.layout(n)
-        y_mix = y[lay.mixed(self.think_cfg.mix_from)[0], :, 0]
-        w = heads.mix_weight(h0_BD, y_mix)
+        w, y_mix = heads.combine(h0_BD, y[lay.mixed(self.think_cfg.mix_from)[0], :, 0])
         logits = g.logits((1 - w[:, None]) * h0_BD + w[:, None] * y_mix)
         trace = {"mix_weight": w, "value": heads.value(h0_BD)}
         if trace_top_k and n:
             y_prev = thought_sources(y[:, :, 0], h0_BD, n, self.think_cfg)
             trace.update(thought_trace(g, y_prev, z[lay.thoughts.start : lay.thoughts.stop, :, 0], trace_top_k))
         return logits, trace
+
+    def think_passes(self, tokens_BQ, h0_BQD, caches, start, last, trace_top_k: int = 0):
+        """Generation under thinking.anchor: sequence: Q new tokens through the passes, each against
+        its own cache (passes.init_pass_caches; their count is the thought count). Returns the
+        logits [B, V] and trace at query `last`, and the updated caches."""
+        g = self.gpt2
+        h, z, caches = run_passes_cached(g, self.heads, tokens_BQ, h0_BQD, caches, start)
+        at = lambda x: jax.lax.dynamic_index_in_dim(x, last, axis=x.ndim - 2, keepdims=False)
+        h0_BD = at(h0_BQD)
+        h_last = at(h[-1]) if h.shape[0] else h0_BD
+        trace = {"mix_weight": jnp.ones(h0_BD.shape[:1], h0_BD.dtype), "value": self.heads.value(h0_BD)}
+        if trace_top_k and h.shape[0]:
+            sources = jnp.concatenate([h0_BD[None], at(h[:-1])])  # [n, B, D]: what each thought was fed from
+            trace.update(thought_trace(g, sources, at(z), trace_top_k))
+        return g.logits(h_last), trace, caches
 
 
 def _grad_scaled(module, scale: float):

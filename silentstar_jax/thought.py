@@ -73,6 +73,9 @@ class ThoughtHeads(nnx.Module):
             tp(jnp.zeros((H, 1)), "think_hidden", "think_out"),
             tp(jnp.zeros((1,)), "think_out"),
         )
+        # anchored chains start as the base model exactly: Δ's projection and the feedback scale are 0
+        self.delta_kernel = tp(jnp.zeros((D, D)), "think_in", "embed") if cfg.anchor == "residual" else None
+        self.feedback_scale = tp(jnp.zeros(())) if cfg.anchor == "sequence" else None
 
     def embedding(self, name: str):
         return EMB_GRAD_SCALE * getattr(self, name)[...]
@@ -87,6 +90,13 @@ class ThoughtHeads(nnx.Module):
         """w in (0, 1) [...]: weight of the thought path."""
         x = jnp.concatenate([h0, y], axis=-1)
         return jax.nn.sigmoid(_mlp(x, self.mix_w1[...], self.mix_b1[...], self.mix_w2[...], self.mix_b2[...]))[..., 0]
+
+    def combine(self, h0, y):
+        """(w [...], path [..., D]): the thought path's weight and state from h0 and the chain's mixed
+        step y; the prediction is (1 - w) h0 + w path. anchor: residual: path = h0 + Δ(y), w = 1."""
+        if self.cfg.anchor == "residual":
+            return jnp.ones(h0.shape[:-1], h0.dtype), h0 + y @ self.delta_kernel[...]
+        return self.mix_weight(h0, y), y
 
     def value(self, h0):
         h0 = jax.lax.stop_gradient(h0)
@@ -125,14 +135,27 @@ def _noise(c: _Chain, i, shape, draw=jax.random.normal):
     return jnp.take_along_axis(eps, c.pos_BL[..., None], axis=1)
 
 
-def _feedback(c: _Chain, y_BLD):
+def feedback_mean(gpt2: GPT2, heads: ThoughtHeads, y_BLD):
     """The mean of the next thought's input from a step output y [B, L, D] (thinking.feedback)."""
-    cfg = c.heads.cfg
+    cfg = heads.cfg
+    if cfg.feedback == "pause":
+        return jnp.broadcast_to(heads.embedding("pause"), y_BLD.shape)
     if cfg.feedback == "latent":
-        return c.heads.project(y_BLD)
-    p_BLV = jax.nn.softmax(c.gpt2.logits(y_BLD) / cfg.feedback_temperature, axis=-1)
-    tok_BLD = p_BLV @ c.gpt2.wte[...]  # the lens's expected token embedding
-    return tok_BLD + c.heads.project(y_BLD) if cfg.feedback == "token+latent" else tok_BLD
+        return heads.project(y_BLD)
+    p_BLV = jax.nn.softmax(gpt2.logits(y_BLD) / cfg.feedback_temperature, axis=-1)
+    tok_BLD = p_BLV @ gpt2.wte[...]  # the lens's expected token embedding
+    return tok_BLD + heads.project(y_BLD) if cfg.feedback == "token+latent" else tok_BLD
+
+
+def draw_thought(heads: ThoughtHeads, mu, eps):
+    """(z, log-prob [...]) of a Gaussian thought around mu; eps None: deterministic (z = mu, 0).
+    Pathwise estimators differentiate through z; REINFORCE sees a constant z and its log-prob."""
+    if eps is None:
+        return mu, jnp.zeros(mu.shape[:-1])
+    log_sigma = heads.sigma_log()
+    z_raw = mu + jnp.exp(log_sigma) * eps
+    z = z_raw if heads.cfg.estimator in ("pathwise", "both") else jax.lax.stop_gradient(z_raw)
+    return z, gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
 
 
 def _detached(c: _Chain, i, x, prefix: int = 0):
@@ -161,13 +184,8 @@ def _thought_raw(c: _Chain, i, y_prev_BLD):
         y_prev_BLD = (
             (c.h0_BLD if first else y_prev_BLD) if isinstance(i, int) else jnp.where(first, c.h0_BLD, y_prev_BLD)
         )
-    mu = _feedback(c, y_prev_BLD)
-    if not c.sampled:
-        return mu, jnp.zeros(mu.shape[:-1])
-    log_sigma = heads.sigma_log()
-    z_raw = mu + jnp.exp(log_sigma) * _noise(c, i, mu.shape)
-    z = z_raw if cfg.estimator in ("pathwise", "both") else jax.lax.stop_gradient(z_raw)
-    return z, gaussian_logprob(jax.lax.stop_gradient(z_raw), mu, log_sigma)
+    mu = feedback_mean(c.gpt2, heads, y_prev_BLD)
+    return draw_thought(heads, mu, _noise(c, i, mu.shape) if c.sampled else None)
 
 
 def _sampled_token(c: _Chain, i, y_prev_BLD):

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 from silentstar_jax.config import load_config
-from silentstar_jax.corpus import summarize, write_corpus
+from silentstar_jax.corpus import gather_text, summarize, write_corpus
 
 TASK = ["data.n_symbols=5", "data.chain=3", "data.n_train=48", "data.n_eval=6", "train.seq_len=11"]
 MICRO = [
@@ -150,3 +150,39 @@ def test_disk_full_writing_the_corpus_keeps_what_was_there(tmp_path, capsys, mon
     assert e.value.code == 4 and err.count("\n") == 1 and "disk full on /" in err and str(out) in err, err
     assert sorted(os.listdir(tmp_path)) == ["o"] and os.listdir(out) == ["train.txt"]
     assert (out / "train.txt").read_text() == "mine\n"
+
+
+def test_gather_holds_out_by_file(tmp_path):
+    """Every file lands whole in exactly one split; the split of a file does not depend on the others;
+    files.json names them; non-UTF-8 and other extensions are left out."""
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    texts = {f"pkg/m{i:02d}.py" if i % 2 else f"f{i:02d}.py": f"# file {i}\n" + "x = 1\n" * i for i in range(1, 41)}
+    for rel, t in texts.items():
+        (src / rel).write_text(t)
+    (src / "notes.txt").write_text("not a .py file")
+    (src / "bad.py").write_bytes(b"\xff\xfe\x00 not utf-8")
+
+    def read(out):
+        got = {}
+        for which in ("train", "heldout"):
+            with open(os.path.join(out, f"{which}.jsonl")) as f:
+                got[which] = {d["path"]: d["text"] for d in map(json.loads, f)}
+        return got
+
+    res = gather_text(str(src), str(tmp_path / "a"), heldout_every=4, max_mb=1, heldout_mb=1)
+    got = read(tmp_path / "a")
+    assert set(got["train"]) | set(got["heldout"]) == set(texts) and not set(got["train"]) & set(got["heldout"])
+    assert all(got[w][rel] == texts[rel] for w in got for rel in got[w])  # whole files, unchanged
+    assert 2 <= len(got["heldout"]) <= 20 and res["heldout"]["files"] == len(got["heldout"])
+    with open(tmp_path / "a" / "files.json") as f:
+        manifest = json.load(f)
+    assert sorted(manifest["heldout"]) == sorted(got["heldout"]) and manifest["source"] == str(src)
+    # fewer files: the ones left keep their split
+    for rel in list(texts)[::2]:
+        os.remove(src / rel)
+    gather_text(str(src), str(tmp_path / "b"), heldout_every=4, max_mb=1, heldout_mb=1)
+    again = read(tmp_path / "b")
+    assert set(again["heldout"]) == {r for r in got["heldout"] if (src / r).exists()}
+    proc = run_cli("corpus.py", "gather", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not a directory" in proc.stderr

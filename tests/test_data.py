@@ -94,6 +94,19 @@ def test_local_formats_pack_the_same_blocks(tmp_path, fmt):
     assert evals.loss_mask.all() and train.rows.attn_mask.all()
 
 
+def test_eval_files_are_the_held_out_text(tmp_path):
+    """data.eval_files: evaluation reads every block of those files and training every block of data.files."""
+    docs, held = make_docs(60), make_docs(30, tag="held")
+    c = cfg(
+        files=[write(tmp_path, "jsonl", {"text": docs})], eval_files=[write(tmp_path, "jsonl", {"text": held}, "h")]
+    )
+    train, evals = build_data(c, TOK)
+    np.testing.assert_array_equal(train.rows.tokens, packed(docs))
+    np.testing.assert_array_equal(evals.tokens, packed(held))
+    with pytest.raises(UserError, match="eval_files"):
+        C.validate(C.from_dict({"data": {"source": "task", "eval_files": ["x.jsonl"]}}))
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_text_field_selects_a_column(tmp_path, fmt, streaming):

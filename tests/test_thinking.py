@@ -29,6 +29,10 @@ def make_model(init_seed=0, mc=MC, **think):
         h.mix_b2.set_value(jnp.zeros((1,)))
         h.proj_kernel.set_value(h.proj_kernel[...] + 0.05 * jax.random.normal(k[1], h.proj_kernel[...].shape))
         h.value_w2.set_value(0.1 * jax.random.normal(k[2], h.value_w2[...].shape))
+        if h.delta_kernel is not None:  # anchor: residual
+            h.delta_kernel.set_value(0.3 * jax.random.normal(k[0], h.delta_kernel[...].shape))
+        if h.feedback_scale is not None:  # anchor: sequence
+            h.feedback_scale.set_value(jnp.asarray(0.7))
     return model
 
 
@@ -119,6 +123,9 @@ def _reference_mixed_logits(model, toks_L, t, n, A):
     h0 = base_hidden(g, toks_L[None])[0]
     out = []
     for s, y in enumerate(ys):
+        if model.think_cfg.anchor == "residual":  # h0 + Δ(y), no gate
+            out.append(g.logits(h0[t + s] + y @ h.delta_kernel[...]))
+            continue
         w = h.mix_weight(h0[t + s], y)
         out.append(g.logits((1 - w) * h0[t + s] + w * y))
     return jnp.stack(out)
@@ -137,14 +144,25 @@ def _reference_mixed_logits(model, toks_L, t, n, A):
 )
 @pytest.mark.parametrize("n,A", [(3, 2), (0, 1)])
 def test_parallel_forward_equals_sequential_reference(n, A, chain, unroll, positions):
-    model = make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll, positions=positions)
+    _check_against_reference(n, A, chain=chain, unroll=unroll, positions=positions)
+
+
+@pytest.mark.parametrize("chain", ["scan", "unrolled"])
+def test_residual_anchor_equals_sequential_reference(chain):
+    _check_against_reference(3, 2, chain=chain, anchor="residual")
+
+
+def _check_against_reference(n, A, positions="advance", **think):
+    model = make_model(n_thoughts=n, n_ahead=A, positions=positions, **think)
     toks = tokens(B=1, L=10)
     out = forward(model, toks)  # key None: deterministic thoughts
     if positions == "same" and n:  # the option changes the result
-        other = forward(make_model(n_thoughts=n, n_ahead=A, chain=chain, unroll=unroll), toks).mixed_logits
+        other = forward(make_model(n_thoughts=n, n_ahead=A, **think), toks).mixed_logits
         assert np.abs(np.asarray(out.mixed_logits - other)).max() > 1e-3
     w = out.mix_weight
     assert float(w.min()) > 0.05, "mixing must be active for the comparison to mean anything"
+    if n:  # the thought path really changed the prediction
+        assert np.abs(np.asarray(out.mixed_logits[:, :, 0] - out.base_logits)).max() > 1e-3
     for t in range(10 - A + 1):
         ref = _reference_mixed_logits(model, toks[0], t, n, A)
         np.testing.assert_allclose(out.mixed_logits[0, t], ref, atol=1e-5, rtol=0)
