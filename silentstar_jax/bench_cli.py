@@ -25,7 +25,8 @@ def main(argv=None) -> None:
     p.add_argument(
         "--chain",
         default="scan,unrolled",
-        help="chain implementations to time: scan, scan:C (thinking.unroll=C), unrolled",
+        help="chain implementations to time: scan, scan:C (thinking.unroll=C), unrolled; anchored (written out): "
+        "residual, sequence",
     )
     p.add_argument(
         "--compare-dtype",
@@ -72,8 +73,8 @@ def main(argv=None) -> None:
     except ValueError:
         raise UserError(f"--thoughts must be comma-separated integers, got {a.thoughts!r}") from None
     chains = tuple(x.strip() for x in a.chain.split(",") if x.strip())
-    if not chains or not all(re.fullmatch(r"unrolled|scan(:[1-9][0-9]*)?", c) for c in chains):
-        raise UserError(f"--chain must list scan, scan:C (C >= 1) and/or unrolled, got {a.chain!r}")
+    if not chains or not all(re.fullmatch(r"unrolled|residual|sequence|scan(:[1-9][0-9]*)?", c) for c in chains):
+        raise UserError(f"--chain must list scan, scan:C (C >= 1), unrolled, residual and/or sequence, got {a.chain!r}")
     if a.compare_dtype not in ("", "float32", "bfloat16"):
         raise UserError(f"--compare-dtype must be float32, bfloat16 or '', got {a.compare_dtype!r}")
     log = (lambda msg: print(msg, file=sys.stderr)) if a.json else print

@@ -53,15 +53,19 @@ PRESETS = {
 }
 
 
-def ideal_flops(s: Shape, n: int | None, A: int = 1) -> float:
+def ideal_flops(s: Shape, n: int | None, A: int = 1, anchor: str = "none") -> float:
     """Forward FLOPs of one batch (training = 3x); n None = plain LM. Matmuls, attention (causal
-    average T/2 keys; chain step i adds i+1 chain keys), LM heads, thinking heads."""
+    average T/2 keys; chain step i adds i+1 chain keys), LM heads, thinking heads. anchor: sequence:
+    n more causal passes, the thought projection per pass, the final logits (token feedback's lens not counted)."""
     B, T, D, NL, V = s.batch, s.seq, s.d_model, s.layers, s.vocab
     mm = 2 * B * T * (D * 3 * D + D * D + 2 * D * 4 * D)
     att = lambda K: 2 * 2 * B * T * K * D
     f = NL * (mm + att(T / 2)) + 2 * B * T * D * V
     if n is None:
         return f
+    if anchor == "sequence":
+        f += n * (NL * (mm + att(T / 2)) + 2 * B * T * D * D) + 2 * B * T * D * V
+        return f + 2 * B * T * (D * (D // 4) + D // 4)  # value head
     S = ChainLayout(n, A).n_steps
     f += sum(NL * (mm + att(T / 2 + i + 1)) for i in range(S))
     f += S * 2 * B * T * D * D  # thought projection
@@ -71,9 +75,12 @@ def ideal_flops(s: Shape, n: int | None, A: int = 1) -> float:
 
 
 def _think_cfg(n: int | None, remat: bool, chain: str) -> ThinkingConfig:
-    """chain: "scan", "scan:C" (C steps written out per scan iteration: thinking.unroll) or "unrolled"."""
+    """chain: "scan", "scan:C" (C steps written out per scan iteration: thinking.unroll), "unrolled", or an
+    anchored chain written out: "residual" (thinking.anchor: residual), "sequence" (anchor: sequence)."""
     if n is None:
         return ThinkingConfig(enabled=False)
+    if chain in ("residual", "sequence"):
+        return ThinkingConfig(n_thoughts=n, remat=remat, chain="unrolled", anchor=chain)
     kind, _, unroll = chain.partition(":")
     return ThinkingConfig(n_thoughts=n, remat=remat, chain=kind, unroll=int(unroll or 1))
 
@@ -311,7 +318,7 @@ def run_benchmarks(
             loss.block_until_ready()
 
         warm_s[name] = timer.add(name, call)
-        flops[name] = 3 * ideal_flops(s, n) * n_seeds.get(name, 1)
+        flops[name] = 3 * ideal_flops(s, n, anchor=chain if chain == "sequence" else "none") * n_seeds.get(name, 1)
         log(f"{name}: warm-up {timer.warmup_calls[name]} call(s) (compile + steps) {warm_s[name]:.1f}s")
     size = MATMUL_PROBE_SIZE["gpu" if gpu else "cpu"]
     mm, mm_flops = matmul_probe(mm_dtype, size)

@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--allow-pickle", action="store_true", help="allow loading pytorch_model.bin (runs pickle)")
     p.add_argument("--prompt", help="generate once for this prompt (no prompt loop)")
     p.add_argument("--score", metavar="TEXT", help="teacher-forced scoring of TEXT: where did thinking help?")
+    p.add_argument(
+        "--score-file",
+        metavar="FILE",
+        help="where thinking helps over a text file (.txt: one document; .jsonl: a document per line's 'text'): "
+        "Δ log-prob by base-loss bucket and character class; --plot draws the first document coloured by it",
+    )
+    p.add_argument("--plot-chars", type=int, default=3000, help="--score-file --plot: characters drawn (default 3000)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate, >= 1 (default: 50)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="> 0 (default: 1); for argmax use --greedy")
@@ -91,9 +98,15 @@ def _check_args(args) -> SamplingConfig:
         raise UserError("--show-thoughts must be >= 1")
     if not 0 <= args.seed <= MAX_SEED:
         raise UserError("--seed must be in 0 .. 2**63 - 1")
+    if sum(x is not None for x in (args.prompt, args.score, args.score_file)) > 1:
+        raise UserError("give one of --prompt, --score, --score-file")
+    if args.plot_chars < 1:
+        raise UserError("--plot-chars must be >= 1")
+    if args.score_file is not None and not os.path.isfile(args.score_file):
+        raise UserError(f"--score-file {args.score_file}: no such file")
     if args.plot is not None:
-        if args.prompt is None and args.score is None:
-            raise UserError("--plot needs --prompt TEXT or --score TEXT (one text to draw)")
+        if args.prompt is None and args.score is None and args.score_file is None:
+            raise UserError("--plot needs --prompt TEXT, --score TEXT or --score-file FILE (a text to draw)")
         if not args.plot.lower().endswith(".png"):
             raise UserError(f"--plot {args.plot}: the picture is a PNG; name it FILE.png")
         folder = os.path.dirname(os.path.abspath(args.plot))
@@ -155,14 +168,12 @@ def _fit_prompt(ids, gen, err, quiet_json: bool):
 
 def score_ids(model, tok, args, think, n_thoughts) -> list[int]:
     """--score's tokens, checked against the context (before anything else is printed)."""
-    from silentstar_jax.generation import token_room
+    from silentstar_jax.generation import context_room
 
     ids = tok.encode(args.score)
     if len(ids) < 2:
         raise UserError("--score needs a text of at least two tokens")
-    n_pos = model.gpt2.cfg.n_positions
-    if think:
-        n_pos = token_room(n_pos, model.think_cfg.layout(n_thoughts))
+    n_pos = context_room(model, think, n_thoughts)
     if len(ids) > n_pos:
         raise UserError(f"--score text has {len(ids)} tokens; at most {n_pos} fit the context")
     return ids
@@ -217,6 +228,31 @@ def run_score(model, tok, ids, args, think, n_thoughts, out, err=None, desc=""):
         f"gain {deltas.sum():+.3f} nats over {len(ids) - 1} tokens; mean mix weight "
         f"{s['mix_weight'].mean():.3f}"
     )
+
+
+def run_score_file(model, tok, args, think, n_thoughts, out, err, desc) -> None:
+    """--score-file: the gain table (--json: as one object) and, with --plot, the coloured first document."""
+    from silentstar_jax import token_gain as tg
+    from silentstar_jax.generation import context_room
+
+    docs = tg.read_documents(args.score_file)
+    table, first = tg.analyse(model, tok, docs, n_thoughts, context_room(model, think, n_thoughts))
+    if args.plot:
+        pieces, n = [], 0
+        for text, d in first:
+            if n + len(text) > args.plot_chars:
+                break
+            pieces.append((text, d))
+            n += len(text)
+        tg.plot_coloured_text(
+            pieces, args.plot, f"Δ log-prob, thinking − own base: {os.path.basename(args.score_file)} — {desc}"
+        )
+        if not args.json:
+            err.print(f"[dim]coloured text drawn to {args.plot}[/]")
+    if args.json:
+        print(json.dumps({"file": args.score_file, "documents": len(docs), "n_thoughts": n_thoughts, **table}))
+        return
+    out.print(tg.table_markdown(table), markup=False)
 
 
 @contextlib.contextmanager
@@ -362,6 +398,9 @@ def main(argv=None) -> None:
     # what does not fit the context fails here, before any other line is printed
     if args.score is not None:
         ids = score_ids(model, tok, args, think, n_thoughts)
+    elif args.score_file is not None:
+        if not think:
+            raise UserError("--score-file compares the thinking path with its own base path: it needs a thinking run")
     else:
         gen = Generator(
             model,
@@ -380,6 +419,8 @@ def main(argv=None) -> None:
         err.print(f"[dim]model: {desc}; thinking: {thinking}[/]")
     if args.score is not None:
         return run_score(model, tok, ids, args, think, n_thoughts, out, err, desc)
+    if args.score_file is not None:
+        return run_score_file(model, tok, args, think, n_thoughts, out, err, desc)
     if args.prompt is not None:
         return generate_once(gen, tok, args.prompt, args, think, out, err, desc)
     if not sys.stdin.isatty() and args.json:

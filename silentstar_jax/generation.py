@@ -53,6 +53,14 @@ def token_room(n_positions: int, lay: ChainLayout) -> int:
     return room
 
 
+def context_room(model, think: bool, n_thoughts: int) -> int:
+    """The most tokens one sequence may hold when `model` thinks with n thoughts per token (or does not)."""
+    n_positions = model.gpt2.cfg.n_positions
+    if not think or model.think_cfg.anchor == "sequence":  # passes use the tokens' own positions
+        return n_positions
+    return token_room(n_positions, ChainLayout(n_thoughts, 1, model.think_cfg.positions))
+
+
 def score(model, ids: list[int], think: bool, n_thoughts: int | None = None, trace_top_k: int = 0) -> dict:
     """Teacher-forced log-probs of ids[1:] (each given the tokens before it), base and mixed,
     from the parallel forward with deterministic thoughts. Arrays of length len(ids) - 1.
@@ -120,11 +128,7 @@ class Generator:
         self.n_positions = self.gpt2.cfg.n_positions
         # thinking.anchor: sequence: n passes over the tokens' own positions, one KV cache each
         self.passes = think and model.think_cfg.anchor == "sequence"
-        self.room = (
-            token_room(self.n_positions, ChainLayout(n, 1, model.think_cfg.positions))
-            if think and not self.passes
-            else self.n_positions
-        )
+        self.room = context_room(model, think, n)
         self.sampling = sampling
         graphdef, self.state = nnx.split(model)
 

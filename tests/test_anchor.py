@@ -133,3 +133,29 @@ def test_sequence_refuses_what_it_does_not_support(bad, words):
     with pytest.raises(UserError, match=words):
         validate_thinking(ThinkingConfig(anchor="sequence", **bad), MC, 16)
     validate_thinking(ThinkingConfig(anchor="sequence", n_thoughts=40), MC, MC.n_positions)  # no span
+
+
+@pytest.mark.parametrize("anchor", ANCHORS)
+def test_one_training_run_end_to_end(tmp_path, anchor):
+    """Train, checkpoint, evaluate and reload an anchored run: the reloaded model scores held-out text
+    as the trainer's final evaluation did, and the anchor's parameter has left zero."""
+    import json
+    import os
+
+    from conftest import MICRO_RUN, ROOT
+
+    from silentstar_jax import config as C
+    from silentstar_jax.loading import load_run
+    from silentstar_jax.trainer import Run
+
+    out = tmp_path / "run"
+    over = [f"run.out_dir={out}", "model.n_positions=24", f"thinking.anchor={anchor}", "optim.lr=1e-2"]
+    Run(C.load_config(os.path.join(ROOT, "configs", "tiny.yaml"), MICRO_RUN + over)).train()
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["step"] == 3 and np.isfinite(ev["thinking"]["ce"])
+    model, tok, cfg, step = load_run(str(out))
+    assert step == 3 and cfg.thinking.anchor == anchor
+    moved = model.heads.delta_kernel if anchor == "residual" else model.heads.feedback_scale
+    assert float(jnp.abs(moved[...]).max()) > 0
+    s = score(model, tok.encode("12*3=36"), think=True)
+    assert np.abs(s["logprob"] - s["logprob_base"]).max() > 0  # thinking is no longer the base model

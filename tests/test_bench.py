@@ -14,8 +14,8 @@ from silentstar_jax.runtime import tune_malloc
 SHAPE = bm.Shape(batch=2, seq=8, layers=2, d_model=64, heads=2, vocab=128)
 
 
-def _xla_forward_flops(n):
-    tc = ThinkingConfig(enabled=False) if n is None else ThinkingConfig(n_thoughts=n, chain="unrolled")
+def _xla_forward_flops(n, anchor="none"):
+    tc = ThinkingConfig(enabled=False) if n is None else ThinkingConfig(n_thoughts=n, chain="unrolled", anchor=anchor)
     graphdef, state = nnx.split(SilentStar(SHAPE.model_config(4), tc, rngs=nnx.Rngs(0)))
     fwd = jax.jit(lambda st, t: nnx.merge(graphdef, st)(t))
     cost = fwd.lower(state, jnp.zeros((SHAPE.batch, SHAPE.seq), jnp.int32)).compile().cost_analysis()
@@ -26,10 +26,10 @@ def test_flop_ratios_match_xla_cost_analysis():
     """The ideal thinking/plain FLOP ratio the bench divides by agrees with XLA's count of the
     compiled forward (unrolled chain: XLA counts a scan body once, not per step)."""
     plain = _xla_forward_flops(None)
-    for n in (0, 3):
-        ours = bm.ideal_flops(SHAPE, n) / bm.ideal_flops(SHAPE, None)
-        xla = _xla_forward_flops(n) / plain
-        assert abs(ours / xla - 1) < 0.05, (n, ours, xla)
+    for n, anchor in ((0, "none"), (3, "none"), (3, "sequence")):
+        ours = bm.ideal_flops(SHAPE, n, anchor=anchor) / bm.ideal_flops(SHAPE, None)
+        xla = _xla_forward_flops(n, anchor) / plain
+        assert abs(ours / xla - 1) < 0.05, (n, anchor, ours, xla)
 
 
 @pytest.mark.parametrize("n,n_seeds", [(None, 1), (1, 1), (1, 2)], ids=["plain", "thinking", "two-seed"])

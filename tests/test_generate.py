@@ -344,3 +344,23 @@ def test_cli_plot_errors(run_dir, tmp_path):
     ):
         proc = run_cli("generate.py", "--checkpoint", run_dir, *args)
         assert proc.returncode == 2 and msg in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_cli_score_file(run_dir, tmp_path):
+    """--score-file on a text longer than the context: every token but each window's first is scored, the
+    table's mean is the mean of its buckets, the coloured text is drawn; without thinking: one line, exit 2."""
+    text = tmp_path / "t.txt"
+    text.write_text("12*34=408\n" * 30)  # 300 bytes
+    png = tmp_path / "g.png"
+    proc = run_cli("generate.py", "--checkpoint", run_dir, "--score-file", str(text), "--json", "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rec["documents"] == 1 and 290 <= rec["tokens"] <= 298
+    assert (
+        sum(b["tokens"] for b in rec["buckets"]) == rec["tokens"] == sum(v["tokens"] for v in rec["by_class"].values())
+    )
+    np.testing.assert_allclose(sum(b["tokens"] * b["delta"] for b in rec["buckets"]) / rec["tokens"], rec["delta"])
+    assert set(rec["by_class"]) == {"digit", "punctuation", "newline"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run_cli("generate.py", "--checkpoint", run_dir, "--score-file", str(text), "--no-think")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "thinking run" in bad.stderr

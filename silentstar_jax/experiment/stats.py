@@ -63,7 +63,7 @@ def flops_per_token(cfg: C.Config) -> float:
     f = ideal_flops(s, None)
     if t.enabled:
         ns = trained_thoughts(cfg)
-        chain = sum(ideal_flops(s, n, t.n_ahead) - f for n in ns) / len(ns)
+        chain = sum(ideal_flops(s, n, t.n_ahead, t.anchor) - f for n in ns) / len(ns)
         f += t.n_samples * think_fraction(cfg) * chain
     return 3 * f / T
 
