@@ -148,7 +148,8 @@ def _load_hf(d: DataConfig, split: str, streaming: bool):
                 raise UserError("data.source=files needs data.files (a list of text/JSON lines/parquet files)")
             missing = [f for f in d.files if not os.path.exists(f)]
             if missing:
-                raise UserError(f"data.files: not found: {missing[0]}")
+                hint = " (corpus.py gather or write makes a corpus)" if missing[0].startswith("corpus") else ""
+                raise UserError(f"data.files: not found: {missing[0]}{hint}")
             if d.eval_split:  # the files have one split: eval_split would evaluate on the training text
                 raise UserError(
                     "data.eval_split is for data.source=hf; with data.files the eval text is held out of the files"
@@ -335,6 +336,9 @@ def text_rows(d: DataConfig, tok: Tokenizer, T: int) -> tuple[Batch, Batch]:
         ids = ds.map(encode, batched=True, remove_columns=ds.column_names)["ids"]
         return pack(ids, tok.eos_id, T)[0]
 
+    missing = [f for f in d.eval_files if not os.path.exists(f)]
+    if missing:
+        raise UserError(f"data.eval_files: not found: {missing[0]}")
     train = blocks_of(d.split)
     if d.eval_split:
         evals = blocks_of(d.eval_split)

@@ -105,6 +105,8 @@ def test_eval_files_are_the_held_out_text(tmp_path):
     np.testing.assert_array_equal(evals.tokens, packed(held))
     with pytest.raises(UserError, match="eval_files"):
         C.validate(C.from_dict({"data": {"source": "task", "eval_files": ["x.jsonl"]}}))
+    with pytest.raises(UserError, match="data.eval_files: not found"):
+        build_data(cfg(files=c.data.files, eval_files=[str(tmp_path / "gone.jsonl")]), TOK)
 
 
 @pytest.mark.parametrize("streaming", [False, True])
