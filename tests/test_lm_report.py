@@ -62,6 +62,7 @@ def test_rows_and_paired_differences(exp, tmp_path):
     assert (tmp_path / "ce_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = lm_report.markdown(res)
     assert "| thinking | 0,1,2 | 1.9000 / 1.8000 / 2.1000 |" in md
+    assert lm_report.markdown(json.loads((tmp_path / "lm_results.json").read_text())) == md  # from the file too
 
 
 def test_errors(exp, tmp_path, capsys):

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Rebuilds this folder's tables and plot from the experiment directories (EXP, default /tmp/exp) that trained them.
+# Rebuilds this folder's tables and plot from the experiment directories that trained them: EXP=DIR bash collect.sh
 set -e
-EXP=${EXP:-/tmp/exp}
+: "${EXP:?set EXP to the folder holding the experiments text, text-residual, text-reinforce, text-gated}"
 HERE=$(dirname "$0")
 python -m silentstar_jax.experiment.lm_report --out "$HERE" \
   --row "anchored sequence (pathwise)=$EXP/text:latent" \
@@ -14,7 +14,11 @@ python -m silentstar_jax.experiment.lm_report --out "$HERE" \
   --title "stdlib text, held-out CE per byte vs step (band: min–max over seeds)"
 for e in text text-residual text-reinforce text-gated; do
   mkdir -p "$HERE/experiments/$e"
-  cp "$EXP/$e/results.md" "$EXP/$e/results.json" "$EXP/$e/commands.txt" "$HERE/experiments/$e/"
+  # the experiment's own report, renamed: a results.md here would be indexed as a results folder of its own
+  cp "$EXP/$e/results.md" "$HERE/experiments/$e/report.md"
+  cp "$EXP/$e/results.json" "$HERE/experiments/$e/report.json"
+  cp "$EXP/$e/commands.txt" "$HERE/experiments/$e/"
+  sed -i "s|$EXP|EXP|g" "$HERE/experiments/$e/"*   # no machine paths in the record
 done
 # results.json: the report's numbers plus the index block (index.json, written by hand) that the results
 # index and the README's table read (python -m silentstar_jax.experiment.index)
@@ -25,7 +29,7 @@ res = json.load(open(os.path.join(here, "lm_results.json")))
 res["index"] = json.load(open(os.path.join(here, "index.json")))
 # how far each anchored run moved from the base model: the feedback scale a (sequence), |W_Δ| (residual)
 from silentstar_jax.loading import load_run
-exp = os.environ.get("EXP", "/tmp/exp")
+exp = os.environ["EXP"]
 res["anchor_parameters"] = {}
 for name, row in res["rows"].items():
     for run in row["runs"]:

@@ -112,7 +112,7 @@ def build(rows: list[tuple[str, str, str, str | None]], controls: list[str], out
             "ce": lead["gap_vs_own_base"],
             "relative": relative(lead["ce"], lead["base_ce"]),
         }
-    plot_ce(runs, names, os.path.join(out, "ce_vs_step.png"), title)
+    plot_ce(runs, names, os.path.join(out, "ce_vs_step.png"), title, controls[0] if controls else None)
     res = {"title": title, "rows": res_rows, "differences": diffs, "plots": ["ce_vs_step.png"]}
     with open(os.path.join(out, "lm_results.json"), "w") as f:
         json.dump(res, f, indent=2)
@@ -130,7 +130,8 @@ def markdown(res: dict) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in res["rows"].items():
-        per = " / ".join(f(r["ce"][s]) for s in r["seeds"])
+        ce = {int(k): v for k, v in r["ce"].items()}  # int keys, or str after a JSON round trip
+        per = " / ".join(f(ce[s]) for s in r["seeds"])
         md.append(
             f"| {name} | {','.join(map(str, r['seeds']))} | {per} | {f(r['ce_stat']['mean'])} "
             f"| {st(r['gap_vs_own_base'], True)} | {st(r['final_mix_weight'])} |"
@@ -142,24 +143,42 @@ def markdown(res: dict) -> str:
     return "\n".join(md) + "\n"
 
 
-def plot_ce(runs: dict[str, list[RunRecord]], names: list[str], path: str, title: str) -> None:
+def plot_ce(runs: dict[str, list[RunRecord]], names: list[str], path: str, title: str, reference: str | None = None):
+    """Left: held-out CE vs step per row (thinking path solid, own base dashed; band min–max over seeds).
+    Right (with a reference row): each row's thinking path relative to the reference, paired by seed, in %."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.8))
-    ax = fig.subplots()
+    fig = Figure(figsize=(13 if reference else 7.5, 4.8))
+    axes = fig.subplots(1, 2 if reference else 1)
+    ax, rel = (axes[0], axes[1]) if reference else (axes, None)
+    band = lambda a, xs, cols, **kw: (
+        a.plot(xs, [sum(c) / len(c) for c in cols], **kw),
+        a.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=kw["color"], alpha=0.12),
+    )
     for i, name in enumerate(names):
         rs = runs[name]
         for p, style in (("thinking", "-"), ("base", "--")) if rs[0].thinking else (("base", "-"),):
             curves = [curve(r, p) for r in rs]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if all(curves) else []
-            if not steps:
-                continue
-            cols = [[c[s] for c in curves] for s in steps]
-            what = "" if not rs[0].thinking else (" (thinking)" if p == "thinking" else " (own base)")
-            ax.plot(steps, [sum(c) / len(c) for c in cols], style, color=f"C{i}", label=name + what)
-            ax.fill_between(steps, [min(c) for c in cols], [max(c) for c in cols], color=f"C{i}", alpha=0.12)
+            if steps:
+                what = "" if not rs[0].thinking else (" (thinking)" if p == "thinking" else " (own base)")
+                band(ax, steps, [[c[s] for c in curves] for s in steps], color=f"C{i}", ls=style, label=name + what)
+        if rel is not None and name != reference:
+            ref = {r.seed: curve(r, "thinking") for r in runs[reference]}
+            pairs = [(curve(r, "thinking"), ref[r.seed]) for r in rs if r.seed in ref]
+            steps = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs))) if pairs else []
+            if steps:
+                cols = [[100 * (a[s] / b[s] - 1) for a, b in pairs] for s in steps]
+                band(rel, steps, cols, color=f"C{i}", ls="-", label=name)
     ax.legend(fontsize=7)
     ax.set(xlabel="training step", ylabel="held-out CE per token (nats)", title=title)
+    if rel is not None:
+        rel.axhline(0, color="k", lw=1)
+        rel.legend(fontsize=7)
+        rel.set(
+            xlabel="training step", ylabel=f"CE relative to {reference} (%)", title=f"minus {reference}, paired by seed"
+        )
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
