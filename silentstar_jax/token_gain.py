@@ -145,29 +145,18 @@ def plot_coloured_text(pieces: list[tuple[str, float]], path: str, title: str, w
 
 
 def read_documents(path: str, text_field: str = "text") -> list[str]:
-    """A .txt file is one document; a .jsonl file is a document per line (its `text_field`)."""
-    import json
-
+    """A .txt file is one document; .jsonl / .json: a document per record's `text_field`, read as training
+    reads them (data.py: a bad line stops with file:line)."""
+    from silentstar_jax.data import _as_text, _json_docs
     from silentstar_jax.errors import UserError
 
     try:
+        if path.lower().endswith((".jsonl", ".json")):
+            return [_as_text(d[text_field], text_field) for d in _json_docs([path], text_field, skip_bad=False)]
         with open(path, encoding="utf-8") as f:
-            if not path.endswith((".jsonl", ".json")):
-                return [f.read()]
-            docs = []
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    rec = json.loads(line)
-                    if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                        raise UserError(f"{path}:{n}: not a JSON object with a text field {text_field!r}")
-                    docs.append(rec[text_field])
-            return docs
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not JSON lines ({e.msg}, line {e.lineno})") from None
+            return [f.read()]
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def analyse(model, tok, docs: list[str], n_thoughts: int | None, room: int) -> tuple[dict, list]:
