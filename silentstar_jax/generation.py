@@ -54,8 +54,9 @@ def token_room(n_positions: int, lay: ChainLayout) -> int:
 
 
 def context_room(model, think: bool, n_thoughts: int) -> int:
-    """The most tokens one sequence may hold when `model` thinks with n thoughts per token (or does not)."""
-    n_positions = model.gpt2.cfg.n_positions
+    """The most tokens one sequence may hold when `model` (a SilentStar, or a plain GPT2) thinks with n thoughts
+    per token (or does not)."""
+    n_positions = getattr(model, "gpt2", model).cfg.n_positions
     if not think or model.think_cfg.anchor == "sequence":  # passes use the tokens' own positions
         return n_positions
     return token_room(n_positions, ChainLayout(n_thoughts, 1, model.think_cfg.positions))
